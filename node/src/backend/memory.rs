@@ -1,0 +1,683 @@
+//! In-memory backends: the standalone default, and the reference behaviour
+//! the networked backends are tested against.
+//!
+//! Everything lives in this process and is lost when it exits. Several nodes
+//! in one process can share one instance of each (that is how the cross-node
+//! routing is unit-tested without Redis or RocketMQ).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{
+    Appended, BackendError, BackendResult, Bus, ConnectionInfo, Envelope, HistoryPage,
+    HistoryQuery, MessageStore, Registry,
+};
+use crate::ids::{ConversationId, GroupId, MsgId, UserId, now_millis};
+use crate::model::{ChatMessage, Group, OnlineStats, Presence};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind, still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registry in memory.
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    inner: Mutex<RegistryState>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    /// user -> conn_id -> pod
+    conns: HashMap<UserId, BTreeMap<String, String>>,
+    connections: usize,
+    last_seen: HashMap<UserId, i64>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn register(&self, conn: &ConnectionInfo) -> BackendResult<bool> {
+        let mut st = lock(&self.inner);
+        let entry = st.conns.entry(conn.user.clone()).or_default();
+        let first = entry.is_empty();
+        if entry
+            .insert(conn.conn_id.clone(), conn.pod.clone())
+            .is_none()
+        {
+            st.connections += 1;
+        }
+        st.last_seen.insert(conn.user.clone(), now_millis());
+        Ok(first)
+    }
+
+    async fn unregister(&self, conn: &ConnectionInfo) -> BackendResult<bool> {
+        let mut st = lock(&self.inner);
+        let Some(entry) = st.conns.get_mut(&conn.user) else {
+            return Ok(false);
+        };
+        let removed = entry.remove(&conn.conn_id).is_some();
+        let last = removed && entry.is_empty();
+        if last {
+            st.conns.remove(&conn.user);
+        }
+        if removed {
+            st.connections -= 1;
+            st.last_seen.insert(conn.user.clone(), now_millis());
+        }
+        Ok(last)
+    }
+
+    async fn connections(&self, user: &UserId) -> BackendResult<Vec<(String, String)>> {
+        let st = lock(&self.inner);
+        Ok(st
+            .conns
+            .get(user)
+            .map(|m| m.iter().map(|(c, p)| (c.clone(), p.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn presence(&self, user: &UserId) -> BackendResult<Presence> {
+        let st = lock(&self.inner);
+        let conns = st.conns.get(user);
+        let pods: BTreeSet<String> = conns
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        Ok(Presence {
+            user: user.clone(),
+            online: conns.is_some_and(|m| !m.is_empty()),
+            devices: conns.map_or(0, BTreeMap::len),
+            pods: pods.into_iter().collect(),
+            last_seen: st.last_seen.get(user).copied(),
+        })
+    }
+
+    async fn stats(&self) -> BackendResult<OnlineStats> {
+        let st = lock(&self.inner);
+        Ok(OnlineStats {
+            online_users: st.conns.len(),
+            connections: st.connections,
+        })
+    }
+
+    async fn online_users(&self, limit: usize) -> BackendResult<Vec<UserId>> {
+        let st = lock(&self.inner);
+        let mut users: Vec<UserId> = st.conns.keys().cloned().collect();
+        users.sort();
+        users.truncate(limit);
+        Ok(users)
+    }
+
+    async fn heartbeat(&self, _pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()> {
+        // Nothing expires in memory; re-adding is what a flushed backend needs.
+        let mut st = lock(&self.inner);
+        let now = now_millis();
+        for c in conns {
+            let entry = st.conns.entry(c.user.clone()).or_default();
+            if entry.insert(c.conn_id.clone(), c.pod.clone()).is_none() {
+                st.connections += 1;
+            }
+            st.last_seen.insert(c.user.clone(), now);
+        }
+        Ok(())
+    }
+}
+
+/// Bounds of the message store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    pub history_limit: usize,
+    pub inbox_limit: usize,
+    pub dedup_ttl: Duration,
+    pub max_group_members: usize,
+}
+
+/// Message store in memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    limits: StoreLimits,
+    inner: Mutex<StoreState>,
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    conversations: HashMap<ConversationId, Conversation>,
+    inboxes: HashMap<UserId, Inbox>,
+    dedup: HashMap<(UserId, String), Arc<ChatMessage>>,
+    /// Dedup keys in insertion order; the TTL is fixed, so this is also
+    /// expiry order and expiring is a pop from the front.
+    dedup_expiry: VecDeque<(Instant, (UserId, String))>,
+    groups: HashMap<GroupId, BTreeSet<UserId>>,
+    user_groups: HashMap<UserId, BTreeSet<GroupId>>,
+}
+
+#[derive(Debug, Default)]
+struct Conversation {
+    last_seq: u64,
+    /// Contiguous seqs, oldest first.
+    messages: VecDeque<Arc<ChatMessage>>,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    next: u64,
+    entries: BTreeMap<u64, Arc<ChatMessage>>,
+    index: HashMap<MsgId, u64>,
+}
+
+impl MemoryStore {
+    pub fn new(limits: StoreLimits) -> Self {
+        Self {
+            limits,
+            inner: Mutex::new(StoreState::default()),
+        }
+    }
+}
+
+impl StoreState {
+    fn expire_dedup(&mut self, now: Instant) {
+        while let Some((at, _)) = self.dedup_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, key)) = self.dedup_expiry.pop_front() {
+                self.dedup.remove(&key);
+            }
+        }
+    }
+
+    fn group_of(&self, id: &GroupId) -> BackendResult<Group> {
+        let members = self
+            .groups
+            .get(id)
+            .ok_or_else(|| BackendError::NoSuchGroup(id.clone()))?;
+        Ok(Group {
+            id: id.clone(),
+            members: members.iter().cloned().collect(),
+        })
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn append(&self, mut msg: ChatMessage, recipients: &[UserId]) -> BackendResult<Appended> {
+        let mut st = lock(&self.inner);
+        let now = Instant::now();
+        st.expire_dedup(now);
+        let dedup_key = msg
+            .client_msg_id
+            .as_ref()
+            .map(|c| (msg.from.clone(), c.clone()));
+        if let Some(key) = &dedup_key
+            && let Some(first) = st.dedup.get(key)
+        {
+            return Ok(Appended {
+                msg: first.clone(),
+                duplicate: true,
+                inbox_skipped: Vec::new(),
+            });
+        }
+        // A direct message to a full inbox is refused (nothing is stored, the
+        // sender gets `inbox_full`); losing it silently is not an option.
+        let full = |st: &StoreState, u: &UserId| {
+            st.inboxes
+                .get(u)
+                .is_some_and(|i| i.entries.len() >= self.limits.inbox_limit)
+        };
+        if msg.group.is_none()
+            && let Some(u) = recipients.iter().find(|u| full(&st, u))
+        {
+            return Err(BackendError::InboxFull(u.clone()));
+        }
+        let conv = st
+            .conversations
+            .entry(msg.conversation.clone())
+            .or_default();
+        conv.last_seq += 1;
+        msg.seq = conv.last_seq;
+        let msg = Arc::new(msg);
+        conv.messages.push_back(msg.clone());
+        while conv.messages.len() > self.limits.history_limit {
+            conv.messages.pop_front();
+        }
+        let mut inbox_skipped = Vec::new();
+        for u in recipients {
+            if full(&st, u) {
+                inbox_skipped.push(u.clone());
+                continue;
+            }
+            let inbox = st.inboxes.entry(u.clone()).or_default();
+            let pos = inbox.next;
+            inbox.next += 1;
+            inbox.entries.insert(pos, msg.clone());
+            inbox.index.insert(msg.msg_id, pos);
+        }
+        if let Some(key) = dedup_key {
+            st.dedup.insert(key.clone(), msg.clone());
+            st.dedup_expiry
+                .push_back((now + self.limits.dedup_ttl, key));
+        }
+        Ok(Appended {
+            msg,
+            duplicate: false,
+            inbox_skipped,
+        })
+    }
+
+    async fn history(
+        &self,
+        conversation: &ConversationId,
+        q: HistoryQuery,
+    ) -> BackendResult<HistoryPage> {
+        let st = lock(&self.inner);
+        let Some(conv) = st.conversations.get(conversation) else {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                has_more: false,
+            });
+        };
+        // Retained seqs are contiguous: first..=last_seq.
+        let len = conv.messages.len() as u64;
+        let first = conv.last_seq + 1 - len;
+        // [lo, hi) as indexes into `messages`.
+        let (lo, hi, has_more) = if let Some(after) = q.after {
+            let lo = after.saturating_add(1).max(first) - first;
+            let lo = lo.min(len);
+            let hi = (lo + q.limit as u64).min(len);
+            (lo, hi, hi < len)
+        } else {
+            let end = q.before.map_or(len, |b| b.saturating_sub(first).min(len));
+            let lo = end.saturating_sub(q.limit as u64);
+            (lo, end, lo > 0)
+        };
+        Ok(HistoryPage {
+            messages: conv
+                .messages
+                .range(lo as usize..hi as usize)
+                .cloned()
+                .collect(),
+            has_more,
+        })
+    }
+
+    async fn find(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+    ) -> BackendResult<Option<Arc<ChatMessage>>> {
+        let st = lock(&self.inner);
+        Ok(st.conversations.get(conversation).and_then(|c| {
+            // Ids increase with seq only per node; search from the newest,
+            // where read receipts almost always point.
+            c.messages
+                .iter()
+                .rev()
+                .find(|m| m.msg_id == msg_id)
+                .cloned()
+        }))
+    }
+
+    async fn inbox(&self, user: &UserId, limit: usize) -> BackendResult<Vec<Arc<ChatMessage>>> {
+        let st = lock(&self.inner);
+        Ok(st
+            .inboxes
+            .get(user)
+            .map(|i| i.entries.values().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>> {
+        let mut st = lock(&self.inner);
+        let Some(inbox) = st.inboxes.get_mut(user) else {
+            return Ok(Vec::new());
+        };
+        let removed = msg_ids
+            .iter()
+            .filter_map(|id| inbox.index.remove(id))
+            .filter_map(|pos| inbox.entries.remove(&pos))
+            .collect();
+        if inbox.entries.is_empty() {
+            st.inboxes.remove(user);
+        }
+        Ok(removed)
+    }
+
+    async fn create_group(&self, id: &GroupId, members: &[UserId]) -> BackendResult<Group> {
+        let mut st = lock(&self.inner);
+        if st.groups.contains_key(id) {
+            return Err(BackendError::GroupExists(id.clone()));
+        }
+        let set: BTreeSet<UserId> = members.iter().cloned().collect();
+        if set.len() > self.limits.max_group_members {
+            return Err(BackendError::GroupFull(
+                id.clone(),
+                self.limits.max_group_members,
+            ));
+        }
+        for u in &set {
+            st.user_groups
+                .entry(u.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        st.groups.insert(id.clone(), set);
+        st.group_of(id)
+    }
+
+    async fn delete_group(&self, id: &GroupId) -> BackendResult<bool> {
+        let mut st = lock(&self.inner);
+        let Some(members) = st.groups.remove(id) else {
+            return Ok(false);
+        };
+        for u in members {
+            if let Some(g) = st.user_groups.get_mut(&u) {
+                g.remove(id);
+                if g.is_empty() {
+                    st.user_groups.remove(&u);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn add_members(&self, id: &GroupId, users: &[UserId]) -> BackendResult<Group> {
+        let mut st = lock(&self.inner);
+        let max = self.limits.max_group_members;
+        let members = st
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| BackendError::NoSuchGroup(id.clone()))?;
+        let new = users.iter().filter(|u| !members.contains(*u)).count();
+        if members.len() + new > max {
+            return Err(BackendError::GroupFull(id.clone(), max));
+        }
+        members.extend(users.iter().cloned());
+        for u in users {
+            st.user_groups
+                .entry(u.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        st.group_of(id)
+    }
+
+    async fn remove_member(&self, id: &GroupId, user: &UserId) -> BackendResult<Group> {
+        let mut st = lock(&self.inner);
+        let members = st
+            .groups
+            .get_mut(id)
+            .ok_or_else(|| BackendError::NoSuchGroup(id.clone()))?;
+        members.remove(user);
+        if let Some(g) = st.user_groups.get_mut(user) {
+            g.remove(id);
+            if g.is_empty() {
+                st.user_groups.remove(user);
+            }
+        }
+        st.group_of(id)
+    }
+
+    async fn group(&self, id: &GroupId) -> BackendResult<Option<Group>> {
+        let st = lock(&self.inner);
+        Ok(st.group_of(id).ok())
+    }
+
+    async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>> {
+        let st = lock(&self.inner);
+        Ok(st
+            .user_groups
+            .get(user)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+/// Depth of each pod's queue on the in-memory bus. A pod that falls this far
+/// behind loses pushes (counted by the receiving node's metrics as gaps are
+/// never observed; the inbox still has the messages).
+const BUS_QUEUE: usize = 4096;
+
+/// Bus in memory: one queue per subscribed pod.
+#[derive(Debug, Default)]
+pub struct MemoryBus {
+    pods: Mutex<HashMap<String, mpsc::Sender<Envelope>>>,
+}
+
+impl MemoryBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, pod: &str, envelope: Envelope) -> BackendResult<()> {
+        let tx = lock(&self.pods).get(pod).cloned();
+        match tx {
+            // Best effort: a full or vanished queue drops the push only.
+            Some(tx) => {
+                let _ = tx.try_send(envelope);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn broadcast(&self, from_pod: &str, envelope: Envelope) -> BackendResult<()> {
+        let targets: Vec<_> = lock(&self.pods)
+            .iter()
+            .filter(|(p, _)| p.as_str() != from_pod)
+            .map(|(_, tx)| tx.clone())
+            .collect();
+        for tx in targets {
+            let _ = tx.try_send(envelope.clone());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, pod: &str) -> BackendResult<mpsc::Receiver<Envelope>> {
+        let (tx, rx) = mpsc::channel(BUS_QUEUE);
+        lock(&self.pods).insert(pod.to_owned(), tx);
+        Ok(rx)
+    }
+
+    async fn unsubscribe(&self, pod: &str) {
+        lock(&self.pods).remove(pod);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn store(history: usize, inbox: usize) -> MemoryStore {
+        MemoryStore::new(StoreLimits {
+            history_limit: history,
+            inbox_limit: inbox,
+            dedup_ttl: Duration::from_secs(60),
+            max_group_members: 3,
+        })
+    }
+
+    fn dm(id: u64, from: &str, to: &str, cid: Option<&str>) -> ChatMessage {
+        ChatMessage {
+            msg_id: MsgId(id),
+            conversation: ConversationId::direct(&u(from), &u(to)),
+            seq: 0,
+            from: u(from),
+            to: Some(u(to)),
+            group: None,
+            content: format!("m{id}"),
+            ts: 0,
+            client_msg_id: cid.map(str::to_owned),
+            chat_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn append_assigns_seq_and_dedups() {
+        let s = store(100, 100);
+        let a = s
+            .append(dm(1, "a", "b", Some("x")), &[u("b")])
+            .await
+            .unwrap();
+        let b = s
+            .append(dm(2, "a", "b", Some("y")), &[u("b")])
+            .await
+            .unwrap();
+        assert_eq!((a.msg.seq, b.msg.seq), (1, 2));
+        let again = s
+            .append(dm(3, "a", "b", Some("x")), &[u("b")])
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.msg.msg_id, MsgId(1));
+        // The same client id from another sender is a different message.
+        let other = s
+            .append(dm(4, "b", "a", Some("x")), &[u("a")])
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        assert_eq!(other.msg.seq, 3);
+        let inbox = s.inbox(&u("b"), 10).await.unwrap();
+        assert_eq!(
+            inbox.iter().map(|m| m.msg_id).collect::<Vec<_>>(),
+            [MsgId(1), MsgId(2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn inbox_until_ack_in_order() {
+        let s = store(100, 100);
+        for i in 1..=5 {
+            s.append(dm(i, "a", "b", None), &[u("b")]).await.unwrap();
+        }
+        let acked = s
+            .ack(&u("b"), &[MsgId(2), MsgId(4), MsgId(99)])
+            .await
+            .unwrap();
+        assert_eq!(acked.len(), 2);
+        assert!(s.ack(&u("b"), &[MsgId(2)]).await.unwrap().is_empty());
+        let left: Vec<_> = s
+            .inbox(&u("b"), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.msg_id.0)
+            .collect();
+        assert_eq!(left, [1, 3, 5]);
+    }
+
+    #[tokio::test]
+    async fn full_inbox_refuses_direct_messages() {
+        let s = store(100, 2);
+        s.append(dm(1, "a", "b", None), &[u("b")]).await.unwrap();
+        s.append(dm(2, "a", "b", None), &[u("b")]).await.unwrap();
+        let err = s
+            .append(dm(3, "a", "b", None), &[u("b")])
+            .await
+            .unwrap_err();
+        assert_eq!(err, BackendError::InboxFull(u("b")));
+        // Nothing was stored: the next accepted message still gets seq 3.
+        s.ack(&u("b"), &[MsgId(1)]).await.unwrap();
+        let ok = s.append(dm(4, "a", "b", None), &[u("b")]).await.unwrap();
+        assert_eq!(ok.msg.seq, 3);
+    }
+
+    #[tokio::test]
+    async fn history_pages() {
+        let s = store(5, 100);
+        for i in 1..=8 {
+            s.append(dm(i, "a", "b", None), &[]).await.unwrap();
+        }
+        let c = ConversationId::direct(&u("a"), &u("b"));
+        let seqs = |p: &HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let q = |before, after, limit| HistoryQuery {
+            before,
+            after,
+            limit,
+        };
+        // Only the newest 5 (seq 4..=8) are kept.
+        let newest = s.history(&c, q(None, None, 3)).await.unwrap();
+        assert_eq!((seqs(&newest), newest.has_more), (vec![6, 7, 8], true));
+        let before = s.history(&c, q(Some(6), None, 3)).await.unwrap();
+        assert_eq!((seqs(&before), before.has_more), (vec![4, 5], false));
+        let after = s.history(&c, q(None, Some(1), 2)).await.unwrap();
+        assert_eq!((seqs(&after), after.has_more), (vec![4, 5], true));
+        let tail = s.history(&c, q(None, Some(6), 10)).await.unwrap();
+        assert_eq!((seqs(&tail), tail.has_more), (vec![7, 8], false));
+        let none = s.history(&c, q(None, Some(8), 10)).await.unwrap();
+        assert!(none.messages.is_empty() && !none.has_more);
+    }
+
+    #[tokio::test]
+    async fn groups_and_membership() {
+        let s = store(10, 10);
+        let g = GroupId::parse("g").unwrap();
+        s.create_group(&g, &[u("a"), u("b")]).await.unwrap();
+        assert!(matches!(
+            s.create_group(&g, &[]).await,
+            Err(BackendError::GroupExists(_))
+        ));
+        s.add_members(&g, &[u("c")]).await.unwrap();
+        assert!(matches!(
+            s.add_members(&g, &[u("d")]).await,
+            Err(BackendError::GroupFull(..))
+        ));
+        assert_eq!(s.groups_of(&u("c")).await.unwrap(), vec![g.clone()]);
+        let after = s.remove_member(&g, &u("a")).await.unwrap();
+        assert_eq!(after.members, vec![u("b"), u("c")]);
+        assert!(s.groups_of(&u("a")).await.unwrap().is_empty());
+        assert!(s.delete_group(&g).await.unwrap());
+        assert!(s.group(&g).await.unwrap().is_none());
+        assert!(s.groups_of(&u("b")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn registry_tracks_devices_and_presence() {
+        let r = MemoryRegistry::new();
+        let c = |id: &str, user: &str, pod: &str| ConnectionInfo {
+            conn_id: id.into(),
+            user: u(user),
+            pod: pod.into(),
+        };
+        assert!(r.register(&c("p0#1", "a", "p0")).await.unwrap());
+        assert!(!r.register(&c("p1#1", "a", "p1")).await.unwrap());
+        let p = r.presence(&u("a")).await.unwrap();
+        assert_eq!(
+            (p.online, p.devices, p.pods.clone()),
+            (true, 2, vec!["p0".into(), "p1".into()])
+        );
+        assert_eq!(
+            r.stats().await.unwrap(),
+            OnlineStats {
+                online_users: 1,
+                connections: 2
+            }
+        );
+        assert!(!r.unregister(&c("p0#1", "a", "p0")).await.unwrap());
+        assert!(r.unregister(&c("p1#1", "a", "p1")).await.unwrap());
+        let p = r.presence(&u("a")).await.unwrap();
+        assert!(!p.online && p.last_seen.is_some());
+        assert_eq!(
+            r.stats().await.unwrap(),
+            OnlineStats {
+                online_users: 0,
+                connections: 0
+            }
+        );
+    }
+}

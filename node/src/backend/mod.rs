@@ -1,0 +1,198 @@
+//! The three backends a node stands on, as traits with their promises.
+//!
+//! A standalone node uses the in-memory implementations in [`memory`]; a
+//! cluster uses Redis (registry, store) and RocketMQ (bus). Every method is
+//! async and fallible even where the in-memory version cannot fail, because
+//! the networked ones can.
+
+pub mod memory;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::ids::{ConversationId, GroupId, MsgId, UserId};
+use crate::model::{ChatMessage, Group, OnlineStats, Presence};
+use crate::protocol::ServerFrame;
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The backend could not be reached or answered with an error. The
+    /// operation may or may not have happened; callers retry idempotently.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("the inbox of {0} is full")]
+    InboxFull(UserId),
+    #[error("group {0} does not exist")]
+    NoSuchGroup(GroupId),
+    #[error("group {0} already exists")]
+    GroupExists(GroupId),
+    #[error("group {0} would exceed {1} members")]
+    GroupFull(GroupId, usize),
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// A live connection as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Cluster-unique: `<pod>#<n>`.
+    pub conn_id: String,
+    pub user: UserId,
+    pub pod: String,
+}
+
+/// Presence and routing: which users are connected, on which pods.
+///
+/// Promises:
+/// - `register`/`unregister` are reflected in `connections` and `presence`
+///   of every node as soon as they return (Redis: one round trip).
+/// - Entries are soft state. A pod that dies without unregistering leaves
+///   entries that expire after the presence TTL unless its heartbeat refreshes
+///   them; surviving nodes may also remove a dead pod's entries at once.
+///   Until then a message may be routed to a dead pod: realtime push is best
+///   effort, and the store's inbox is what guarantees delivery.
+/// - `last_seen` is kept after a user goes offline (in memory: until the
+///   node stops).
+#[async_trait]
+pub trait Registry: Send + Sync + Debug {
+    /// Records a connection. Returns true if the user was offline before
+    /// (its first device came online).
+    async fn register(&self, conn: &ConnectionInfo) -> BackendResult<bool>;
+    /// Removes a connection. Returns true if it was the user's last one.
+    async fn unregister(&self, conn: &ConnectionInfo) -> BackendResult<bool>;
+    /// The user's live connections as `(conn_id, pod)`.
+    async fn connections(&self, user: &UserId) -> BackendResult<Vec<(String, String)>>;
+    async fn presence(&self, user: &UserId) -> BackendResult<Presence>;
+    async fn stats(&self) -> BackendResult<OnlineStats>;
+    /// Up to `limit` online users, in id order.
+    async fn online_users(&self, limit: usize) -> BackendResult<Vec<UserId>>;
+    /// Refreshes this pod's liveness and its connections' TTLs. Called every
+    /// heartbeat interval; re-creates entries lost by the backend (a Redis
+    /// restart), so presence rebuilds itself from the live connections.
+    async fn heartbeat(&self, pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()>;
+}
+
+/// The outcome of [`MessageStore::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stored message, with its `seq`.
+    pub msg: Arc<ChatMessage>,
+    /// The sender's `client_msg_id` had been accepted before: `msg` is that
+    /// earlier message and nothing new was stored.
+    pub duplicate: bool,
+    /// Recipients whose inbox was full: a group message is still stored in
+    /// history (they catch up with `resume`), but not in their inbox.
+    pub inbox_skipped: Vec<UserId>,
+}
+
+/// One page of a conversation's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Ascending by `seq`.
+    pub messages: Vec<Arc<ChatMessage>>,
+    /// More messages exist beyond the page in the direction asked.
+    pub has_more: bool,
+}
+
+/// Which part of a history to read: at most `limit` messages with
+/// `seq < before`, or `seq > after`, or the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+/// Messages, inboxes, sequences, idempotency keys and groups.
+///
+/// Promises:
+/// - `append` is atomic: the dedup check, the sequence number, the history
+///   entry and the inbox entries happen together or not at all. Once it
+///   returns Ok the message is durable as far as the backend is (memory:
+///   until the process exits; Redis: per its persistence settings).
+/// - Sequences are per conversation, start at 1 and have no gaps.
+/// - History keeps the newest `history_limit` messages per conversation.
+/// - An inbox entry stays until the recipient acks it (any of its devices),
+///   and inboxes are read in the order entries were added.
+/// - A `(sender, client_msg_id)` pair is remembered for the dedup TTL; a
+///   repeat within it returns the first message with `duplicate: true`.
+#[async_trait]
+pub trait MessageStore: Send + Sync + Debug {
+    /// Stores `msg` (its `seq` is assigned here) into its conversation's
+    /// history and the inbox of each of `recipients`.
+    async fn append(&self, msg: ChatMessage, recipients: &[UserId]) -> BackendResult<Appended>;
+    async fn history(
+        &self,
+        conversation: &ConversationId,
+        query: HistoryQuery,
+    ) -> BackendResult<HistoryPage>;
+    /// A message of the conversation's retained history, by id.
+    async fn find(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+    ) -> BackendResult<Option<Arc<ChatMessage>>>;
+    /// The oldest `limit` entries of the user's inbox.
+    async fn inbox(&self, user: &UserId, limit: usize) -> BackendResult<Vec<Arc<ChatMessage>>>;
+    /// Removes the ids from the user's inbox and returns the messages that
+    /// were there (ids already acked or unknown are skipped).
+    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>>;
+
+    async fn create_group(&self, id: &GroupId, members: &[UserId]) -> BackendResult<Group>;
+    /// Returns false if there was no such group.
+    async fn delete_group(&self, id: &GroupId) -> BackendResult<bool>;
+    async fn add_members(&self, id: &GroupId, users: &[UserId]) -> BackendResult<Group>;
+    async fn remove_member(&self, id: &GroupId, user: &UserId) -> BackendResult<Group>;
+    async fn group(&self, id: &GroupId) -> BackendResult<Option<Group>>;
+    /// Groups the user is a member of, in id order.
+    async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>>;
+}
+
+/// What travels between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Envelope {
+    /// Write `frame` to every local connection of `users`, except the
+    /// connection `except` (the sender's own).
+    ToUsers {
+        users: Vec<UserId>,
+        except: Option<String>,
+        frame: ServerFrame,
+        /// When the sending node accepted the message, µs since the Unix
+        /// epoch, for the delivery latency histogram.
+        sent_at_us: i64,
+    },
+    /// A user's presence changed: tell local subscribers.
+    Presence(Presence),
+}
+
+/// The cross-node bus: carries envelopes to the pods that hold a user's
+/// connections.
+///
+/// Promises: best-effort realtime push, at most once per publish. A lost
+/// envelope (pod died, broker down) loses only the *push*; the message is
+/// already in the recipient's inbox and is replayed on reconnect.
+/// Envelopes from one node to one pod arrive in publish order.
+#[async_trait]
+pub trait Bus: Send + Sync + Debug {
+    /// Sends to one pod.
+    async fn publish(&self, pod: &str, envelope: Envelope) -> BackendResult<()>;
+    /// Sends to every pod except `from_pod`.
+    async fn broadcast(&self, from_pod: &str, envelope: Envelope) -> BackendResult<()>;
+    /// Starts receiving the envelopes addressed to `pod`.
+    async fn subscribe(&self, pod: &str) -> BackendResult<mpsc::Receiver<Envelope>>;
+    /// Stops receiving (on shutdown).
+    async fn unsubscribe(&self, pod: &str);
+}
+
+/// The backends of one node.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub registry: Arc<dyn Registry>,
+    pub store: Arc<dyn MessageStore>,
+    pub bus: Arc<dyn Bus>,
+}

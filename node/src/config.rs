@@ -1,0 +1,153 @@
+//! Configuration: command-line flags, each with an `SB_*` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Switchboard chat node: a WebSocket chat server.
+///
+/// Without any backend configured it runs standalone on in-memory backends,
+/// with dev auth on (any `?userId=` is accepted): fine on one machine, not
+/// for production.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard-node", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "SB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's pod name (Kubernetes downward API). The StatefulSet
+    /// ordinal at its end (`sb-2` -> 2) is the message id worker id.
+    #[arg(long, env = "POD_NAME", default_value = "standalone")]
+    pub pod_name: String,
+
+    /// This node's namespace (Kubernetes downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// HS256 secret for client JWTs (`sub` = user id, `exp` required). When
+    /// set, clients must present `?token=` or `Authorization: Bearer`.
+    #[arg(long, env = "SB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Dev auth: also accept `?userId=` / `?user=` without a token. Default:
+    /// on only when no JWT secret is set (standalone). Never use in production.
+    #[arg(long, env = "SB_DEV_AUTH")]
+    pub dev_auth: Option<bool>,
+
+    /// Bearer token required by the admin (groups) and presence HTTP
+    /// endpoints. Unset: those endpoints are open.
+    #[arg(long, env = "SB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Interval at which clients should send `ping`; a connection silent for
+    /// three intervals is closed (4000).
+    #[arg(long, env = "SB_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Largest message `content`, in bytes of UTF-8.
+    #[arg(long, env = "SB_MAX_CONTENT_BYTES", default_value_t = 4096)]
+    pub max_content_bytes: usize,
+
+    /// Largest WebSocket frame; a bigger one closes the connection (1009).
+    /// Frames above `max-content-bytes` but below this get an error frame.
+    #[arg(long, env = "SB_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+
+    /// Frames per second a connection may send (token bucket refill rate).
+    #[arg(long, env = "SB_RATE_LIMIT", default_value_t = 30)]
+    pub rate_limit: u32,
+
+    /// Burst size of the per-connection rate limit.
+    #[arg(long, env = "SB_RATE_BURST", default_value_t = 60)]
+    pub rate_burst: u32,
+
+    /// Frames queued for one connection before it counts as too slow and is
+    /// closed (4001).
+    #[arg(long, env = "SB_OUTBOUND_BUFFER", default_value_t = 512)]
+    pub outbound_buffer: usize,
+
+    /// Most concurrent WebSocket connections on this node; more get HTTP 503.
+    #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Messages kept per conversation.
+    #[arg(long, env = "SB_HISTORY_LIMIT", default_value_t = 1000)]
+    pub history_limit: usize,
+
+    /// Unacknowledged messages kept per user; a direct message to a full
+    /// inbox is refused with `inbox_full`.
+    #[arg(long, env = "SB_INBOX_LIMIT", default_value_t = 10_000)]
+    pub inbox_limit: usize,
+
+    /// How long a `client_msg_id` is remembered for idempotent resends.
+    #[arg(long, env = "SB_DEDUP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub dedup_ttl: Duration,
+
+    /// Most members in one group.
+    #[arg(long, env = "SB_MAX_GROUP_MEMBERS", default_value_t = 1000)]
+    pub max_group_members: usize,
+
+    /// On SIGTERM, how long to wait for clients to reconnect elsewhere before
+    /// closing the rest (1001).
+    #[arg(long, env = "SB_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Upper bound of the random delay suggested in `reconnect` frames.
+    #[arg(long, env = "SB_RECONNECT_JITTER", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reconnect_jitter: Duration,
+
+    /// Log format.
+    #[arg(long, env = "SB_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Dev auth after applying the default.
+    pub fn dev_auth_enabled(&self) -> bool {
+        self.dev_auth.unwrap_or(self.jwt_secret.is_none())
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jwt_secret.is_none() && !self.dev_auth_enabled() {
+            return Err(
+                "no way to authenticate clients: set SB_JWT_SECRET or SB_DEV_AUTH=true".into(),
+            );
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err("SB_JWT_SECRET must be at least 16 bytes".into());
+        }
+        if self.max_content_bytes == 0 || self.max_content_bytes >= self.max_frame_bytes {
+            return Err(
+                "SB_MAX_CONTENT_BYTES must be positive and below SB_MAX_FRAME_BYTES".into(),
+            );
+        }
+        if self.rate_limit == 0 || self.rate_burst == 0 {
+            return Err("SB_RATE_LIMIT and SB_RATE_BURST must be positive".into());
+        }
+        if self.outbound_buffer < 16 {
+            return Err("SB_OUTBOUND_BUFFER must be at least 16".into());
+        }
+        if self.heartbeat_interval < Duration::from_secs(1) {
+            return Err("SB_HEARTBEAT_INTERVAL must be at least 1s".into());
+        }
+        if self.history_limit == 0 || self.inbox_limit == 0 || self.max_group_members == 0 {
+            return Err("history, inbox and group limits must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Defaults, as if started with no flags and no environment: for tests.
+    pub fn defaults() -> Self {
+        Self::parse_from(["switchboard-node"])
+    }
+}

@@ -1,0 +1,284 @@
+//! The connections of this node: who is connected here, and the handle to
+//! write to each of them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::UserId;
+use crate::protocol::{CloseCode, Dialect, ServerFrame};
+
+/// One item for a connection's writer task.
+#[derive(Debug)]
+pub struct Outbound {
+    pub frame: Arc<ServerFrame>,
+    /// When the message was accepted, for the delivery latency histogram.
+    pub accepted_at: Option<Instant>,
+}
+
+/// A live connection: a bounded queue to its writer, and a way to close it.
+#[derive(Debug)]
+pub struct ConnHandle {
+    /// Cluster-unique: `<pod>#<n>`.
+    pub id: String,
+    pub user: UserId,
+    pub dialect: Dialect,
+    tx: mpsc::Sender<Outbound>,
+    close: CancellationToken,
+    close_code: Mutex<Option<CloseCode>>,
+}
+
+/// What happened to a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue was full: the connection is being closed as too slow.
+    Overflow,
+    /// The connection is already gone.
+    Closed,
+}
+
+impl ConnHandle {
+    pub fn new(id: String, user: UserId, dialect: Dialect, tx: mpsc::Sender<Outbound>) -> Self {
+        Self {
+            id,
+            user,
+            dialect,
+            tx,
+            close: CancellationToken::new(),
+            close_code: Mutex::new(None),
+        }
+    }
+
+    /// Queues a frame without waiting. A full queue means the client reads
+    /// slower than we write: it is closed with 4001 rather than letting the
+    /// queue (and our memory) grow.
+    pub fn push(&self, frame: Arc<ServerFrame>, accepted_at: Option<Instant>) -> Push {
+        match self.tx.try_send(Outbound { frame, accepted_at }) {
+            Ok(()) => Push::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close_with(CloseCode::SlowConsumer);
+                Push::Overflow
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Push::Closed,
+        }
+    }
+
+    /// Queues a frame, waiting while the queue is more than half full, so
+    /// bulk sends (inbox replay) leave room for live traffic.
+    pub async fn push_bulk(&self, frame: Arc<ServerFrame>) -> Push {
+        let half = self.tx.max_capacity() / 2;
+        while self.tx.capacity() < half {
+            if self.close.is_cancelled() || self.tx.is_closed() {
+                return Push::Closed;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        self.push(frame, None)
+    }
+
+    /// Asks the connection to close with `code` (the first code wins).
+    pub fn close_with(&self, code: CloseCode) {
+        let mut c = self.close_code.lock().unwrap_or_else(|e| e.into_inner());
+        c.get_or_insert(code);
+        self.close.cancel();
+    }
+
+    pub fn closed(&self) -> &CancellationToken {
+        &self.close
+    }
+
+    pub fn close_code(&self) -> Option<CloseCode> {
+        *self.close_code.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    by_user: HashMap<UserId, Vec<Arc<ConnHandle>>>,
+    count: usize,
+    /// watched user -> connections subscribed to its presence
+    watchers: HashMap<UserId, HashSet<String>>,
+    /// connection -> users it watches (for cleanup)
+    watching: HashMap<String, Vec<UserId>>,
+    by_id: HashMap<String, Arc<ConnHandle>>,
+}
+
+/// The local connection table. A read-write lock: delivery (reads) vastly
+/// outnumbers connects and disconnects (writes), and no lock is held across
+/// an await.
+#[derive(Debug, Default)]
+pub struct Hub {
+    inner: RwLock<HubState>,
+}
+
+impl Hub {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HubState> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HubState> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn insert(&self, conn: Arc<ConnHandle>) {
+        let mut st = self.write();
+        st.by_user
+            .entry(conn.user.clone())
+            .or_default()
+            .push(conn.clone());
+        st.by_id.insert(conn.id.clone(), conn);
+        st.count += 1;
+    }
+
+    /// Removes a connection and its presence subscriptions.
+    pub fn remove(&self, conn: &ConnHandle) {
+        let mut guard = self.write();
+        let st = &mut *guard;
+        if let Some(list) = st.by_user.get_mut(&conn.user) {
+            let before = list.len();
+            list.retain(|c| c.id != conn.id);
+            if list.len() < before {
+                st.count -= 1;
+            }
+            if list.is_empty() {
+                st.by_user.remove(&conn.user);
+            }
+        }
+        st.by_id.remove(&conn.id);
+        if let Some(users) = st.watching.remove(&conn.id) {
+            for u in users {
+                if let Some(w) = st.watchers.get_mut(&u) {
+                    w.remove(&conn.id);
+                    if w.is_empty() {
+                        st.watchers.remove(&u);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `frame` to every local connection of `user` except `except`.
+    /// Returns how many connections it was queued for.
+    pub fn deliver(
+        &self,
+        user: &UserId,
+        frame: &Arc<ServerFrame>,
+        except: Option<&str>,
+        accepted_at: Option<Instant>,
+    ) -> usize {
+        let st = self.read();
+        let Some(conns) = st.by_user.get(user) else {
+            return 0;
+        };
+        conns
+            .iter()
+            .filter(|c| Some(c.id.as_str()) != except)
+            .filter(|c| c.push(frame.clone(), accepted_at) == Push::Queued)
+            .count()
+    }
+
+    /// Subscribes a connection to the presence of `users` (replacing nothing:
+    /// subscriptions accumulate until the connection closes).
+    pub fn watch(&self, conn: &ConnHandle, users: &[UserId]) {
+        let mut st = self.write();
+        let mut added = Vec::new();
+        for u in users {
+            if st
+                .watchers
+                .entry(u.clone())
+                .or_default()
+                .insert(conn.id.clone())
+            {
+                added.push(u.clone());
+            }
+        }
+        st.watching
+            .entry(conn.id.clone())
+            .or_default()
+            .extend(added);
+    }
+
+    /// Writes a presence frame to the connections watching `user`.
+    pub fn deliver_presence(&self, user: &UserId, frame: &Arc<ServerFrame>) {
+        let st = self.read();
+        let Some(ids) = st.watchers.get(user) else {
+            return;
+        };
+        for id in ids {
+            if let Some(c) = st.by_id.get(id) {
+                c.push(frame.clone(), None);
+            }
+        }
+    }
+
+    /// A snapshot of every connection (for draining and heartbeats).
+    pub fn all(&self) -> Vec<Arc<ConnHandle>> {
+        self.read().by_id.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: &str, user: &str, cap: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let c = ConnHandle::new(id.into(), UserId::parse(user).unwrap(), Dialect::V1, tx);
+        (Arc::new(c), rx)
+    }
+
+    #[test]
+    fn delivers_to_all_devices_but_the_sender() {
+        let hub = Hub::default();
+        let (a1, mut r1) = conn("p#1", "a", 8);
+        let (a2, mut r2) = conn("p#2", "a", 8);
+        hub.insert(a1.clone());
+        hub.insert(a2.clone());
+        let f = Arc::new(ServerFrame::Pong { ts: 1 });
+        assert_eq!(hub.deliver(&a1.user, &f, Some("p#1"), None), 1);
+        assert!(r1.try_recv().is_err());
+        assert!(r2.try_recv().is_ok());
+        hub.remove(&a2);
+        assert_eq!(hub.len(), 1);
+        assert_eq!(hub.deliver(&a1.user, &f, None, None), 1);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_connection() {
+        let hub = Hub::default();
+        let (a, _rx) = conn("p#1", "a", 2);
+        hub.insert(a.clone());
+        let f = Arc::new(ServerFrame::Pong { ts: 1 });
+        assert_eq!(a.push(f.clone(), None), Push::Queued);
+        assert_eq!(a.push(f.clone(), None), Push::Queued);
+        assert_eq!(a.push(f, None), Push::Overflow);
+        assert!(a.closed().is_cancelled());
+        assert_eq!(a.close_code(), Some(CloseCode::SlowConsumer));
+    }
+
+    #[test]
+    fn presence_watchers_are_cleaned_up() {
+        let hub = Hub::default();
+        let (a, mut ra) = conn("p#1", "a", 8);
+        hub.insert(a.clone());
+        let bob = UserId::parse("bob").unwrap();
+        hub.watch(&a, std::slice::from_ref(&bob));
+        let f = Arc::new(ServerFrame::Pong { ts: 1 });
+        hub.deliver_presence(&bob, &f);
+        assert!(ra.try_recv().is_ok());
+        hub.remove(&a);
+        assert!(hub.read().watchers.is_empty());
+    }
+}

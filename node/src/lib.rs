@@ -1,0 +1,58 @@
+//! Switchboard chat node.
+//!
+//! A node accepts WebSocket clients (`/ws`, protocol v1; `/ws/chat`, the seed
+//! service's dialect), stores and routes their messages through three
+//! backends ([`backend::Registry`], [`backend::MessageStore`],
+//! [`backend::Bus`]) and serves health, metrics, presence and a groups admin
+//! API over HTTP. [`run`] serves on a listener until a shutdown future
+//! resolves, then drains.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ids;
+pub mod metrics;
+pub mod model;
+pub mod node;
+pub mod protocol;
+mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use http::app;
+pub use node::Node;
+
+/// Serves `node` on `listener` until `shutdown` resolves, then drains: the
+/// node turns not-ready, tells clients to reconnect, waits up to the drain
+/// timeout, closes what is left and returns.
+pub async fn run(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let rx = node
+        .backends()
+        .bus
+        .subscribe(&node.pod.name)
+        .await
+        .map_err(std::io::Error::other)?;
+    let bus = tokio::spawn(node.clone().run_bus(rx));
+    let heartbeat = tokio::spawn(node.clone().run_heartbeat());
+    let drainer = node.clone();
+    let result = axum::serve(listener, app(node))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // HTTP stays up while draining, so /readyz can say 503.
+            drainer.drain().await;
+        })
+        .await;
+    heartbeat.abort();
+    bus.abort();
+    result
+}

@@ -1,0 +1,672 @@
+//! The chat logic of one node: what each client frame does, how a message is
+//! stored and routed, connection lifecycle and draining.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::auth::Authenticator;
+use crate::backend::memory::{MemoryBus, MemoryRegistry, MemoryStore, StoreLimits};
+use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
+use crate::config::Config;
+use crate::hub::{ConnHandle, Hub, Outbound};
+use crate::ids::{ConversationId, MsgId, PodIdentity, Snowflake, UserId, now_millis};
+use crate::metrics::Metrics;
+use crate::model::{ChatMessage, Target};
+use crate::protocol::{
+    ClientFrame, CloseCode, Dialect, ErrorCode, FrameError, Limits, MAX_HISTORY_LIMIT, ParseLimits,
+    Send, ServerFrame, TypingState,
+};
+
+/// Protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+impl From<BackendError> for FrameError {
+    fn from(e: BackendError) -> Self {
+        let code = match &e {
+            BackendError::Unavailable(_) => ErrorCode::Unavailable,
+            BackendError::InboxFull(_) => ErrorCode::InboxFull,
+            // Unknown group and non-member look the same from outside, so a
+            // client cannot probe which groups exist.
+            BackendError::NoSuchGroup(_) => ErrorCode::NotAMember,
+            BackendError::GroupExists(_) => ErrorCode::Conflict,
+            BackendError::GroupFull(..) => ErrorCode::InvalidField,
+        };
+        let reason = match &e {
+            // Never leak backend internals to clients.
+            BackendError::Unavailable(_) => {
+                "storage is unavailable; retry with the same client_msg_id".into()
+            }
+            BackendError::NoSuchGroup(_) => "not a member of this group".into(),
+            other => other.to_string(),
+        };
+        FrameError::new(code, reason)
+    }
+}
+
+/// One chat node.
+#[derive(Debug)]
+pub struct Node {
+    pub cfg: Config,
+    pub pod: PodIdentity,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    pub auth: Authenticator,
+    backends: Backends,
+    ids: Snowflake,
+    draining: AtomicBool,
+    conn_seq: AtomicU64,
+    /// Connections admitted (counted before the upgrade completes, so the
+    /// limit holds under a burst of upgrades).
+    admitted: AtomicUsize,
+}
+
+impl Node {
+    pub fn new(cfg: Config, backends: Backends) -> Result<Arc<Self>, String> {
+        cfg.validate()?;
+        let pod = PodIdentity::new(&cfg.pod_name, cfg.pod_namespace.clone())?;
+        let auth = Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth_enabled());
+        Ok(Arc::new(Self {
+            ids: Snowflake::new(pod.ordinal),
+            pod,
+            hub: Hub::default(),
+            metrics: Metrics::new(),
+            auth,
+            backends,
+            draining: AtomicBool::new(false),
+            conn_seq: AtomicU64::new(1),
+            admitted: AtomicUsize::new(0),
+            cfg,
+        }))
+    }
+
+    /// In-memory backends for `cfg`.
+    pub fn memory_backends(cfg: &Config) -> Backends {
+        Backends {
+            registry: Arc::new(MemoryRegistry::new()),
+            store: Arc::new(MemoryStore::new(StoreLimits {
+                history_limit: cfg.history_limit,
+                inbox_limit: cfg.inbox_limit,
+                dedup_ttl: cfg.dedup_ttl,
+                max_group_members: cfg.max_group_members,
+            })),
+            bus: Arc::new(MemoryBus::new()),
+        }
+    }
+
+    /// A node on its own in-memory backends.
+    pub fn standalone(cfg: Config) -> Result<Arc<Self>, String> {
+        let backends = Self::memory_backends(&cfg);
+        Self::new(cfg, backends)
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn parse_limits(&self) -> ParseLimits {
+        ParseLimits {
+            max_content_bytes: self.cfg.max_content_bytes,
+        }
+    }
+
+    /// Reserves a connection slot; false when the node is full.
+    pub fn admit(&self) -> bool {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cfg.max_connections).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns a slot taken by [`Node::admit`].
+    pub fn release(&self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn conn_info(&self, conn: &ConnHandle) -> ConnectionInfo {
+        ConnectionInfo {
+            conn_id: conn.id.clone(),
+            user: conn.user.clone(),
+            pod: self.pod.name.clone(),
+        }
+    }
+
+    /// Registers a new connection of `user`; returns its handle and the
+    /// receiving end of its outbound queue.
+    pub async fn open(
+        &self,
+        user: UserId,
+        dialect: Dialect,
+    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let n = self.conn_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.cfg.outbound_buffer);
+        let conn = Arc::new(ConnHandle::new(
+            format!("{}#{n}", self.pod.name),
+            user,
+            dialect,
+            tx,
+        ));
+        self.hub.insert(conn.clone());
+        self.metrics.connections.inc();
+        match self
+            .backends
+            .registry
+            .register(&self.conn_info(&conn))
+            .await
+        {
+            Ok(true) => self.publish_presence(&conn.user).await,
+            Ok(false) => {}
+            // The heartbeat re-registers live connections, so presence heals.
+            Err(e) => self.backend_failed("register", &e),
+        }
+        debug!(conn = %conn.id, user = %conn.user, "connected");
+        (conn, rx)
+    }
+
+    /// Forgets a closed connection.
+    pub async fn close(&self, conn: &ConnHandle, reason: &'static str) {
+        self.hub.remove(conn);
+        self.metrics.connections.dec();
+        self.metrics
+            .connections_closed
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+        match self
+            .backends
+            .registry
+            .unregister(&self.conn_info(conn))
+            .await
+        {
+            Ok(true) => self.publish_presence(&conn.user).await,
+            Ok(false) => {}
+            Err(e) => self.backend_failed("unregister", &e),
+        }
+        debug!(conn = %conn.id, user = %conn.user, reason, "disconnected");
+    }
+
+    /// Sends `welcome`, then replays the user's inbox, oldest first.
+    pub async fn greet(&self, conn: &Arc<ConnHandle>) {
+        let groups = match self.backends.store.groups_of(&conn.user).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.backend_failed("groups_of", &e);
+                Vec::new()
+            }
+        };
+        conn.push(
+            Arc::new(ServerFrame::Welcome {
+                protocol: PROTOCOL_VERSION,
+                user: conn.user.clone(),
+                session: conn.id.clone(),
+                node: self.pod.name.clone(),
+                heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
+                groups,
+                limits: Limits {
+                    max_content_bytes: self.cfg.max_content_bytes,
+                    rate_per_sec: self.cfg.rate_limit,
+                    rate_burst: self.cfg.rate_burst,
+                },
+            }),
+            None,
+        );
+        match self
+            .backends
+            .store
+            .inbox(&conn.user, self.cfg.inbox_limit)
+            .await
+        {
+            Ok(msgs) => {
+                for m in msgs {
+                    if conn.push_bulk(Arc::new(ServerFrame::Message(m))).await
+                        != crate::hub::Push::Queued
+                    {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                self.backend_failed("inbox", &e);
+                self.send_error(conn, FrameError::from(e));
+            }
+        }
+    }
+
+    /// Writes an error frame to the connection and counts it.
+    pub fn send_error(&self, conn: &ConnHandle, e: FrameError) {
+        self.metrics.error(e.code);
+        conn.push(
+            Arc::new(ServerFrame::error(e.code, e.reason, e.client_msg_id)),
+            None,
+        );
+    }
+
+    fn backend_failed(&self, op: &'static str, e: &BackendError) {
+        self.metrics.backend_errors.inc();
+        warn!(op, error = %e, "backend call failed");
+    }
+
+    /// Executes one client frame.
+    pub async fn handle(
+        &self,
+        conn: &Arc<ConnHandle>,
+        frame: ClientFrame,
+    ) -> Result<(), FrameError> {
+        match frame {
+            ClientFrame::Send(s) => {
+                let cid = s.client_msg_id.clone();
+                self.on_send(conn, s).await.map_err(|mut e| {
+                    e.client_msg_id = e.client_msg_id.or(cid);
+                    e
+                })
+            }
+            ClientFrame::Ack { msg_ids } => self.on_ack(conn, &msg_ids).await,
+            ClientFrame::Read {
+                conversation,
+                seq,
+                msg_id,
+            } => self.on_read(conn, conversation, seq, msg_id).await,
+            ClientFrame::Typing {
+                conversation,
+                state,
+            } => self.on_typing(conn, conversation, state).await,
+            ClientFrame::Ping => {
+                conn.push(Arc::new(ServerFrame::Pong { ts: now_millis() }), None);
+                Ok(())
+            }
+            ClientFrame::History {
+                conversation,
+                before,
+                after,
+                limit,
+            } => {
+                self.participants(&conn.user, &conversation).await?;
+                let page = self
+                    .backends
+                    .store
+                    .history(
+                        &conversation,
+                        HistoryQuery {
+                            before,
+                            after,
+                            limit,
+                        },
+                    )
+                    .await?;
+                conn.push(
+                    Arc::new(ServerFrame::History {
+                        conversation,
+                        messages: page.messages,
+                        has_more: page.has_more,
+                    }),
+                    None,
+                );
+                Ok(())
+            }
+            ClientFrame::Resume { conversations } => {
+                for (conversation, after) in conversations {
+                    if let Err(e) = self.resume_one(conn, conversation, after).await {
+                        self.send_error(conn, e);
+                    }
+                }
+                Ok(())
+            }
+            ClientFrame::PresenceSubscribe { users } => {
+                self.hub.watch(conn, &users);
+                for u in users {
+                    let p = self.backends.registry.presence(&u).await?;
+                    conn.push(Arc::new(ServerFrame::Presence(p)), None);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn resume_one(
+        &self,
+        conn: &Arc<ConnHandle>,
+        conversation: ConversationId,
+        after: u64,
+    ) -> Result<(), FrameError> {
+        self.participants(&conn.user, &conversation).await?;
+        let page = self
+            .backends
+            .store
+            .history(
+                &conversation,
+                HistoryQuery {
+                    before: None,
+                    after: Some(after),
+                    limit: MAX_HISTORY_LIMIT,
+                },
+            )
+            .await?;
+        conn.push_bulk(Arc::new(ServerFrame::History {
+            conversation,
+            messages: page.messages,
+            has_more: page.has_more,
+        }))
+        .await;
+        Ok(())
+    }
+
+    /// Everyone in a conversation, if `me` is one of them.
+    async fn participants(
+        &self,
+        me: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<UserId>, FrameError> {
+        match conversation {
+            ConversationId::Direct(a, b) if a == me || b == me => Ok(vec![a.clone(), b.clone()]),
+            ConversationId::Direct(..) => Err(FrameError::new(
+                ErrorCode::NotAMember,
+                "not a participant of this conversation",
+            )),
+            ConversationId::Group(g) => match self.backends.store.group(g).await? {
+                Some(grp) if grp.members.contains(me) => Ok(grp.members),
+                _ => Err(FrameError::new(
+                    ErrorCode::NotAMember,
+                    "not a member of this group",
+                )),
+            },
+        }
+    }
+
+    async fn on_send(&self, conn: &Arc<ConnHandle>, s: Send) -> Result<(), FrameError> {
+        let me = &conn.user;
+        let (conversation, to, group) = match s.target {
+            Target::User(u) => (ConversationId::direct(me, &u), Some(u), None),
+            Target::Group(g) => (ConversationId::Group(g.clone()), None, Some(g)),
+        };
+        let mut recipients = self.participants(me, &conversation).await?;
+        recipients.retain(|u| u != me);
+        let accepted_at = Instant::now();
+        let msg = ChatMessage {
+            msg_id: self.ids.next_id(),
+            conversation,
+            seq: 0,
+            from: me.clone(),
+            to,
+            group,
+            content: s.content,
+            ts: now_millis(),
+            client_msg_id: s.client_msg_id,
+            chat_id: s.chat_id,
+        };
+        let appended = self.backends.store.append(msg, &recipients).await?;
+        let m = &appended.msg;
+        conn.push(
+            Arc::new(ServerFrame::Sent {
+                client_msg_id: m.client_msg_id.clone(),
+                msg_id: m.msg_id,
+                conversation: m.conversation.clone(),
+                seq: m.seq,
+                ts: m.ts,
+                duplicate: appended.duplicate,
+            }),
+            None,
+        );
+        if appended.duplicate {
+            return Ok(());
+        }
+        self.metrics.messages_stored.inc();
+        self.metrics
+            .inbox_skipped
+            .inc_by(appended.inbox_skipped.len() as u64);
+        // The sender's other devices get the message too.
+        recipients.push(me.clone());
+        self.route(
+            &recipients,
+            ServerFrame::Message(appended.msg),
+            Some(&conn.id),
+            Some(accepted_at),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn on_ack(&self, conn: &Arc<ConnHandle>, msg_ids: &[MsgId]) -> Result<(), FrameError> {
+        let acked = self.backends.store.ack(&conn.user, msg_ids).await?;
+        for m in acked {
+            let frame = ServerFrame::Delivered {
+                msg_id: m.msg_id,
+                conversation: m.conversation.clone(),
+                seq: m.seq,
+                user: conn.user.clone(),
+            };
+            self.route(std::slice::from_ref(&m.from), frame, None, None)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn on_read(
+        &self,
+        conn: &Arc<ConnHandle>,
+        conversation: ConversationId,
+        seq: Option<u64>,
+        msg_id: Option<MsgId>,
+    ) -> Result<(), FrameError> {
+        let participants = self.participants(&conn.user, &conversation).await?;
+        let seq = match (seq, msg_id) {
+            (Some(seq), _) => seq,
+            (None, Some(id)) => match self.backends.store.find(&conversation, id).await? {
+                Some(m) => m.seq,
+                None => {
+                    return Err(FrameError::new(
+                        ErrorCode::UnknownMessage,
+                        "no such message in this conversation",
+                    ));
+                }
+            },
+            (None, None) => return Err(FrameError::new(ErrorCode::MissingField, "seq or msg_id")),
+        };
+        let frame = ServerFrame::Read {
+            conversation,
+            seq,
+            msg_id,
+            user: conn.user.clone(),
+        };
+        // Everyone, the reader's other devices included, but not this one.
+        self.route(&participants, frame, Some(&conn.id), None).await;
+        Ok(())
+    }
+
+    async fn on_typing(
+        &self,
+        conn: &Arc<ConnHandle>,
+        conversation: ConversationId,
+        state: TypingState,
+    ) -> Result<(), FrameError> {
+        let mut others = self.participants(&conn.user, &conversation).await?;
+        others.retain(|u| *u != conn.user);
+        let frame = ServerFrame::Typing {
+            conversation,
+            user: conn.user.clone(),
+            state,
+        };
+        self.route(&others, frame, None, None).await;
+        Ok(())
+    }
+
+    /// Writes `frame` to every connection of `users`, on this pod directly and
+    /// on other pods through the bus (one envelope per pod).
+    async fn route(
+        &self,
+        users: &[UserId],
+        frame: ServerFrame,
+        except: Option<&str>,
+        accepted_at: Option<Instant>,
+    ) {
+        let frame = Arc::new(frame);
+        let mut remote: HashMap<String, Vec<UserId>> = HashMap::new();
+        for u in users {
+            self.hub.deliver(u, &frame, except, accepted_at);
+            match self.backends.registry.connections(u).await {
+                Ok(conns) => {
+                    for (_, pod) in conns {
+                        if pod != self.pod.name {
+                            let list = remote.entry(pod).or_default();
+                            if list.last() != Some(u) {
+                                list.push(u.clone());
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.backend_failed("connections", &e),
+            }
+        }
+        if remote.is_empty() {
+            return;
+        }
+        let sent_at_us = now_micros() - accepted_at.map_or(0, |t| t.elapsed().as_micros() as i64);
+        for (pod, users) in remote {
+            let env = Envelope::ToUsers {
+                users,
+                except: except.map(str::to_owned),
+                frame: (*frame).clone(),
+                sent_at_us,
+            };
+            self.metrics
+                .bus_envelopes
+                .get_or_create(&crate::metrics::DirectionLabel { direction: "out" })
+                .inc();
+            if let Err(e) = self.backends.bus.publish(&pod, env).await {
+                // The message is in the inbox; only the push is lost.
+                self.backend_failed("publish", &e);
+            }
+        }
+    }
+
+    /// Tells watchers, here and on other pods, that `user`'s presence changed.
+    async fn publish_presence(&self, user: &UserId) {
+        let p = match self.backends.registry.presence(user).await {
+            Ok(p) => p,
+            Err(e) => return self.backend_failed("presence", &e),
+        };
+        self.hub
+            .deliver_presence(user, &Arc::new(ServerFrame::Presence(p.clone())));
+        if let Err(e) = self
+            .backends
+            .bus
+            .broadcast(&self.pod.name, Envelope::Presence(p))
+            .await
+        {
+            self.backend_failed("broadcast", &e);
+        }
+    }
+
+    /// Delivers envelopes from other pods until the bus closes.
+    pub async fn run_bus(self: Arc<Self>, mut rx: mpsc::Receiver<Envelope>) {
+        while let Some(env) = rx.recv().await {
+            self.metrics
+                .bus_envelopes
+                .get_or_create(&crate::metrics::DirectionLabel { direction: "in" })
+                .inc();
+            match env {
+                Envelope::ToUsers {
+                    users,
+                    except,
+                    frame,
+                    sent_at_us,
+                } => {
+                    let age = Duration::from_micros((now_micros() - sent_at_us).max(0) as u64);
+                    let accepted_at = Instant::now().checked_sub(age);
+                    let frame = Arc::new(frame);
+                    let accepted_at = matches!(*frame, ServerFrame::Message(_))
+                        .then_some(accepted_at)
+                        .flatten();
+                    for u in &users {
+                        self.hub.deliver(u, &frame, except.as_deref(), accepted_at);
+                    }
+                }
+                Envelope::Presence(p) => {
+                    let user = p.user.clone();
+                    self.hub
+                        .deliver_presence(&user, &Arc::new(ServerFrame::Presence(p)));
+                }
+            }
+        }
+    }
+
+    /// Refreshes this pod's registry entries every heartbeat interval.
+    pub async fn run_heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let conns: Vec<_> = self.hub.all().iter().map(|c| self.conn_info(c)).collect();
+            if let Err(e) = self
+                .backends
+                .registry
+                .heartbeat(&self.pod.name, &conns)
+                .await
+            {
+                self.backend_failed("heartbeat", &e);
+            }
+        }
+    }
+
+    /// Graceful drain: turn not-ready, tell every client to reconnect (with a
+    /// jittered delay), wait for them to leave up to the drain timeout, then
+    /// close the rest with 1001.
+    pub async fn drain(&self) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let conns = self.hub.all();
+        info!(connections = conns.len(), timeout = ?self.cfg.drain_timeout, "draining");
+        let jitter = self.cfg.reconnect_jitter.as_millis() as u64;
+        for c in &conns {
+            let delay_ms = if jitter == 0 {
+                0
+            } else {
+                rand::rng().random_range(0..=jitter)
+            };
+            c.push(
+                Arc::new(ServerFrame::Reconnect {
+                    reason: "draining".into(),
+                    delay_ms,
+                }),
+                None,
+            );
+        }
+        let deadline = Instant::now() + self.cfg.drain_timeout;
+        while !self.hub.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.hub.all();
+        if !left.is_empty() {
+            info!(
+                connections = left.len(),
+                "drain timeout: closing remaining connections"
+            );
+        }
+        for c in &left {
+            c.close_with(CloseCode::GoingAway);
+        }
+        // Let the connection tasks run their cleanup (registry removal).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.hub.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.backends.bus.unsubscribe(&self.pod.name).await;
+        info!("drained");
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

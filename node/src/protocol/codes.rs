@@ -1,0 +1,125 @@
+//! Stable error codes and WebSocket close codes. Clients switch on these
+//! strings and numbers, so they never change meaning once released.
+
+use serde::{Deserialize, Serialize};
+
+/// The `code` of an `error` frame (and of HTTP error bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame is not a JSON object.
+    BadJson,
+    /// The `type` is not one this protocol version knows.
+    UnknownType,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or an invalid value.
+    InvalidField,
+    /// `content` is longer than the node's limit (bytes of UTF-8).
+    ContentTooLarge,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// The per-connection rate limit refused this frame; retry later.
+    RateLimited,
+    /// The group does not exist or the user is not one of its members.
+    NotAMember,
+    /// The recipient's offline inbox is full; the message was not stored.
+    InboxFull,
+    /// A read receipt named a message that is not in that conversation.
+    UnknownMessage,
+    /// The storage backend failed; resend with the same `client_msg_id`.
+    Unavailable,
+    /// Authentication failed (HTTP 401 at the upgrade).
+    Unauthorized,
+    /// The admin token is missing or wrong (HTTP 401).
+    Forbidden,
+    /// The node is draining and accepts no new connections (HTTP 503).
+    Draining,
+    /// The node is at its connection limit (HTTP 503).
+    ServerFull,
+    /// An HTTP resource does not exist (HTTP 404).
+    NotFound,
+    /// An HTTP request conflicts with existing state (HTTP 409).
+    Conflict,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 17] = [
+        Self::BadJson,
+        Self::UnknownType,
+        Self::MissingField,
+        Self::InvalidField,
+        Self::ContentTooLarge,
+        Self::BinaryNotSupported,
+        Self::RateLimited,
+        Self::NotAMember,
+        Self::InboxFull,
+        Self::UnknownMessage,
+        Self::Unavailable,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::Draining,
+        Self::ServerFull,
+        Self::NotFound,
+        Self::Conflict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::UnknownType => "unknown_type",
+            Self::MissingField => "missing_field",
+            Self::InvalidField => "invalid_field",
+            Self::ContentTooLarge => "content_too_large",
+            Self::BinaryNotSupported => "binary_not_supported",
+            Self::RateLimited => "rate_limited",
+            Self::NotAMember => "not_a_member",
+            Self::InboxFull => "inbox_full",
+            Self::UnknownMessage => "unknown_message",
+            Self::Unavailable => "unavailable",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Draining => "draining",
+            Self::ServerFull => "server_full",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+        }
+    }
+}
+
+/// Close codes the server uses. 1000-1011 are RFC 6455; 4000-4999 are ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1001: the node shut down after its drain timeout.
+    GoingAway,
+    /// 1009: a frame exceeded the hard frame size limit.
+    TooBig,
+    /// 1011: an unexpected server error.
+    Internal,
+    /// 4000: no frame (not even a ping) within the idle timeout.
+    IdleTimeout,
+    /// 4001: the client read too slowly and its outbound buffer filled up.
+    SlowConsumer,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            Self::GoingAway => 1001,
+            Self::TooBig => 1009,
+            Self::Internal => 1011,
+            Self::IdleTimeout => 4000,
+            Self::SlowConsumer => 4001,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::GoingAway => "server_shutdown",
+            Self::TooBig => "frame_too_large",
+            Self::Internal => "internal_error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::SlowConsumer => "slow_consumer",
+        }
+    }
+}

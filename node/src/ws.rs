@@ -1,0 +1,325 @@
+//! The WebSocket endpoint: upgrade (auth, admission) and the per-connection
+//! reader and writer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::http::ApiError;
+use crate::hub::{ConnHandle, Outbound};
+use crate::metrics::FrameLabel;
+use crate::node::Node;
+use crate::protocol::{self, CloseCode, Dialect, ErrorCode, FrameError};
+
+/// Frames written per flush at most, so one busy connection cannot starve
+/// its own reader's replies for long.
+const WRITE_BATCH: usize = 64;
+
+/// `GET /ws`: protocol v1.
+pub async fn ws_v1(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(node, q, headers, ws, Dialect::V1)
+}
+
+/// `GET /ws/chat`: the seed service's endpoint and frame shapes.
+pub async fn ws_seed(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(node, q, headers, ws, Dialect::Seed)
+}
+
+fn upgrade(
+    node: Arc<Node>,
+    q: HashMap<String, String>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+    dialect: Dialect,
+) -> Response {
+    if node.is_draining() {
+        node.metrics.error(ErrorCode::Draining);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Draining,
+            "node is draining; connect to another",
+        )
+        .into_response();
+    }
+    let user = match node.auth.authenticate(&q, &headers) {
+        Ok(u) => u,
+        Err(e) => {
+            node.metrics.error(ErrorCode::Unauthorized);
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                e.to_string(),
+            )
+            .into_response();
+        }
+    };
+    if !node.admit() {
+        node.metrics.error(ErrorCode::ServerFull);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerFull,
+            "connection limit reached",
+        )
+        .into_response();
+    }
+    let max = node.cfg.max_frame_bytes;
+    let failed = node.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // Small buffers: most connections are idle most of the time, and
+        // per-connection memory is what limits how many one pod can hold.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_failed_upgrade(move |e| {
+            failed.release();
+            debug!(error = %e, "websocket upgrade failed");
+        })
+        .on_upgrade(move |socket| async move {
+            run_connection(&node, socket, user, dialect).await;
+            node.release();
+        })
+}
+
+async fn run_connection(
+    node: &Arc<Node>,
+    socket: WebSocket,
+    user: crate::ids::UserId,
+    dialect: Dialect,
+) {
+    let (conn, rx) = node.open(user, dialect).await;
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, rx));
+    let greeter = {
+        let (node, conn) = (node.clone(), conn.clone());
+        tokio::spawn(async move { node.greet(&conn).await })
+    };
+    let reason = read_loop(node, &conn, stream).await;
+    greeter.abort();
+    // Stops the writer (it sends the close frame, if any).
+    conn.closed().cancel();
+    if let Err(e) = writer.await {
+        warn!(error = %e, "writer task failed");
+    }
+    node.close(&conn, reason).await;
+}
+
+/// Reads client frames until the connection ends; returns why it ended.
+async fn read_loop(
+    node: &Node,
+    conn: &Arc<ConnHandle>,
+    mut stream: SplitStream<WebSocket>,
+) -> &'static str {
+    let idle = node.cfg.heartbeat_interval * 3;
+    let mut bucket = TokenBucket::new(node.cfg.rate_limit, node.cfg.rate_burst);
+    let limits = node.parse_limits();
+    loop {
+        let next = tokio::select! {
+            _ = conn.closed().cancelled() => {
+                return conn.close_code().map_or("server_closed", CloseCode::reason);
+            }
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        let msg = match next {
+            Err(_) => {
+                conn.close_with(CloseCode::IdleTimeout);
+                return CloseCode::IdleTimeout.reason();
+            }
+            Ok(None) => return "client_gone",
+            Ok(Some(Err(e))) => {
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("too big") {
+                    conn.close_with(CloseCode::TooBig);
+                    return CloseCode::TooBig.reason();
+                }
+                debug!(error = %text, "websocket read failed");
+                return "read_error";
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                count_in(node, "binary");
+                if bucket.take() {
+                    node.send_error(
+                        conn,
+                        FrameError::new(
+                            ErrorCode::BinaryNotSupported,
+                            "binary frames are not supported; send JSON text",
+                        ),
+                    );
+                } else {
+                    refuse_rate(node, conn, None);
+                }
+                continue;
+            }
+            Message::Close(_) => return "client_closed",
+            // axum answers pings itself; any frame counts as liveness.
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if !bucket.take() {
+            count_in(node, "rate_limited");
+            refuse_rate(node, conn, Some(text.as_str()));
+            continue;
+        }
+        match protocol::parse(text.as_str(), &conn.user, limits) {
+            Ok(frame) => {
+                count_in(node, frame.kind());
+                if let Err(e) = node.handle(conn, frame).await {
+                    node.send_error(conn, e);
+                }
+            }
+            Err(e) => {
+                count_in(node, "invalid");
+                node.send_error(conn, e);
+            }
+        }
+    }
+}
+
+fn count_in(node: &Node, frame: &'static str) {
+    node.metrics
+        .frames_in
+        .get_or_create(&FrameLabel { frame })
+        .inc();
+}
+
+fn refuse_rate(node: &Node, conn: &ConnHandle, text: Option<&str>) {
+    // Only the client_msg_id is looked at: the frame itself is not parsed.
+    let cid = text.and_then(protocol::client_msg_id_of);
+    let mut e = FrameError::new(
+        ErrorCode::RateLimited,
+        "rate limit exceeded; slow down and resend",
+    );
+    e.client_msg_id = cid;
+    node.send_error(conn, e);
+}
+
+async fn write_loop(
+    node: Arc<Node>,
+    conn: Arc<ConnHandle>,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
+    let mut latencies: Vec<Instant> = Vec::new();
+    'outer: loop {
+        let first = tokio::select! {
+            biased;
+            _ = conn.closed().cancelled() => break,
+            item = rx.recv() => match item {
+                Some(o) => o,
+                None => break,
+            },
+        };
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(o) = next.take() {
+            if let Some(t) = o.accepted_at {
+                latencies.push(t);
+            }
+            node.metrics
+                .frames_out
+                .get_or_create(&FrameLabel {
+                    frame: o.frame.kind(),
+                })
+                .inc();
+            if sink
+                .feed(Message::Text(o.frame.render(conn.dialect).into()))
+                .await
+                .is_err()
+            {
+                break 'outer;
+            }
+            n += 1;
+            if n < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+        for t in latencies.drain(..) {
+            node.metrics
+                .delivery_latency
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+    let frame = conn.close_code().map(|c| CloseFrame {
+        code: c.code(),
+        reason: c.reason().into(),
+    });
+    // Bounded: a client that stopped reading must not hold the task forever.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sink.send(Message::Close(frame)),
+    )
+    .await;
+    conn.closed().cancel();
+}
+
+/// A token bucket: `rate` tokens per second, up to `burst`.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_refuses() {
+        let mut b = TokenBucket::new(1, 3);
+        assert!(b.take() && b.take() && b.take());
+        assert!(!b.take());
+        b.last -= std::time::Duration::from_millis(1100);
+        assert!(b.take());
+        assert!(!b.take());
+    }
+}
