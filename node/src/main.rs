@@ -1,5 +1,7 @@
 //! `switchboard-node`: see `--help`.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use switchboard_node::config::LogFormat;
@@ -13,7 +15,10 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     let filter = EnvFilter::try_from_env("SB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match cfg.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
