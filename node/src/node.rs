@@ -141,13 +141,23 @@ impl Node {
         }
     }
 
-    /// Registers a new connection of `user`; returns its handle and the
-    /// receiving end of its outbound queue.
+    /// Registers a new connection of `user` and queues its `welcome`; returns
+    /// its handle and the receiving end of its outbound queue.
+    ///
+    /// The welcome is queued before the connection becomes visible to the hub
+    /// and the registry, so it is always the first frame, ahead of any push.
     pub async fn open(
         &self,
         user: UserId,
         dialect: Dialect,
     ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let groups = match self.backends.store.groups_of(&user).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.backend_failed("groups_of", &e);
+                Vec::new()
+            }
+        };
         let n = self.conn_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.cfg.outbound_buffer);
         let conn = Arc::new(ConnHandle::new(
@@ -156,6 +166,22 @@ impl Node {
             dialect,
             tx,
         ));
+        conn.push(
+            Arc::new(ServerFrame::Welcome {
+                protocol: PROTOCOL_VERSION,
+                user: conn.user.clone(),
+                session: conn.id.clone(),
+                node: self.pod.name.clone(),
+                heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
+                groups,
+                limits: Limits {
+                    max_content_bytes: self.cfg.max_content_bytes,
+                    rate_per_sec: self.cfg.rate_limit,
+                    rate_burst: self.cfg.rate_burst,
+                },
+            }),
+            None,
+        );
         self.hub.insert(conn.clone());
         self.metrics.connections.inc();
         match self
@@ -194,31 +220,8 @@ impl Node {
         debug!(conn = %conn.id, user = %conn.user, reason, "disconnected");
     }
 
-    /// Sends `welcome`, then replays the user's inbox, oldest first.
-    pub async fn greet(&self, conn: &Arc<ConnHandle>) {
-        let groups = match self.backends.store.groups_of(&conn.user).await {
-            Ok(g) => g,
-            Err(e) => {
-                self.backend_failed("groups_of", &e);
-                Vec::new()
-            }
-        };
-        conn.push(
-            Arc::new(ServerFrame::Welcome {
-                protocol: PROTOCOL_VERSION,
-                user: conn.user.clone(),
-                session: conn.id.clone(),
-                node: self.pod.name.clone(),
-                heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
-                groups,
-                limits: Limits {
-                    max_content_bytes: self.cfg.max_content_bytes,
-                    rate_per_sec: self.cfg.rate_limit,
-                    rate_burst: self.cfg.rate_burst,
-                },
-            }),
-            None,
-        );
+    /// Replays the user's inbox, oldest first.
+    pub async fn replay_inbox(&self, conn: &Arc<ConnHandle>) {
         match self
             .backends
             .store

@@ -108,12 +108,12 @@ async fn run_connection(
     let (conn, rx) = node.open(user, dialect).await;
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, rx));
-    let greeter = {
+    let replay = {
         let (node, conn) = (node.clone(), conn.clone());
-        tokio::spawn(async move { node.greet(&conn).await })
+        tokio::spawn(async move { node.replay_inbox(&conn).await })
     };
     let reason = read_loop(node, &conn, stream).await;
-    greeter.abort();
+    replay.abort();
     // Stops the writer (it sends the close frame, if any).
     conn.closed().cancel();
     if let Err(e) = writer.await {
@@ -134,7 +134,7 @@ async fn read_loop(
     loop {
         let next = tokio::select! {
             _ = conn.closed().cancelled() => {
-                return conn.close_code().map_or("server_closed", CloseCode::reason);
+                return conn.close_code().map_or("write_failed", CloseCode::reason);
             }
             next = tokio::time::timeout(idle, stream.next()) => next,
         };
