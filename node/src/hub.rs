@@ -189,10 +189,15 @@ impl Hub {
             .count()
     }
 
-    /// Subscribes a connection to the presence of `users` (replacing nothing:
-    /// subscriptions accumulate until the connection closes).
-    pub fn watch(&self, conn: &ConnHandle, users: &[UserId]) {
+    /// Subscribes a connection to the presence of `users` (subscriptions
+    /// accumulate until the connection closes). Refuses, changing nothing, if
+    /// the connection would watch more than `max` users.
+    pub fn watch(&self, conn: &ConnHandle, users: &[UserId], max: usize) -> bool {
         let mut st = self.write();
+        let current = st.watching.get(&conn.id).map_or(0, Vec::len);
+        if current + users.len() > max {
+            return false;
+        }
         let mut added = Vec::new();
         for u in users {
             if st
@@ -208,6 +213,7 @@ impl Hub {
             .entry(conn.id.clone())
             .or_default()
             .extend(added);
+        true
     }
 
     /// Writes a presence frame to the connections watching `user`.
@@ -274,7 +280,8 @@ mod tests {
         let (a, mut ra) = conn("p#1", "a", 8);
         hub.insert(a.clone());
         let bob = UserId::parse("bob").unwrap();
-        hub.watch(&a, std::slice::from_ref(&bob));
+        assert!(hub.watch(&a, std::slice::from_ref(&bob), 1));
+        assert!(!hub.watch(&a, &[UserId::parse("cy").unwrap()], 1));
         let f = Arc::new(ServerFrame::Pong { ts: 1 });
         hub.deliver_presence(&bob, &f);
         assert!(ra.try_recv().is_ok());

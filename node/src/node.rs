@@ -23,6 +23,10 @@ use crate::protocol::{
     Send, ServerFrame, TypingState,
 };
 
+/// Most users one connection may watch with `presence_subscribe`, so a
+/// client cannot grow the watcher table without bound.
+pub const MAX_WATCHED_USERS: usize = 1024;
+
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -324,7 +328,12 @@ impl Node {
                 Ok(())
             }
             ClientFrame::PresenceSubscribe { users } => {
-                self.hub.watch(conn, &users);
+                if !self.hub.watch(conn, &users, MAX_WATCHED_USERS) {
+                    return Err(FrameError::new(
+                        ErrorCode::InvalidField,
+                        format!("a connection may watch at most {MAX_WATCHED_USERS} users"),
+                    ));
+                }
                 for u in users {
                     let p = self.backends.registry.presence(&u).await?;
                     conn.push(Arc::new(ServerFrame::Presence(p)), None);

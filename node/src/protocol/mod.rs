@@ -610,6 +610,45 @@ mod tests {
         assert_eq!(e.client_msg_id.as_deref(), Some("c8"));
     }
 
+    /// Mutated frames (random bytes flipped, cut, duplicated) never panic the
+    /// parser: they parse or get an error code.
+    #[test]
+    fn mutated_frames_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let seeds = [
+            r#"{"type":"send","client_msg_id":"c1","to":"bob","content":"hi"}"#,
+            r#"{"type":"CHAT_MESSAGE","receiverId":"bob","chatId":"c","content":"x","timestamp":1}"#,
+            r#"{"type":"READ_RECEIPT","chatId":"c","messageId":"42","receiverId":"bob"}"#,
+            r#"{"type":"history","conversation":"dm:alice:bob","before":5,"limit":10}"#,
+            r#"{"type":"resume","conversations":{"dm:alice:bob":3,"group:g":1}}"#,
+            r#"{"type":"ack","msg_ids":["1","2",3]}"#,
+            r#"{"type":"presence_subscribe","users":["a","b"]}"#,
+            r#"{"type":"typing","conversation":"group:g","state":"start"}"#,
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut errors = 0;
+        for i in 0..50_000 {
+            let mut b = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..b.len());
+                match rng.random_range(0..3) {
+                    0 => b[at] = rng.random(),
+                    1 => b.truncate(at.max(1)),
+                    _ => {
+                        let byte = b[at];
+                        b.insert(at, byte);
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&b);
+            if parse(&text, &me(), LIMITS).is_err() {
+                errors += 1;
+            }
+        }
+        // Most mutations break the frame; the point is that none panicked.
+        assert!(errors > 10_000, "{errors}");
+    }
+
     #[test]
     fn reasons_have_no_line_numbers() {
         let e = p(r#"{"type":"send","to":"bob"}"#).unwrap_err();
