@@ -31,7 +31,8 @@ async fn jwt_mode_refuses_missing_expired_and_forged_tokens() {
         !s.node.auth.dev_mode(),
         "dev auth is off by default once a JWT secret is set"
     );
-    assert_eq!(Client::refused(s.addr, "/ws").await, 401);
+    let (st, body) = Client::refusal(s.addr, "/ws").await;
+    assert_eq!((st, body["code"].as_str()), (401, Some("unauthorized")));
     assert_eq!(Client::refused(s.addr, "/ws?userId=alice").await, 401);
     assert_eq!(
         Client::refused(
@@ -82,7 +83,8 @@ async fn drain_turns_not_ready_tells_clients_to_reconnect_then_closes() {
     let (st, body) = http_text(addr, "GET", "/readyz", None, None).await;
     assert_eq!(st, 503, "{body}");
     assert_eq!(http_text(addr, "GET", "/healthz", None, None).await.0, 200);
-    assert_eq!(Client::refused(addr, "/ws?userId=late").await, 503);
+    let (st, body) = Client::refusal(addr, "/ws?userId=late").await;
+    assert_eq!((st, body["code"].as_str()), (503, Some("draining")));
     // One client leaves by itself; the other stays and is closed at the timeout.
     a.close().await;
     let t = Instant::now();

@@ -199,7 +199,8 @@ async fn connections_over_the_limit_get_503() {
     let s = Server::with(|c| c.max_connections = 2).await;
     let _a = s.connect("c1").await;
     let b = s.connect("c2").await;
-    assert_eq!(Client::refused(s.addr, "/ws?userId=c3").await, 503);
+    let (st, body) = Client::refusal(s.addr, "/ws?userId=c3").await;
+    assert_eq!((st, body["code"].as_str()), (503, Some("server_full")));
     b.close().await;
     // The slot is released when a connection ends.
     let mut c = s.connect("c3").await;

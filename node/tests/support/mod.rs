@@ -127,11 +127,25 @@ impl Client {
         c
     }
 
-    /// Connects and returns the HTTP status of a refused upgrade.
+    /// Connects and returns the HTTP status of a refused upgrade, checking
+    /// that the body is a JSON error with a code.
     pub async fn refused(addr: SocketAddr, path_and_query: &str) -> u16 {
+        Self::refusal(addr, path_and_query).await.0
+    }
+
+    /// The status and JSON body of a refused upgrade.
+    pub async fn refusal(addr: SocketAddr, path_and_query: &str) -> (u16, Value) {
         match tokio_tungstenite::connect_async(format!("ws://{addr}{path_and_query}")).await {
             Ok(_) => panic!("upgrade to {path_and_query} was accepted"),
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                let body: Value =
+                    serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap();
+                assert!(
+                    body["code"].is_string() && body["reason"].is_string(),
+                    "{body}"
+                );
+                (r.status().as_u16(), body)
+            }
             Err(e) => panic!("unexpected error {e}"),
         }
     }
