@@ -312,6 +312,8 @@ impl Node {
                 conn.push(
                     Arc::new(ServerFrame::History {
                         conversation,
+                        before,
+                        after,
                         messages: page.messages,
                         has_more: page.has_more,
                     }),
@@ -364,6 +366,8 @@ impl Node {
             .await?;
         conn.push_bulk(Arc::new(ServerFrame::History {
             conversation,
+            before: None,
+            after: Some(after),
             messages: page.messages,
             has_more: page.has_more,
         }))

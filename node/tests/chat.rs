@@ -193,6 +193,7 @@ async fn history_pages_and_resume() {
     frames.sort_by_key(|f| f["type"].as_str().unwrap().to_owned());
     assert_eq!(frames[0]["code"], "not_a_member");
     assert_eq!(seqs(&frames[1]), vec![5, 6]);
+    assert_eq!(frames[1]["after"], 4);
 }
 
 #[tokio::test]

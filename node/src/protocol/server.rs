@@ -84,6 +84,11 @@ pub enum ServerFrame {
     Presence(Presence),
     History {
         conversation: ConversationId,
+        /// The request's cursor, echoed so a client can match the page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
         messages: Vec<Arc<ChatMessage>>,
         /// More messages exist beyond this page in the direction asked.
         has_more: bool,
