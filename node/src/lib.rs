@@ -22,6 +22,7 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -45,6 +46,14 @@ pub async fn run(
     let bus = tokio::spawn(node.clone().run_bus(rx));
     let heartbeat = tokio::spawn(node.clone().run_heartbeat());
     let drainer = node.clone();
+    // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's
+    // algorithm holds a frame back until the previous one is acked, which
+    // measured as milliseconds of added delivery latency under load.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app(node))
         .with_graceful_shutdown(async move {
             shutdown.await;
