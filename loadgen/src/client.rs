@@ -1,0 +1,162 @@
+//! WebSocket client connections and the server frames the loadgen reads.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+use crate::report::Counts;
+use crate::target::Endpoint;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long one connect (TCP, upgrade, welcome) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The fields of a server frame the loadgen looks at; the rest is ignored.
+#[derive(Debug, Deserialize)]
+pub struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub msg_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(borrow, default)]
+    pub code: Option<Cow<'a, str>>,
+}
+
+impl<'a> Frame<'a> {
+    pub fn parse(text: &'a str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// WebSocket buffers: `read_buffer` is allocated per connection up front.
+pub fn ws_config(read_buffer: usize, write_buffer: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(write_buffer)
+}
+
+/// Why a connection attempt failed, as a short bounded label.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub kind: String,
+    pub detail: String,
+}
+
+impl ConnectError {
+    fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
+        Self {
+            kind: kind.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Connects as `user` and waits for the `welcome` frame.
+pub async fn connect(
+    target: &Endpoint,
+    user: &str,
+    cfg: WebSocketConfig,
+) -> Result<Ws, ConnectError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, user, cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::new("timeout", "no welcome within 10 s")),
+    }
+}
+
+async fn connect_inner(
+    target: &Endpoint,
+    user: &str,
+    cfg: WebSocketConfig,
+) -> Result<Ws, ConnectError> {
+    let tcp = TcpStream::connect(target.addr)
+        .await
+        .map_err(|e| ConnectError::new(format!("tcp: {:?}", e.kind()), e))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| ConnectError::new("nodelay", e))?;
+    let (mut ws, _) = client_async_with_config(target.ws_url(user), tcp, Some(cfg))
+        .await
+        .map_err(|e| match &e {
+            tungstenite::Error::Http(resp) => {
+                ConnectError::new(format!("http {}", resp.status().as_u16()), &e)
+            }
+            tungstenite::Error::Io(io) => ConnectError::new(format!("io: {:?}", io.kind()), &e),
+            _ => ConnectError::new("handshake", &e),
+        })?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => match Frame::parse(t.as_str()) {
+                Some(f) if f.kind == "welcome" => return Ok(ws),
+                _ => return Err(ConnectError::new("no welcome", t.as_str())),
+            },
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => return Err(ConnectError::new("no welcome", other)),
+            Some(Err(e)) => return Err(ConnectError::new("read", e)),
+            None => return Err(ConnectError::new("closed", "closed before welcome")),
+        }
+    }
+}
+
+/// The outcome of [`connect_many`].
+#[derive(Debug, Default)]
+pub struct Connected {
+    /// Open connections, in the order of the users asked for; `None` where
+    /// the attempt failed.
+    pub conns: Vec<Option<Ws>>,
+    /// Failed attempts by kind.
+    pub failures: Counts,
+    /// The first few failure messages, for the log.
+    pub samples: Vec<String>,
+}
+
+impl Connected {
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+/// Connects every user, `concurrency` attempts at a time (spread over the
+/// runtime's worker threads), each waiting for its `welcome`.
+pub async fn connect_many(
+    endpoint: &Endpoint,
+    users: Vec<String>,
+    cfg: WebSocketConfig,
+    concurrency: usize,
+) -> Connected {
+    let n = users.len();
+    let mut results = futures_util::stream::iter(users.into_iter().enumerate())
+        .map(|(i, user)| {
+            let ep = endpoint.clone();
+            tokio::spawn(async move { (i, connect(&ep, &user, cfg).await) })
+        })
+        .buffer_unordered(concurrency.max(1));
+    let mut out = Connected {
+        conns: (0..n).map(|_| None).collect(),
+        ..Connected::default()
+    };
+    while let Some(r) = results.next().await {
+        let err = match r {
+            Ok((i, Ok(ws))) => {
+                out.conns[i] = Some(ws);
+                continue;
+            }
+            Ok((_, Err(e))) => e,
+            Err(e) => ConnectError::new("task", e),
+        };
+        *out.failures.entry(err.kind).or_default() += 1;
+        if out.samples.len() < 5 {
+            out.samples.push(err.detail);
+        }
+    }
+    out
+}

@@ -1,0 +1,813 @@
+//! `throughput`: open-loop direct messages between sender/receiver pairs,
+//! with end-to-end latency from each message's scheduled send time.
+//!
+//! A pacer thread owns the schedule: message `j` is due at `start +
+//! j / rate` and belongs to sender `j % pairs`, so the senders are evenly
+//! staggered. At its due time the pacer hands the message to its sender's
+//! task, which writes it without waiting for any reply. The content carries
+//! the scheduled time and the time it was actually written (nanoseconds
+//! since `start`), so a receiver can compute both latencies.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Frame, Ws};
+use crate::report::{Counts, Out, counts_line, mib, r1};
+use crate::sys;
+use crate::target::{self, Target, TargetArgs};
+
+/// Offer a fixed message rate through sender/receiver pairs; measure latency.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThroughputArgs {
+    /// Sender/receiver pairs: two connections and two distinct users each.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+
+    /// Total messages per second offered, spread evenly over the senders.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Messages scheduled in the first seconds are left out of the latency
+    /// histograms.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+
+    /// Seconds to wait after the last send for outstanding replies.
+    #[arg(long, default_value_t = 5.0)]
+    pub grace: f64,
+
+    /// Bytes of message content (timestamps, padded with `x`).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(48..=4000))]
+    pub content_bytes: u16,
+
+    /// Receivers ack after this many messages; 0 turns acks off.
+    #[arg(long, default_value_t = 64)]
+    pub ack_batch: usize,
+
+    /// ...or this many milliseconds after the oldest unacked message.
+    #[arg(long, default_value_t = 10)]
+    pub ack_interval_ms: u64,
+
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+
+    /// The pacer wakes at most once per this many microseconds and hands
+    /// over every message due by then (each keeps its own scheduled time).
+    /// Smaller is more exact but costs the loadgen more CPU.
+    #[arg(long, default_value_t = 100)]
+    pub pacer_tick_us: u64,
+
+    /// Read buffer of each client socket (bytes). tungstenite zeroes up to
+    /// this much on every read, so bigger is slower for small frames.
+    #[arg(long, default_value_t = 4096)]
+    pub client_read_buffer: usize,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Counters of one pair, shared by its tasks and the progress loop.
+#[derive(Debug, Default)]
+struct PairStats {
+    /// `send` frames written.
+    written: AtomicU64,
+    /// `sent` replies.
+    sent_ok: AtomicU64,
+    /// `error` replies to the sender.
+    send_errors: AtomicU64,
+    /// `delivered` receipts (after the receiver's ack).
+    delivered: AtomicU64,
+    /// `message` frames at the receiver.
+    received: AtomicU64,
+    /// Messages whose `seq` was not above the previous one.
+    out_of_order: AtomicU64,
+    /// Connections that ended before the run did.
+    closed_early: AtomicU64,
+}
+
+/// What every task shares.
+#[derive(Debug)]
+struct Shared {
+    start: Instant,
+    warmup_ns: u64,
+    /// Largest receive time seen, ns since `start`.
+    last_receive_ns: AtomicU64,
+    errors: Mutex<Counts>,
+}
+
+impl Shared {
+    fn error(&self, code: &str) {
+        let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *e.entry(code.to_owned()).or_default() += 1;
+    }
+
+    fn ns_since_start(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_nanos() as u64
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+struct Latency {
+    samples: u64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    mean_us: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+        Self {
+            samples: h.len(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p90_us: us(h.value_at_quantile(0.9)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            mean_us: (h.mean() / 100.0).round() / 10.0,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs (mean {} µs, n={})",
+            self.p50_us,
+            self.p90_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            self.mean_us,
+            self.samples
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ThroughputSummary {
+    scenario: &'static str,
+    ok: bool,
+    failures: Vec<String>,
+    pairs: usize,
+    offered_rate: u64,
+    duration_secs: f64,
+    warmup_secs: f64,
+    content_bytes: u16,
+    ack_batch: usize,
+    connect_failures: Counts,
+    scheduled: u64,
+    written: u64,
+    sent_ok: u64,
+    received: u64,
+    delivered_receipts: u64,
+    lost: u64,
+    unconfirmed: u64,
+    out_of_order: u64,
+    closed_early: u64,
+    errors: Counts,
+    send_rate: f64,
+    receive_rate: f64,
+    /// How late the pacer handed over a message at worst (ms).
+    pacer_late_max_ms: f64,
+    /// From scheduled send time to receipt (includes the loadgen's own lag).
+    latency: Latency,
+    /// From the actual write to receipt.
+    latency_from_write: Latency,
+    /// Upper bounds of the node's own delivery histogram buckets (ms),
+    /// warm-up included.
+    node_delivery_p50_ms_le: Option<f64>,
+    node_delivery_p99_ms_le: Option<f64>,
+    node_cpu_secs: Option<f64>,
+    node_cpu_cores: Option<f64>,
+    node_cpu_us_per_msg: Option<f64>,
+    node_rss_after_bytes: Option<u64>,
+    loadgen_cpu_secs: f64,
+    loadgen_cpu_cores: f64,
+    /// All CPUs busy during the run, in cores.
+    machine_busy_cores: f64,
+    /// Busy CPU not used by the node or the loadgen, in cores.
+    other_processes_cores: f64,
+}
+
+type Sink = SplitSink<Ws, Message>;
+type Stream = SplitStream<Ws>;
+
+pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
+    if args.pairs == 0 || args.rate == 0 || args.duration <= 0.0 {
+        bail!("--pairs, --rate and --duration must be positive");
+    }
+    if args.ack_batch > 1000 {
+        bail!("--ack-batch is at most 1000 (the protocol's limit per ack)");
+    }
+    let scheduled = (args.rate as f64 * args.duration).round() as u64;
+    let mut failures = Vec::new();
+    let mut target = Target::open(&args.target).await?;
+    let pid = target.pid;
+    out.line(format!(
+        "throughput: node at {} (pid {}), {} pairs, {} msg/s for {} s ({} per sender/s), {} B content, ack every {} msgs or {} ms",
+        target.endpoint.addr,
+        pid.map_or("unknown".into(), |p| p.to_string()),
+        args.pairs,
+        args.rate,
+        args.duration,
+        args.rate as f64 / args.pairs as f64,
+        args.content_bytes,
+        args.ack_batch,
+        args.ack_interval_ms
+    ));
+
+    // Receivers first, so they are online when the first message arrives.
+    let me = std::process::id();
+    let recv_users: Vec<String> = (0..args.pairs).map(|i| format!("lg{me}r{i}")).collect();
+    let send_users: Vec<String> = (0..args.pairs).map(|i| format!("lg{me}s{i}")).collect();
+    let cfg = client::ws_config(args.client_read_buffer, 64 * 1024);
+    let t = Instant::now();
+    let receivers = client::connect_many(&target.endpoint, recv_users, cfg, args.concurrency).await;
+    let senders =
+        client::connect_many(&target.endpoint, send_users.clone(), cfg, args.concurrency).await;
+    let mut connect_failures = receivers.failures.clone();
+    for (k, v) in &senders.failures {
+        *connect_failures.entry(k.clone()).or_default() += v;
+    }
+    out.line(format!(
+        "connected {} connections in {:.2} s; failed: {}",
+        2 * args.pairs as u64 - receivers.failed() - senders.failed(),
+        t.elapsed().as_secs_f64(),
+        counts_line(&connect_failures)
+    ));
+    if receivers.failed() + senders.failed() > 0 {
+        for s in receivers.samples.iter().chain(&senders.samples) {
+            out.line(format!("  connect failure: {s}"));
+        }
+        target.stop().await?;
+        bail!(
+            "{} connections failed",
+            receivers.failed() + senders.failed()
+        );
+    }
+    let recv_conns: Vec<Ws> = receivers.conns.into_iter().flatten().collect();
+    let send_conns: Vec<Ws> = senders.conns.into_iter().flatten().collect();
+
+    let shared = Arc::new(Shared {
+        start: Instant::now() + Duration::from_millis(300),
+        warmup_ns: (args.warmup.max(0.0) * 1e9) as u64,
+        last_receive_ns: AtomicU64::new(0),
+        errors: Mutex::new(BTreeMap::new()),
+    });
+    let stats: Vec<Arc<PairStats>> = (0..args.pairs).map(|_| Arc::default()).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut recv_tasks = Vec::new();
+    for (i, ws) in recv_conns.into_iter().enumerate() {
+        let (sink, stream) = ws.split();
+        recv_tasks.push(tokio::spawn(receive_loop(
+            sink,
+            stream,
+            stats[i].clone(),
+            shared.clone(),
+            stop_rx.clone(),
+            args.ack_batch,
+            Duration::from_millis(args.ack_interval_ms),
+        )));
+    }
+    let mut pacer_txs = Vec::new();
+    let mut writer_tasks = Vec::new();
+    let mut reader_tasks = Vec::new();
+    for (i, ws) in send_conns.into_iter().enumerate() {
+        let (sink, stream) = ws.split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        pacer_txs.push(tx);
+        let to = format!("lg{me}r{i}");
+        writer_tasks.push(tokio::spawn(write_loop(
+            sink,
+            rx,
+            to,
+            args.content_bytes.into(),
+            stats[i].clone(),
+            shared.clone(),
+        )));
+        reader_tasks.push(tokio::spawn(sender_read_loop(
+            stream,
+            stats[i].clone(),
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+
+    let node_cpu0 = pid.map(sys::cpu_time).transpose()?;
+    let lg_cpu0 = sys::cpu_time(me)?;
+    let machine0 = sys::machine_cpu()?;
+    let metrics0 = target.metrics().await.ok();
+    let wall0 = Instant::now();
+
+    let pacer = {
+        let start = shared.start;
+        let rate = args.rate;
+        let tick = Duration::from_micros(args.pacer_tick_us);
+        std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pace(start, rate, scheduled, tick, pacer_txs))
+            .context("cannot start the pacer thread")?
+    };
+
+    // Progress, once a second, until the pacer is done.
+    let totals = |stats: &[Arc<PairStats>]| {
+        let sum = |f: fn(&PairStats) -> &AtomicU64| {
+            stats
+                .iter()
+                .map(|s| f(s).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        (
+            sum(|s| &s.written),
+            sum(|s| &s.sent_ok),
+            sum(|s| &s.send_errors),
+            sum(|s| &s.received),
+        )
+    };
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(shared.start) + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    while !pacer.is_finished() {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (w, s, e, r) = totals(&stats);
+                eprintln!(
+                    "  t={:>4.1}s written {w} sent {s} errors {e} received {r}",
+                    shared.start.elapsed().as_secs_f64()
+                );
+                target.check_alive()?;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    let pacer_late = pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    let send_end = Instant::now();
+
+    // Wait for stragglers: every write answered, every accepted message received.
+    let deadline = send_end + Duration::from_secs_f64(args.grace.max(0.0));
+    loop {
+        let settled = stats.iter().all(|s| {
+            let w = s.written.load(Ordering::Relaxed);
+            let ok = s.sent_ok.load(Ordering::Relaxed);
+            let err = s.send_errors.load(Ordering::Relaxed);
+            ok + err >= w && s.received.load(Ordering::Relaxed) >= ok
+        });
+        let (w, _, _, _) = totals(&stats);
+        if (settled && w >= scheduled) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let node_cpu = match (pid, node_cpu0) {
+        (Some(p), Some(c0)) => Some((sys::cpu_time(p)? - c0).as_secs_f64()),
+        _ => None,
+    };
+    let lg_cpu = (sys::cpu_time(me)? - lg_cpu0).as_secs_f64();
+    let machine1 = sys::machine_cpu()?;
+    let machine_busy = (machine1.0.saturating_sub(machine0.0)).as_secs_f64();
+    let wall = wall0.elapsed().as_secs_f64();
+    let node_rss_after = pid.map(sys::rss_bytes).transpose()?;
+    let metrics1 = target.metrics().await.ok();
+    target.check_alive()?;
+
+    let _ = stop_tx.send(true);
+    let mut hist = new_histogram()?;
+    let mut hist_write = new_histogram()?;
+    let mut closers: Vec<JoinHandle<()>> = Vec::new();
+    for t in recv_tasks {
+        let (h, hw, sink) = t.await??;
+        hist.add(&h)?;
+        hist_write.add(&hw)?;
+        closers.push(tokio::spawn(close_sink(sink)));
+    }
+    for t in writer_tasks {
+        if let Some(sink) = t.await? {
+            closers.push(tokio::spawn(close_sink(sink)));
+        }
+    }
+    for t in reader_tasks {
+        t.await?;
+    }
+    for c in closers {
+        c.await?;
+    }
+    target.stop().await?;
+
+    // Figures.
+    let sum = |f: fn(&PairStats) -> &AtomicU64| {
+        stats
+            .iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let written = sum(|s| &s.written);
+    let sent_ok = sum(|s| &s.sent_ok);
+    let send_errors = sum(|s| &s.send_errors);
+    let received = sum(|s| &s.received);
+    let delivered = sum(|s| &s.delivered);
+    let out_of_order = sum(|s| &s.out_of_order);
+    let closed_early = sum(|s| &s.closed_early);
+    let lost: u64 = stats
+        .iter()
+        .map(|s| {
+            s.sent_ok
+                .load(Ordering::Relaxed)
+                .saturating_sub(s.received.load(Ordering::Relaxed))
+        })
+        .sum();
+    let unconfirmed = written.saturating_sub(sent_ok + send_errors);
+    let errors = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let send_secs = send_end
+        .saturating_duration_since(shared.start)
+        .as_secs_f64();
+    let send_rate = written as f64 / send_secs;
+    let last_rx = shared.last_receive_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let receive_rate = if last_rx > 0.0 {
+        received as f64 / last_rx.max(args.duration)
+    } else {
+        0.0
+    };
+    let lat = Latency::of(&hist);
+    let lat_w = Latency::of(&hist_write);
+    let node_delivery = match (&metrics0, &metrics1) {
+        (Some(a), Some(b)) => b.delivery_since(a),
+        _ => Vec::new(),
+    };
+    let nq = |q| target::bucket_quantile(&node_delivery, q).map(|s| s * 1000.0);
+
+    out.line(format!(
+        "messages: scheduled {scheduled}, written {written}, sent-confirmed {sent_ok}, received {received}, lost {lost}, unconfirmed {unconfirmed}, out of order {out_of_order}"
+    ));
+    out.line(format!(
+        "delivered receipts: {delivered}; error frames: {}; connections closed early: {closed_early}",
+        counts_line(&errors)
+    ));
+    out.line(format!(
+        "rate: offered {} msg/s, sent {send_rate:.0} msg/s, received {receive_rate:.0} msg/s; pacer late by up to {:.2} ms",
+        args.rate,
+        pacer_late.as_secs_f64() * 1000.0
+    ));
+    out.line(format!(
+        "latency (scheduled send -> receipt, after {} s warm-up): {}",
+        args.warmup,
+        lat.line()
+    ));
+    out.line(format!(
+        "latency (actual write -> receipt):                    {}",
+        lat_w.line()
+    ));
+    if let (Some(p50), Some(p99)) = (nq(0.5), nq(0.99)) {
+        out.line(format!(
+            "node delivery histogram (accept -> socket write, warm-up included): p50 <= {p50} ms, p99 <= {p99} ms"
+        ));
+    }
+    if let Some(c) = node_cpu {
+        out.line(format!(
+            "node CPU: {c:.2} s over {wall:.1} s ({:.2} cores), {:.1} µs per message received",
+            c / wall,
+            c * 1e6 / received.max(1) as f64
+        ));
+    }
+    out.line(format!(
+        "loadgen CPU: {lg_cpu:.2} s ({:.2} cores){}",
+        lg_cpu / wall,
+        node_rss_after.map_or(String::new(), |r| format!(
+            "; node RSS after: {:.1} MiB",
+            mib(r)
+        ))
+    ));
+    let other_cpu = (machine_busy - lg_cpu - node_cpu.unwrap_or(0.0)).max(0.0);
+    out.line(format!(
+        "machine CPU busy: {:.2} of {} cores (other processes: {:.2} cores)",
+        machine_busy / wall,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        other_cpu / wall
+    ));
+
+    if lost > 0 {
+        failures.push(format!("{lost} confirmed messages never arrived"));
+    }
+    if unconfirmed > 0 {
+        failures.push(format!("{unconfirmed} sends got no reply"));
+    }
+    if !errors.is_empty() {
+        failures.push(format!("error frames: {}", counts_line(&errors)));
+    }
+    if closed_early > 0 {
+        failures.push(format!("{closed_early} connections closed during the run"));
+    }
+    if out_of_order > 0 {
+        failures.push(format!("{out_of_order} messages out of order"));
+    }
+    if written < scheduled {
+        failures.push(format!(
+            "only {written} of {scheduled} messages were written"
+        ));
+    }
+    let ok = failures.is_empty();
+    for f in &failures {
+        out.line(format!("FAILED: {f}"));
+    }
+    out.summary(&ThroughputSummary {
+        scenario: "throughput",
+        ok,
+        failures,
+        pairs: args.pairs,
+        offered_rate: args.rate,
+        duration_secs: args.duration,
+        warmup_secs: args.warmup,
+        content_bytes: args.content_bytes,
+        ack_batch: args.ack_batch,
+        connect_failures,
+        scheduled,
+        written,
+        sent_ok,
+        received,
+        delivered_receipts: delivered,
+        lost,
+        unconfirmed,
+        out_of_order,
+        closed_early,
+        errors,
+        send_rate: r1(send_rate),
+        receive_rate: r1(receive_rate),
+        pacer_late_max_ms: (pacer_late.as_secs_f64() * 1e5).round() / 100.0,
+        latency: lat,
+        latency_from_write: lat_w,
+        node_delivery_p50_ms_le: nq(0.5),
+        node_delivery_p99_ms_le: nq(0.99),
+        node_cpu_secs: node_cpu,
+        node_cpu_cores: node_cpu.map(|c| (c / wall * 100.0).round() / 100.0),
+        node_cpu_us_per_msg: node_cpu.map(|c| r1(c * 1e6 / received.max(1) as f64)),
+        node_rss_after_bytes: node_rss_after,
+        loadgen_cpu_secs: lg_cpu,
+        loadgen_cpu_cores: (lg_cpu / wall * 100.0).round() / 100.0,
+        machine_busy_cores: (machine_busy / wall * 100.0).round() / 100.0,
+        other_processes_cores: (other_cpu / wall * 100.0).round() / 100.0,
+    })?;
+    Ok(ok)
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    // Nanoseconds, 1 µs resolution up to 2 ms, 3 significant digits above;
+    // anything beyond 2 minutes is clamped.
+    Ok(Histogram::new_with_bounds(1_000, 120_000_000_000, 3)?)
+}
+
+/// Hands each message to its sender at its due time; returns how far behind
+/// schedule it fell at worst. Runs on its own thread: tokio's timers have
+/// millisecond granularity, which would add up to a millisecond of
+/// scheduling delay to every measured latency.
+fn pace(
+    start: Instant,
+    rate: u64,
+    total: u64,
+    tick: Duration,
+    txs: Vec<mpsc::UnboundedSender<u64>>,
+) -> Duration {
+    sys::minimize_timer_slack();
+    let n = txs.len() as u64;
+    let due_ns = |j: u64| ((j as u128 * 1_000_000_000) / rate as u128) as u64;
+    let mut worst = Duration::ZERO;
+    let mut last_wake = Instant::now();
+    let mut j = 0;
+    while j < total {
+        let due = start + Duration::from_nanos(due_ns(j));
+        let wake = due.max(last_wake + tick);
+        let now = Instant::now();
+        if wake > now {
+            std::thread::sleep(wake - now);
+            continue;
+        }
+        last_wake = now;
+        worst = worst.max(now - due);
+        let now_ns = now.duration_since(start).as_nanos() as u64;
+        while j < total && due_ns(j) <= now_ns {
+            // A closed channel means that sender died; it is counted there.
+            let _ = txs[(j % n) as usize].send(due_ns(j));
+            j += 1;
+        }
+    }
+    worst
+}
+
+/// Writes the messages the pacer hands over, batching those already due.
+/// Returns the sink so it can be closed at the end (`None` if it failed).
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: mpsc::UnboundedReceiver<u64>,
+    to: String,
+    content_bytes: usize,
+    stats: Arc<PairStats>,
+    shared: Arc<Shared>,
+) -> Option<Sink> {
+    let mut batch = Vec::new();
+    let mut k: u64 = 0;
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        for sched_ns in batch.drain(..) {
+            k += 1;
+            let write_ns = shared.ns_since_start(Instant::now());
+            let mut content = format!("{sched_ns} {write_ns} ");
+            let pad = content_bytes.saturating_sub(content.len());
+            content.extend(std::iter::repeat_n('x', pad));
+            let frame = format!(
+                r#"{{"type":"send","client_msg_id":"c{k}","to":"{to}","content":"{content}"}}"#
+            );
+            if sink.feed(Message::text(frame)).await.is_err() {
+                stats.closed_early.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            stats.written.fetch_add(1, Ordering::Relaxed);
+        }
+        if sink.flush().await.is_err() {
+            stats.closed_early.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    }
+    Some(sink)
+}
+
+/// Reads a sender's replies: `sent`, `delivered`, `error`.
+async fn sender_read_loop(
+    mut stream: Stream,
+    stats: Arc<PairStats>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            m = stream.next() => m,
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let Some(f) = Frame::parse(t.as_str()) else {
+                    shared.error("loadgen_unparsable_frame");
+                    continue;
+                };
+                match f.kind.as_ref() {
+                    "sent" => {
+                        stats.sent_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    "delivered" => {
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    "error" => {
+                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                        shared.error(f.code.as_deref().unwrap_or("unknown"));
+                    }
+                    _ => {}
+                }
+            }
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                stats.closed_early.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Reads a receiver's messages, records their latency and acks them in
+/// batches. Returns the two latency histograms and the sink.
+async fn receive_loop(
+    mut sink: Sink,
+    mut stream: Stream,
+    stats: Arc<PairStats>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    ack_batch: usize,
+    ack_interval: Duration,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, Sink)> {
+    let mut hist = new_histogram()?;
+    let mut hist_write = new_histogram()?;
+    let mut pending: Vec<String> = Vec::new();
+    let mut ack_at: Option<tokio::time::Instant> = None;
+    let mut last_seq = 0;
+    let mut alive = true;
+    while alive {
+        let timer = async {
+            match ack_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = timer => {
+                alive = send_ack(&mut sink, &mut pending).await;
+                ack_at = None;
+                continue;
+            }
+            m = stream.next() => m,
+        };
+        let now = Instant::now();
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                stats.closed_early.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let Some(f) = Frame::parse(text.as_str()) else {
+            shared.error("loadgen_unparsable_frame");
+            continue;
+        };
+        match f.kind.as_ref() {
+            "message" => {
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                let now_ns = shared.ns_since_start(now);
+                shared.last_receive_ns.fetch_max(now_ns, Ordering::Relaxed);
+                let seq = f.seq.unwrap_or(0);
+                if seq <= last_seq {
+                    stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                }
+                last_seq = last_seq.max(seq);
+                let mut times = f
+                    .content
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(' ')
+                    .map(|s| s.parse::<u64>().ok());
+                if let (Some(Some(sched)), Some(Some(written))) = (times.next(), times.next())
+                    && sched >= shared.warmup_ns
+                {
+                    hist.saturating_record(now_ns.saturating_sub(sched));
+                    hist_write.saturating_record(now_ns.saturating_sub(written));
+                }
+                if ack_batch > 0
+                    && let Some(id) = f.msg_id
+                {
+                    pending.push(id.into_owned());
+                    if pending.len() >= ack_batch {
+                        alive = send_ack(&mut sink, &mut pending).await;
+                        ack_at = None;
+                    } else if ack_at.is_none() {
+                        ack_at = Some(tokio::time::Instant::now() + ack_interval);
+                    }
+                }
+            }
+            "error" => shared.error(f.code.as_deref().unwrap_or("unknown")),
+            _ => {}
+        }
+    }
+    if !alive {
+        stats.closed_early.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok((hist, hist_write, sink))
+}
+
+/// Acks the pending message ids in one frame; false if the write failed.
+async fn send_ack(sink: &mut Sink, pending: &mut Vec<String>) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    let ids = pending
+        .drain(..)
+        .map(|id| format!("\"{id}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    sink.send(Message::text(format!(
+        r#"{{"type":"ack","msg_ids":[{ids}]}}"#
+    )))
+    .await
+    .is_ok()
+}
+
+async fn close_sink(mut sink: Sink) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+}
