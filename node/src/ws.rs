@@ -87,7 +87,8 @@ fn upgrade(
         .max_frame_size(max)
         // Small buffers: most connections are idle most of the time, and
         // per-connection memory is what limits how many one pod can hold.
-        .read_buffer_size(4 * 1024)
+        // (1 KiB measured 3 KB less per idle connection than 4 KiB.)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_failed_upgrade(move |e| {
             failed.release();
@@ -108,12 +109,14 @@ async fn run_connection(
     let (conn, rx) = node.open(user, dialect).await;
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, rx));
-    let replay = {
+    {
+        // Not joined: it ends by itself once the queue reports the
+        // connection closed, and a held JoinHandle would keep the finished
+        // task's memory for the connection's lifetime.
         let (node, conn) = (node.clone(), conn.clone());
-        tokio::spawn(async move { node.replay_inbox(&conn).await })
-    };
+        tokio::spawn(async move { node.replay_inbox(&conn).await });
+    }
     let reason = read_loop(node, &conn, stream).await;
-    replay.abort();
     // Stops the writer (it sends the close frame, if any).
     conn.closed().cancel();
     if let Err(e) = writer.await {

@@ -32,8 +32,9 @@ pub struct MemoryRegistry {
 
 #[derive(Debug, Default)]
 struct RegistryState {
-    /// user -> conn_id -> pod
-    conns: HashMap<UserId, BTreeMap<String, String>>,
+    /// user -> [(conn_id, pod)]: a user has a handful of devices, and a Vec
+    /// is far smaller per user than a map.
+    conns: HashMap<UserId, Vec<(String, String)>>,
     connections: usize,
     last_seen: HashMap<UserId, i64>,
 }
@@ -50,10 +51,7 @@ impl Registry for MemoryRegistry {
         let mut st = lock(&self.inner);
         let entry = st.conns.entry(conn.user.clone()).or_default();
         let first = entry.is_empty();
-        if entry
-            .insert(conn.conn_id.clone(), conn.pod.clone())
-            .is_none()
-        {
+        if upsert(entry, &conn.conn_id, &conn.pod) {
             st.connections += 1;
         }
         st.last_seen.insert(conn.user.clone(), now_millis());
@@ -65,7 +63,9 @@ impl Registry for MemoryRegistry {
         let Some(entry) = st.conns.get_mut(&conn.user) else {
             return Ok(false);
         };
-        let removed = entry.remove(&conn.conn_id).is_some();
+        let before = entry.len();
+        entry.retain(|(c, _)| *c != conn.conn_id);
+        let removed = entry.len() < before;
         let last = removed && entry.is_empty();
         if last {
             st.conns.remove(&conn.user);
@@ -79,23 +79,19 @@ impl Registry for MemoryRegistry {
 
     async fn connections(&self, user: &UserId) -> BackendResult<Vec<(String, String)>> {
         let st = lock(&self.inner);
-        Ok(st
-            .conns
-            .get(user)
-            .map(|m| m.iter().map(|(c, p)| (c.clone(), p.clone())).collect())
-            .unwrap_or_default())
+        Ok(st.conns.get(user).cloned().unwrap_or_default())
     }
 
     async fn presence(&self, user: &UserId) -> BackendResult<Presence> {
         let st = lock(&self.inner);
         let conns = st.conns.get(user);
         let pods: BTreeSet<String> = conns
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.iter().map(|(_, p)| p.clone()).collect())
             .unwrap_or_default();
         Ok(Presence {
             user: user.clone(),
             online: conns.is_some_and(|m| !m.is_empty()),
-            devices: conns.map_or(0, BTreeMap::len),
+            devices: conns.map_or(0, Vec::len),
             pods: pods.into_iter().collect(),
             last_seen: st.last_seen.get(user).copied(),
         })
@@ -123,12 +119,26 @@ impl Registry for MemoryRegistry {
         let now = now_millis();
         for c in conns {
             let entry = st.conns.entry(c.user.clone()).or_default();
-            if entry.insert(c.conn_id.clone(), c.pod.clone()).is_none() {
+            if upsert(entry, &c.conn_id, &c.pod) {
                 st.connections += 1;
             }
             st.last_seen.insert(c.user.clone(), now);
         }
         Ok(())
+    }
+}
+
+/// Sets the pod of a connection; true if the connection was new.
+fn upsert(conns: &mut Vec<(String, String)>, conn_id: &str, pod: &str) -> bool {
+    match conns.iter_mut().find(|(c, _)| c == conn_id) {
+        Some((_, p)) => {
+            pod.clone_into(p);
+            false
+        }
+        None => {
+            conns.push((conn_id.to_owned(), pod.to_owned()));
+            true
+        }
     }
 }
 
