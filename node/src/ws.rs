@@ -106,7 +106,10 @@ async fn run_connection(
     user: crate::ids::UserId,
     dialect: Dialect,
 ) {
-    let (conn, rx) = node.open(user, dialect).await;
+    // The connection task lives as long as the connection, so its future's
+    // size is per-connection memory: the big, short-lived futures (open,
+    // handle, close) are boxed so they are only allocated while they run.
+    let (conn, rx) = Box::pin(node.open(user, dialect)).await;
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, rx));
     {
@@ -122,7 +125,7 @@ async fn run_connection(
     if let Err(e) = writer.await {
         warn!(error = %e, "writer task failed");
     }
-    node.close(&conn, reason).await;
+    Box::pin(node.close(&conn, reason)).await;
 }
 
 /// Reads client frames until the connection ends; returns why it ended.
@@ -187,7 +190,7 @@ async fn read_loop(
         match protocol::parse(text.as_str(), &conn.user, limits) {
             Ok(frame) => {
                 count_in(node, frame.kind());
-                if let Err(e) = node.handle(conn, frame).await {
+                if let Err(e) = Box::pin(node.handle(conn, frame)).await {
                     node.send_error(conn, e);
                 }
             }
