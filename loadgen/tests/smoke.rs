@@ -1,0 +1,74 @@
+//! The bench command works end to end: a short, small run of each scenario
+//! against the real node binary (debug build), checked through `--json`.
+//! Figures are not asserted here (that is what `docs/benchmarks.md` is for);
+//! the run must complete with nothing lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn node_bin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // `cargo test --workspace` has built it already; alone, build it here.
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "switchboard-node"])
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    target.join("debug").join("switchboard-node")
+}
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
+        .arg("--json")
+        .args(args)
+        .arg("--node-bin")
+        .arg(node_bin())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadgen {args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stderr}"))
+}
+
+#[test]
+fn idle_scenario_opens_every_connection_and_measures_rss() {
+    let v = run(&[
+        "idle",
+        "--connections",
+        "200",
+        "--settle-ms",
+        "200",
+        "--hold-secs",
+        "0",
+    ]);
+    assert_eq!(v["scenario"], "idle");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["connections_open"], 200);
+    assert!(
+        v["node_rss_per_connection_bytes"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+}
+
+#[test]
+fn throughput_scenario_delivers_everything() {
+    let v = run(&[
+        "throughput",
+        "--pairs",
+        "5",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(v["scenario"], "throughput");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["lost"], 0);
+    assert!(v["latency"]["p99_us"].as_f64().unwrap() > 0.0, "{v}");
+}
