@@ -33,13 +33,28 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
+    /// Redis URL (`redis://[user:password@]host:port[/db]`). Set: cluster
+    /// mode, presence and messages in Redis. Unset: standalone, in memory.
+    #[arg(long, env = "SB_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Name of the cluster (the ChatCluster): with the pod namespace it
+    /// forms the Redis key prefix `sb:{<namespace>/<name>}:`.
+    #[arg(long, env = "SB_CLUSTER_NAME", default_value = "standalone")]
+    pub cluster_name: String,
+
+    /// How long a connection stays in the registry without a heartbeat
+    /// refreshing it (a pod that died without cleaning up).
+    #[arg(long, env = "SB_PRESENCE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
+
     /// HS256 secret for client JWTs (`sub` = user id, `exp` required). When
     /// set, clients must present `?token=` or `Authorization: Bearer`.
     #[arg(long, env = "SB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
     /// Dev auth: also accept `?userId=` / `?user=` without a token. Default:
-    /// on only when no JWT secret is set (standalone). Never use in production.
+    /// on only standalone (no Redis) without a JWT secret. Never use in production.
     #[arg(long, env = "SB_DEV_AUTH")]
     pub dev_auth: Option<bool>,
 
@@ -113,7 +128,18 @@ pub struct Config {
 impl Config {
     /// Dev auth after applying the default.
     pub fn dev_auth_enabled(&self) -> bool {
-        self.dev_auth.unwrap_or(self.jwt_secret.is_none())
+        self.dev_auth
+            .unwrap_or(self.jwt_secret.is_none() && self.is_standalone())
+    }
+
+    /// No networked backend configured: everything in memory.
+    pub fn is_standalone(&self) -> bool {
+        self.redis_url.is_none()
+    }
+
+    /// The namespace part of the cluster identity.
+    pub fn namespace(&self) -> &str {
+        self.pod_namespace.as_deref().unwrap_or("default")
     }
 
     /// Checks what clap cannot.

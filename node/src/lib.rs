@@ -37,6 +37,17 @@ pub async fn run(
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Entries left by this pod's previous life (same name, crashed) are stale.
+    match node.backends().registry.forget_pod(&node.pod.name).await {
+        Ok(users) if !users.is_empty() => {
+            tracing::info!(
+                users = users.len(),
+                "removed stale registry entries of this pod"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot clean this pod's old registry entries"),
+    }
     let rx = node
         .backends()
         .bus

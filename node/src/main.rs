@@ -33,13 +33,14 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let listen = cfg.listen;
-    let node = Node::standalone(cfg).map_err(anyhow::Error::msg)?;
+    let standalone = cfg.is_standalone();
+    let node = Node::from_config(cfg).await.map_err(anyhow::Error::msg)?;
     let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(
         pod = %node.pod.name,
         ordinal = node.pod.ordinal,
-        backends = "memory",
+        backends = if standalone { "memory" } else { "redis" },
         "switchboard-node listening on http://{addr} (web page at /, WebSocket at /ws)"
     );
     switchboard_node::run(listener, node, shutdown_signal()).await?;

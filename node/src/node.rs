@@ -83,7 +83,9 @@ impl Node {
             auth,
             backends,
             draining: AtomicBool::new(false),
-            conn_seq: AtomicU64::new(1),
+            // Starts at the boot time in ms x 1000, so a pod restarted under the
+            // same name never reuses a connection id of its previous life.
+            conn_seq: AtomicU64::new(now_millis() as u64 * 1000),
             admitted: AtomicUsize::new(0),
             cfg,
         }))
@@ -101,6 +103,46 @@ impl Node {
             })),
             bus: Arc::new(MemoryBus::new()),
         }
+    }
+
+    /// The backends `cfg` asks for: Redis when `SB_REDIS_URL` is set, memory
+    /// otherwise. The bus is in memory until the RocketMQ bus is configured,
+    /// so with Redis alone cross-pod pushes are not carried (the inbox still
+    /// delivers on the next connect).
+    pub async fn backends_for(cfg: &Config) -> Result<Backends, String> {
+        let Some(url) = &cfg.redis_url else {
+            return Ok(Self::memory_backends(cfg));
+        };
+        let conn = crate::backend::redis::connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        let keys = crate::backend::redis::Keys::new(cfg.namespace(), &cfg.cluster_name);
+        Ok(Backends {
+            registry: Arc::new(crate::backend::redis::RedisRegistry::new(
+                conn.clone(),
+                keys.clone(),
+                cfg.presence_ttl,
+                cfg.heartbeat_interval,
+            )),
+            store: Arc::new(crate::backend::redis::RedisStore::new(
+                conn,
+                keys,
+                StoreLimits {
+                    history_limit: cfg.history_limit,
+                    inbox_limit: cfg.inbox_limit,
+                    dedup_ttl: cfg.dedup_ttl,
+                    max_group_members: cfg.max_group_members,
+                },
+            )),
+            bus: Arc::new(MemoryBus::new()),
+        })
+    }
+
+    /// A node on the backends its configuration names.
+    pub async fn from_config(cfg: Config) -> Result<Arc<Self>, String> {
+        cfg.validate()?;
+        let backends = Self::backends_for(&cfg).await?;
+        Self::new(cfg, backends)
     }
 
     /// A node on its own in-memory backends.

@@ -114,13 +114,9 @@ async fn run_connection(
     let (conn, rx) = Box::pin(node.open(user, dialect)).await;
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink, rx));
-    {
-        // Not joined: it ends by itself once the queue reports the
-        // connection closed, and a held JoinHandle would keep the finished
-        // task's memory for the connection's lifetime.
-        let (node, conn) = (node.clone(), conn.clone());
-        tokio::spawn(async move { node.replay_inbox(&conn).await });
-    }
+    // The inbox replay is queued before any frame of the client is read, so
+    // every answer the client gets comes after its missed messages.
+    Box::pin(node.replay_inbox(&conn)).await;
     let reason = read_loop(node, &conn, stream).await;
     // Stops the writer (it sends the close frame, if any).
     conn.closed().cancel();

@@ -113,6 +113,29 @@ impl Registry for MemoryRegistry {
         Ok(users)
     }
 
+    async fn forget_pod(&self, pod: &str) -> BackendResult<Vec<UserId>> {
+        let mut st = lock(&self.inner);
+        let now = now_millis();
+        let mut offline = Vec::new();
+        let mut removed = 0;
+        st.conns.retain(|user, conns| {
+            let before = conns.len();
+            conns.retain(|(_, p)| p != pod);
+            removed += before - conns.len();
+            if conns.is_empty() {
+                offline.push(user.clone());
+                false
+            } else {
+                true
+            }
+        });
+        st.connections -= removed;
+        for u in &offline {
+            st.last_seen.insert(u.clone(), now);
+        }
+        Ok(offline)
+    }
+
     async fn heartbeat(&self, _pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()> {
         // Nothing expires in memory; re-adding is what a flushed backend needs.
         let mut st = lock(&self.inner);
@@ -508,186 +531,28 @@ impl Bus for MemoryBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::contract;
 
-    fn u(s: &str) -> UserId {
-        UserId::parse(s).unwrap()
-    }
-
-    fn store(history: usize, inbox: usize) -> MemoryStore {
+    fn store() -> MemoryStore {
         MemoryStore::new(StoreLimits {
-            history_limit: history,
-            inbox_limit: inbox,
+            history_limit: 5,
+            inbox_limit: 2,
             dedup_ttl: Duration::from_secs(60),
             max_group_members: 3,
         })
     }
 
-    fn dm(id: u64, from: &str, to: &str, cid: Option<&str>) -> ChatMessage {
-        ChatMessage {
-            msg_id: MsgId(id),
-            conversation: ConversationId::direct(&u(from), &u(to)),
-            seq: 0,
-            from: u(from),
-            to: Some(u(to)),
-            group: None,
-            content: format!("m{id}"),
-            ts: 0,
-            client_msg_id: cid.map(str::to_owned),
-            chat_id: None,
-        }
+    #[tokio::test]
+    async fn store_keeps_the_contract() {
+        let s = store();
+        contract::append_and_dedup(&s, "t1", 1000).await;
+        contract::inbox_ack_and_limit(&s, "t2", 2000).await;
+        contract::history_pages(&s, "t3", 3000).await;
+        contract::groups(&s, "t4", 4000).await;
     }
 
     #[tokio::test]
-    async fn append_assigns_seq_and_dedups() {
-        let s = store(100, 100);
-        let a = s
-            .append(dm(1, "a", "b", Some("x")), &[u("b")])
-            .await
-            .unwrap();
-        let b = s
-            .append(dm(2, "a", "b", Some("y")), &[u("b")])
-            .await
-            .unwrap();
-        assert_eq!((a.msg.seq, b.msg.seq), (1, 2));
-        let again = s
-            .append(dm(3, "a", "b", Some("x")), &[u("b")])
-            .await
-            .unwrap();
-        assert!(again.duplicate);
-        assert_eq!(again.msg.msg_id, MsgId(1));
-        // The same client id from another sender is a different message.
-        let other = s
-            .append(dm(4, "b", "a", Some("x")), &[u("a")])
-            .await
-            .unwrap();
-        assert!(!other.duplicate);
-        assert_eq!(other.msg.seq, 3);
-        let inbox = s.inbox(&u("b"), 10).await.unwrap();
-        assert_eq!(
-            inbox.iter().map(|m| m.msg_id).collect::<Vec<_>>(),
-            [MsgId(1), MsgId(2)]
-        );
-    }
-
-    #[tokio::test]
-    async fn inbox_until_ack_in_order() {
-        let s = store(100, 100);
-        for i in 1..=5 {
-            s.append(dm(i, "a", "b", None), &[u("b")]).await.unwrap();
-        }
-        let acked = s
-            .ack(&u("b"), &[MsgId(2), MsgId(4), MsgId(99)])
-            .await
-            .unwrap();
-        assert_eq!(acked.len(), 2);
-        assert!(s.ack(&u("b"), &[MsgId(2)]).await.unwrap().is_empty());
-        let left: Vec<_> = s
-            .inbox(&u("b"), 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.msg_id.0)
-            .collect();
-        assert_eq!(left, [1, 3, 5]);
-    }
-
-    #[tokio::test]
-    async fn full_inbox_refuses_direct_messages() {
-        let s = store(100, 2);
-        s.append(dm(1, "a", "b", None), &[u("b")]).await.unwrap();
-        s.append(dm(2, "a", "b", None), &[u("b")]).await.unwrap();
-        let err = s
-            .append(dm(3, "a", "b", None), &[u("b")])
-            .await
-            .unwrap_err();
-        assert_eq!(err, BackendError::InboxFull(u("b")));
-        // Nothing was stored: the next accepted message still gets seq 3.
-        s.ack(&u("b"), &[MsgId(1)]).await.unwrap();
-        let ok = s.append(dm(4, "a", "b", None), &[u("b")]).await.unwrap();
-        assert_eq!(ok.msg.seq, 3);
-    }
-
-    #[tokio::test]
-    async fn history_pages() {
-        let s = store(5, 100);
-        for i in 1..=8 {
-            s.append(dm(i, "a", "b", None), &[]).await.unwrap();
-        }
-        let c = ConversationId::direct(&u("a"), &u("b"));
-        let seqs = |p: &HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-        let q = |before, after, limit| HistoryQuery {
-            before,
-            after,
-            limit,
-        };
-        // Only the newest 5 (seq 4..=8) are kept.
-        let newest = s.history(&c, q(None, None, 3)).await.unwrap();
-        assert_eq!((seqs(&newest), newest.has_more), (vec![6, 7, 8], true));
-        let before = s.history(&c, q(Some(6), None, 3)).await.unwrap();
-        assert_eq!((seqs(&before), before.has_more), (vec![4, 5], false));
-        let after = s.history(&c, q(None, Some(1), 2)).await.unwrap();
-        assert_eq!((seqs(&after), after.has_more), (vec![4, 5], true));
-        let tail = s.history(&c, q(None, Some(6), 10)).await.unwrap();
-        assert_eq!((seqs(&tail), tail.has_more), (vec![7, 8], false));
-        let none = s.history(&c, q(None, Some(8), 10)).await.unwrap();
-        assert!(none.messages.is_empty() && !none.has_more);
-    }
-
-    #[tokio::test]
-    async fn groups_and_membership() {
-        let s = store(10, 10);
-        let g = GroupId::parse("g").unwrap();
-        s.create_group(&g, &[u("a"), u("b")]).await.unwrap();
-        assert!(matches!(
-            s.create_group(&g, &[]).await,
-            Err(BackendError::GroupExists(_))
-        ));
-        s.add_members(&g, &[u("c")]).await.unwrap();
-        assert!(matches!(
-            s.add_members(&g, &[u("d")]).await,
-            Err(BackendError::GroupFull(..))
-        ));
-        assert_eq!(s.groups_of(&u("c")).await.unwrap(), vec![g.clone()]);
-        let after = s.remove_member(&g, &u("a")).await.unwrap();
-        assert_eq!(after.members, vec![u("b"), u("c")]);
-        assert!(s.groups_of(&u("a")).await.unwrap().is_empty());
-        assert!(s.delete_group(&g).await.unwrap());
-        assert!(s.group(&g).await.unwrap().is_none());
-        assert!(s.groups_of(&u("b")).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn registry_tracks_devices_and_presence() {
-        let r = MemoryRegistry::new();
-        let c = |id: &str, user: &str, pod: &str| ConnectionInfo {
-            conn_id: id.into(),
-            user: u(user),
-            pod: pod.into(),
-        };
-        assert!(r.register(&c("p0#1", "a", "p0")).await.unwrap());
-        assert!(!r.register(&c("p1#1", "a", "p1")).await.unwrap());
-        let p = r.presence(&u("a")).await.unwrap();
-        assert_eq!(
-            (p.online, p.devices, p.pods.clone()),
-            (true, 2, vec!["p0".into(), "p1".into()])
-        );
-        assert_eq!(
-            r.stats().await.unwrap(),
-            OnlineStats {
-                online_users: 1,
-                connections: 2
-            }
-        );
-        assert!(!r.unregister(&c("p0#1", "a", "p0")).await.unwrap());
-        assert!(r.unregister(&c("p1#1", "a", "p1")).await.unwrap());
-        let p = r.presence(&u("a")).await.unwrap();
-        assert!(!p.online && p.last_seen.is_some());
-        assert_eq!(
-            r.stats().await.unwrap(),
-            OnlineStats {
-                online_users: 0,
-                connections: 0
-            }
-        );
+    async fn registry_keeps_the_contract() {
+        contract::registry(&MemoryRegistry::new(), "t1").await;
     }
 }

@@ -5,7 +5,10 @@
 //! async and fallible even where the in-memory version cannot fail, because
 //! the networked ones can.
 
+#[doc(hidden)]
+pub mod contract;
 pub mod memory;
+pub mod redis;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -75,6 +78,10 @@ pub trait Registry: Send + Sync + Debug {
     /// heartbeat interval; re-creates entries lost by the backend (a Redis
     /// restart), so presence rebuilds itself from the live connections.
     async fn heartbeat(&self, pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()>;
+    /// Removes every entry of `pod`: a dead pod found by a survivor, or this
+    /// pod's own leftovers from before a restart under the same name.
+    /// Returns the users that went offline.
+    async fn forget_pod(&self, pod: &str) -> BackendResult<Vec<UserId>>;
 }
 
 /// The outcome of [`MessageStore::append`].

@@ -1,0 +1,270 @@
+//! The promises of the backend traits as executable checks, run against
+//! every implementation: the in-memory one in unit tests, Redis in
+//! `node/tests/redis_backend.rs`. Each check uses ids made unique by `tag`, so
+//! it can run on a shared, non-empty backend.
+//!
+//! Store checks expect limits: history 5, inbox 2, max group members 3.
+
+use std::sync::Arc;
+
+use super::{BackendError, ConnectionInfo, HistoryPage, HistoryQuery, MessageStore, Registry};
+use crate::ids::{ConversationId, GroupId, MsgId, UserId};
+use crate::model::ChatMessage;
+
+fn u(tag: &str, s: &str) -> UserId {
+    UserId::parse(&format!("{s}{tag}")).expect("valid test user")
+}
+
+fn dm(id: u64, from: &UserId, to: &UserId, cid: Option<&str>) -> ChatMessage {
+    ChatMessage {
+        msg_id: MsgId(id),
+        conversation: ConversationId::direct(from, to),
+        seq: 0,
+        from: from.clone(),
+        to: Some(to.clone()),
+        group: None,
+        content: format!("m{id} \"quoted\" \\ ünïcode \"seq\":0"),
+        ts: 1_795_441_148_453,
+        client_msg_id: cid.map(str::to_owned),
+        chat_id: None,
+    }
+}
+
+fn ids(msgs: &[Arc<ChatMessage>]) -> Vec<u64> {
+    msgs.iter().map(|m| m.msg_id.0).collect()
+}
+
+/// Append assigns gap-free seqs, dedups on (sender, client_msg_id), and keeps
+/// the message intact (content with quotes, backslashes, non-ASCII).
+pub async fn append_and_dedup(s: &dyn MessageStore, tag: &str, base: u64) {
+    let (a, b) = (u(tag, "a"), u(tag, "b"));
+    let first = s
+        .append(dm(base + 1, &a, &b, Some("x")), std::slice::from_ref(&b))
+        .await
+        .expect("append");
+    let second = s
+        .append(dm(base + 2, &a, &b, Some("y")), std::slice::from_ref(&b))
+        .await
+        .expect("append");
+    assert_eq!((first.msg.seq, second.msg.seq), (1, 2));
+    assert!(!first.duplicate);
+    let mut expected = dm(base + 1, &a, &b, Some("x"));
+    expected.seq = 1;
+    assert_eq!(*first.msg, expected, "stored exactly");
+    let again = s
+        .append(dm(base + 3, &a, &b, Some("x")), std::slice::from_ref(&b))
+        .await
+        .expect("append");
+    assert!(again.duplicate);
+    assert_eq!(again.msg.msg_id, MsgId(base + 1));
+    assert_eq!(again.msg.seq, 1);
+    let other = s
+        .append(dm(base + 4, &b, &a, Some("x")), std::slice::from_ref(&a))
+        .await
+        .expect("append");
+    assert!(
+        !other.duplicate,
+        "another sender's client id is another message"
+    );
+    assert_eq!(other.msg.seq, 3);
+    let inbox = s.inbox(&b, 10).await.expect("inbox");
+    assert_eq!(ids(&inbox), [base + 1, base + 2]);
+    assert_eq!(*inbox[0], expected);
+}
+
+/// Inbox entries stay until acked, in insertion order; acks are idempotent.
+/// A direct message to a full inbox (limit 2) is refused and not stored.
+pub async fn inbox_ack_and_limit(s: &dyn MessageStore, tag: &str, base: u64) {
+    let (a, b) = (u(tag, "a"), u(tag, "b"));
+    let to_b = std::slice::from_ref(&b);
+    s.append(dm(base + 1, &a, &b, None), to_b)
+        .await
+        .expect("append");
+    s.append(dm(base + 2, &a, &b, None), to_b)
+        .await
+        .expect("append");
+    let err = s
+        .append(dm(base + 3, &a, &b, None), to_b)
+        .await
+        .expect_err("inbox full");
+    assert_eq!(err, BackendError::InboxFull(b.clone()));
+    let acked = s
+        .ack(&b, &[MsgId(base + 1), MsgId(base + 99)])
+        .await
+        .expect("ack");
+    assert_eq!(ids(&acked), [base + 1]);
+    assert!(s.ack(&b, &[MsgId(base + 1)]).await.expect("ack").is_empty());
+    let next = s
+        .append(dm(base + 4, &a, &b, None), to_b)
+        .await
+        .expect("append");
+    assert_eq!(next.msg.seq, 3, "the refused message took no seq");
+    assert_eq!(
+        ids(&s.inbox(&b, 10).await.expect("inbox")),
+        [base + 2, base + 4]
+    );
+    assert_eq!(ids(&s.inbox(&b, 1).await.expect("inbox")), [base + 2]);
+    s.ack(&b, &[MsgId(base + 2), MsgId(base + 4)])
+        .await
+        .expect("ack");
+    assert!(s.inbox(&b, 10).await.expect("inbox").is_empty());
+}
+
+/// History keeps the newest 5 and pages before/after/newest.
+pub async fn history_pages(s: &dyn MessageStore, tag: &str, base: u64) {
+    let (a, b) = (u(tag, "a"), u(tag, "b"));
+    for i in 1..=8 {
+        s.append(dm(base + i, &a, &b, None), &[])
+            .await
+            .expect("append");
+    }
+    let c = ConversationId::direct(&a, &b);
+    let seqs = |p: &HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let q = |before, after, limit| HistoryQuery {
+        before,
+        after,
+        limit,
+    };
+    let newest = s.history(&c, q(None, None, 3)).await.expect("history");
+    assert_eq!((seqs(&newest), newest.has_more), (vec![6, 7, 8], true));
+    let before = s.history(&c, q(Some(6), None, 3)).await.expect("history");
+    assert_eq!((seqs(&before), before.has_more), (vec![4, 5], false));
+    let after = s.history(&c, q(None, Some(1), 2)).await.expect("history");
+    assert_eq!((seqs(&after), after.has_more), (vec![4, 5], true));
+    let tail = s.history(&c, q(None, Some(6), 10)).await.expect("history");
+    assert_eq!((seqs(&tail), tail.has_more), (vec![7, 8], false));
+    let none = s.history(&c, q(None, Some(8), 10)).await.expect("history");
+    assert!(none.messages.is_empty() && !none.has_more);
+    let early = s.history(&c, q(Some(2), None, 10)).await.expect("history");
+    assert!(early.messages.is_empty() && !early.has_more);
+    let empty = s
+        .history(
+            &ConversationId::direct(&a, &u(tag, "nobody")),
+            q(None, None, 10),
+        )
+        .await
+        .expect("history");
+    assert!(empty.messages.is_empty() && !empty.has_more);
+    let found = s
+        .find(&c, MsgId(base + 7))
+        .await
+        .expect("find")
+        .expect("message 7 is retained");
+    assert_eq!(found.seq, 7);
+    assert!(
+        s.find(&c, MsgId(base + 1)).await.expect("find").is_none(),
+        "trimmed"
+    );
+}
+
+/// Groups: create, conflict, limit, membership index, remove, delete; a group
+/// message goes to every inbox that has room and skips full ones.
+pub async fn groups(s: &dyn MessageStore, tag: &str, base: u64) {
+    let g = GroupId::parse(&format!("g{tag}")).expect("group id");
+    let (a, b, c, d) = (u(tag, "a"), u(tag, "b"), u(tag, "c"), u(tag, "d"));
+    let made = s
+        .create_group(&g, &[b.clone(), a.clone(), a.clone()])
+        .await
+        .expect("create");
+    assert_eq!(made.members, vec![a.clone(), b.clone()]);
+    assert!(matches!(
+        s.create_group(&g, &[]).await,
+        Err(BackendError::GroupExists(_))
+    ));
+    s.add_members(&g, std::slice::from_ref(&c))
+        .await
+        .expect("add");
+    assert!(matches!(
+        s.add_members(&g, std::slice::from_ref(&d)).await,
+        Err(BackendError::GroupFull(..))
+    ));
+    assert_eq!(s.groups_of(&c).await.expect("groups_of"), vec![g.clone()]);
+
+    // Fill b's inbox (limit 2) with direct messages first.
+    for i in 1..=2 {
+        s.append(dm(base + i, &a, &b, None), std::slice::from_ref(&b))
+            .await
+            .expect("append");
+    }
+    let msg = ChatMessage {
+        msg_id: MsgId(base + 10),
+        conversation: ConversationId::Group(g.clone()),
+        seq: 0,
+        from: a.clone(),
+        to: None,
+        group: Some(g.clone()),
+        content: "to the group".into(),
+        ts: 1,
+        client_msg_id: None,
+        chat_id: None,
+    };
+    let out = s
+        .append(msg, &[b.clone(), c.clone()])
+        .await
+        .expect("group append");
+    assert_eq!(out.inbox_skipped, vec![b.clone()]);
+    assert_eq!(ids(&s.inbox(&c, 10).await.expect("inbox")), [base + 10]);
+    assert_eq!(
+        ids(&s.ack(&c, &[MsgId(base + 10)]).await.expect("ack")),
+        [base + 10]
+    );
+
+    let after = s.remove_member(&g, &a).await.expect("remove");
+    assert_eq!(after.members, vec![b.clone(), c.clone()]);
+    assert!(s.groups_of(&a).await.expect("groups_of").is_empty());
+    assert!(matches!(
+        s.remove_member(&GroupId::parse("nope-nope").expect("id"), &a)
+            .await,
+        Err(BackendError::NoSuchGroup(_))
+    ));
+    assert!(s.delete_group(&g).await.expect("delete"));
+    assert!(!s.delete_group(&g).await.expect("delete again"));
+    assert!(s.group(&g).await.expect("group").is_none());
+    assert!(s.groups_of(&b).await.expect("groups_of").is_empty());
+}
+
+/// Devices, presence, stats deltas, and forgetting a dead pod.
+pub async fn registry(r: &dyn Registry, tag: &str) {
+    let a = u(tag, "a");
+    let c = |id: &str, pod: &str| ConnectionInfo {
+        conn_id: format!("{pod}#{id}{tag}"),
+        user: a.clone(),
+        pod: format!("{pod}{tag}"),
+    };
+    let before = r.stats().await.expect("stats");
+    assert!(
+        r.register(&c("1", "p0")).await.expect("register"),
+        "first device"
+    );
+    assert!(!r.register(&c("1", "p1")).await.expect("register"));
+    let p = r.presence(&a).await.expect("presence");
+    assert_eq!((p.online, p.devices), (true, 2));
+    assert_eq!(p.pods, vec![format!("p0{tag}"), format!("p1{tag}")]);
+    let mut conns = r.connections(&a).await.expect("connections");
+    conns.sort();
+    assert_eq!(conns.len(), 2);
+    assert_eq!(
+        r.stats().await.expect("stats").online_users,
+        before.online_users + 1
+    );
+    assert!(r.online_users(1000).await.expect("online").contains(&a));
+    assert!(!r.unregister(&c("1", "p0")).await.expect("unregister"));
+    assert!(
+        !r.unregister(&c("1", "p0")).await.expect("unregister twice"),
+        "idempotent"
+    );
+    // p1 dies: forgetting it takes the user offline.
+    let gone = r.forget_pod(&format!("p1{tag}")).await.expect("forget");
+    assert_eq!(gone, vec![a.clone()]);
+    let p = r.presence(&a).await.expect("presence");
+    assert!(!p.online && p.last_seen.is_some());
+    assert_eq!(
+        r.stats().await.expect("stats").online_users,
+        before.online_users
+    );
+    assert!(r.register(&c("2", "p0")).await.expect("register"));
+    assert!(
+        r.unregister(&c("2", "p0")).await.expect("unregister"),
+        "last device"
+    );
+}
