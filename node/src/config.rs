@@ -48,6 +48,21 @@ pub struct Config {
     #[arg(long, env = "SB_PRESENCE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
 
+    /// RocketMQ name server (`host:port`, several separated by `;`). Set:
+    /// cross-pod pushes go through RocketMQ (needs SB_TOPIC_PREFIX).
+    #[arg(long, env = "SB_ROCKETMQ_NAMESRV")]
+    pub rocketmq_namesrv: Option<String>,
+
+    /// Prefix of the cluster's RocketMQ topics and groups, as the operator
+    /// rendered it: this pod reads topic and group `<prefix>-node-<ordinal>`.
+    #[arg(long, env = "SB_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+
+    /// Redeliveries of a push the node could not take before RocketMQ parks
+    /// it in the group's dead-letter queue.
+    #[arg(long, env = "SB_ROCKETMQ_RETRY_MAX", default_value_t = 3)]
+    pub rocketmq_retry_max: u32,
+
     /// HS256 secret for client JWTs (`sub` = user id, `exp` required). When
     /// set, clients must present `?token=` or `Authorization: Bearer`.
     #[arg(long, env = "SB_JWT_SECRET", hide_env_values = true)]
@@ -134,7 +149,7 @@ impl Config {
 
     /// No networked backend configured: everything in memory.
     pub fn is_standalone(&self) -> bool {
-        self.redis_url.is_none()
+        self.redis_url.is_none() && self.rocketmq_namesrv.is_none()
     }
 
     /// The namespace part of the cluster identity.

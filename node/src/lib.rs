@@ -7,6 +7,9 @@
 //! API over HTTP. [`run`] serves on a listener until a shutdown future
 //! resolves, then drains.
 
+// The RocketMQ client's futures nest deeply; checking they are Send needs room.
+#![recursion_limit = "512"]
+
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -48,13 +51,7 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot clean this pod's old registry entries"),
     }
-    let rx = node
-        .backends()
-        .bus
-        .subscribe(&node.pod.name)
-        .await
-        .map_err(std::io::Error::other)?;
-    let bus = tokio::spawn(node.clone().run_bus(rx));
+    let bus = tokio::spawn(node.clone().run_bus_subscription());
     let heartbeat = tokio::spawn(node.clone().run_heartbeat());
     let drainer = node.clone();
     // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's

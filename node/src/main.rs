@@ -33,14 +33,18 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let listen = cfg.listen;
-    let standalone = cfg.is_standalone();
+    let backends = match (&cfg.redis_url, &cfg.rocketmq_namesrv) {
+        (None, _) => "memory",
+        (Some(_), None) => "redis, in-memory bus (one pod)",
+        (Some(_), Some(_)) => "redis + rocketmq",
+    };
     let node = Node::from_config(cfg).await.map_err(anyhow::Error::msg)?;
     let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(
         pod = %node.pod.name,
         ordinal = node.pod.ordinal,
-        backends = if standalone { "memory" } else { "redis" },
+        backends,
         "switchboard-node listening on http://{addr} (web page at /, WebSocket at /ws)"
     );
     switchboard_node::run(listener, node, shutdown_signal()).await?;

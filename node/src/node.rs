@@ -64,6 +64,8 @@ pub struct Node {
     backends: Backends,
     ids: Snowflake,
     draining: AtomicBool,
+    /// Subscribed to this pod's bus topic: until then the pod is not ready.
+    bus_ready: AtomicBool,
     conn_seq: AtomicU64,
     /// Connections admitted (counted before the upgrade completes, so the
     /// limit holds under a burst of upgrades).
@@ -83,6 +85,7 @@ impl Node {
             auth,
             backends,
             draining: AtomicBool::new(false),
+            bus_ready: AtomicBool::new(false),
             // Starts at the boot time in ms x 1000, so a pod restarted under the
             // same name never reuses a connection id of its previous life.
             conn_seq: AtomicU64::new(now_millis() as u64 * 1000),
@@ -106,9 +109,9 @@ impl Node {
     }
 
     /// The backends `cfg` asks for: Redis when `SB_REDIS_URL` is set, memory
-    /// otherwise. The bus is in memory until the RocketMQ bus is configured,
-    /// so with Redis alone cross-pod pushes are not carried (the inbox still
-    /// delivers on the next connect).
+    /// otherwise; the RocketMQ bus when `SB_ROCKETMQ_NAMESRV` is set, memory
+    /// otherwise (with Redis alone, one pod: cross-pod pushes are not carried,
+    /// the inbox still delivers on the next connect).
     pub async fn backends_for(cfg: &Config) -> Result<Backends, String> {
         let Some(url) = &cfg.redis_url else {
             return Ok(Self::memory_backends(cfg));
@@ -134,7 +137,18 @@ impl Node {
                     max_group_members: cfg.max_group_members,
                 },
             )),
-            bus: Arc::new(MemoryBus::new()),
+            bus: match (&cfg.rocketmq_namesrv, &cfg.topic_prefix) {
+                (Some(namesrv), Some(prefix)) => Arc::new(
+                    crate::backend::rocketmq::RocketMqBus::start(
+                        namesrv,
+                        prefix,
+                        cfg.rocketmq_retry_max,
+                    )
+                    .await
+                    .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?,
+                ),
+                _ => Arc::new(MemoryBus::new()),
+            },
         })
     }
 
@@ -153,6 +167,30 @@ impl Node {
 
     pub fn backends(&self) -> &Backends {
         &self.backends
+    }
+
+    /// Receiving its cross-pod pushes.
+    pub fn is_bus_ready(&self) -> bool {
+        self.bus_ready.load(Ordering::Acquire)
+    }
+
+    /// Subscribes to this pod's bus topic, retrying every 2 s until it works
+    /// (the operator may not have created the topic and group yet), then
+    /// delivers what arrives.
+    pub async fn run_bus_subscription(self: Arc<Self>) {
+        loop {
+            match self.backends.bus.subscribe(&self.pod.name).await {
+                Ok(rx) => {
+                    self.bus_ready.store(true, Ordering::Release);
+                    info!("subscribed to the bus");
+                    return self.run_bus(rx).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot subscribe to the bus yet; not ready");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -613,10 +651,14 @@ impl Node {
         };
         self.hub
             .deliver_presence(user, &Arc::new(ServerFrame::Presence(p.clone())));
+        let pods = match self.backends.registry.pods().await {
+            Ok(p) => p,
+            Err(e) => return self.backend_failed("pods", &e),
+        };
         if let Err(e) = self
             .backends
             .bus
-            .broadcast(&self.pod.name, Envelope::Presence(p))
+            .broadcast(&self.pod.name, &pods, Envelope::Presence(p))
             .await
         {
             self.backend_failed("broadcast", &e);
@@ -722,7 +764,7 @@ impl Node {
     }
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)

@@ -136,6 +136,17 @@ impl Registry for MemoryRegistry {
         Ok(offline)
     }
 
+    async fn pods(&self) -> BackendResult<Vec<String>> {
+        let st = lock(&self.inner);
+        let pods: BTreeSet<String> = st
+            .conns
+            .values()
+            .flatten()
+            .map(|(_, p)| p.clone())
+            .collect();
+        Ok(pods.into_iter().collect())
+    }
+
     async fn heartbeat(&self, _pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()> {
         // Nothing expires in memory; re-adding is what a flushed backend needs.
         let mut st = lock(&self.inner);
@@ -505,7 +516,12 @@ impl Bus for MemoryBus {
         }
     }
 
-    async fn broadcast(&self, from_pod: &str, envelope: Envelope) -> BackendResult<()> {
+    async fn broadcast(
+        &self,
+        from_pod: &str,
+        _pods: &[String],
+        envelope: Envelope,
+    ) -> BackendResult<()> {
         let targets: Vec<_> = lock(&self.pods)
             .iter()
             .filter(|(p, _)| p.as_str() != from_pod)

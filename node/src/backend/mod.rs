@@ -9,6 +9,7 @@
 pub mod contract;
 pub mod memory;
 pub mod redis;
+pub mod rocketmq;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub trait Registry: Send + Sync + Debug {
     /// pod's own leftovers from before a restart under the same name.
     /// Returns the users that went offline.
     async fn forget_pod(&self, pod: &str) -> BackendResult<Vec<UserId>>;
+    /// Pods with a live heartbeat.
+    async fn pods(&self) -> BackendResult<Vec<String>>;
 }
 
 /// The outcome of [`MessageStore::append`].
@@ -182,14 +185,21 @@ pub enum Envelope {
 ///
 /// Promises: best-effort realtime push, at most once per publish. A lost
 /// envelope (pod died, broker down) loses only the *push*; the message is
-/// already in the recipient's inbox and is replayed on reconnect.
-/// Envelopes from one node to one pod arrive in publish order.
+/// already in the recipient's inbox and is replayed on reconnect. Order
+/// across envelopes is not guaranteed (RocketMQ consumes concurrently);
+/// clients order by `seq`.
 #[async_trait]
 pub trait Bus: Send + Sync + Debug {
     /// Sends to one pod.
     async fn publish(&self, pod: &str, envelope: Envelope) -> BackendResult<()>;
-    /// Sends to every pod except `from_pod`.
-    async fn broadcast(&self, from_pod: &str, envelope: Envelope) -> BackendResult<()>;
+    /// Sends to every pod of `pods` (the live ones, from the registry) except
+    /// `from_pod`. The in-memory bus sends to every subscribed pod instead.
+    async fn broadcast(
+        &self,
+        from_pod: &str,
+        pods: &[String],
+        envelope: Envelope,
+    ) -> BackendResult<()>;
     /// Starts receiving the envelopes addressed to `pod`.
     async fn subscribe(&self, pod: &str) -> BackendResult<mpsc::Receiver<Envelope>>;
     /// Stops receiving (on shutdown).

@@ -92,9 +92,12 @@ impl std::fmt::Debug for RedisRegistry {
 }
 
 const REGISTER: &str = r#"
--- KEYS: conns:<user>, podconns:<pod>, online, lastseen
+-- KEYS: conns:<user>, podconns:<pod>, online, lastseen, pod:<pod>
 -- ARGV: conn id, pod, user, now ms, presence ttl ms
 local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+-- Keep the pod's connection count current between heartbeats (only while
+-- the pod key lives: recreating an expired one would resurrect a dead pod).
+if added == 1 and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'conns', 1) end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[3] .. ' ' .. ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
@@ -104,11 +107,12 @@ return 0
 "#;
 
 const UNREGISTER: &str = r#"
--- KEYS: conns:<user>, podconns:<pod>, online, lastseen
+-- KEYS: conns:<user>, podconns:<pod>, online, lastseen, pod:<pod>
 -- ARGV: conn id, user, now ms
 redis.call('SREM', KEYS[2], ARGV[2] .. ' ' .. ARGV[1])
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 if removed == 0 then return 0 end
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'conns', -1) end
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[2])
@@ -190,6 +194,7 @@ impl Registry for RedisRegistry {
             .key(format!("{}podconns:{}", k.prefix(), c.pod))
             .key(format!("{}online", k.prefix()))
             .key(format!("{}lastseen", k.prefix()))
+            .key(format!("{}pod:{}", k.prefix(), c.pod))
             .arg(&c.conn_id)
             .arg(&c.pod)
             .arg(c.user.as_str())
@@ -209,6 +214,7 @@ impl Registry for RedisRegistry {
             .key(format!("{}podconns:{}", k.prefix(), c.pod))
             .key(format!("{}online", k.prefix()))
             .key(format!("{}lastseen", k.prefix()))
+            .key(format!("{}pod:{}", k.prefix(), c.pod))
             .arg(&c.conn_id)
             .arg(c.user.as_str())
             .arg(now_millis())
@@ -304,6 +310,16 @@ impl Registry for RedisRegistry {
             .await
             .map(|users| users.iter().filter_map(|u| UserId::parse(u).ok()).collect())
             .map_err(unavailable)
+    }
+
+    async fn pods(&self) -> BackendResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = conn
+            .smembers(format!("{}pods", self.keys.prefix()))
+            .await
+            .map_err(unavailable)?;
+        let dead = self.dead_pods().await?;
+        Ok(all.into_iter().filter(|p| !dead.contains(p)).collect())
     }
 
     async fn heartbeat(&self, pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()> {

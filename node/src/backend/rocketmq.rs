@@ -1,0 +1,178 @@
+//! The cross-node bus on RocketMQ: one delivery topic and one consumer group
+//! per pod (`PREFIX-node-<ordinal>`), created by the operator (or the test
+//! harness) before the pod starts.
+//!
+//! An envelope for pod `sb-2` is sent to topic `PREFIX-node-2` with the
+//! message id as key; pod 2's push consumer of group `PREFIX-node-2` hands it
+//! to the node. A delivery the node cannot take (malformed, or its queue
+//! full) is retried by RocketMQ through the group's `%RETRY%` topic, at most
+//! `retry_max` times, then parked in `%DLQ%PREFIX-node-2`. Pushes older than
+//! [`STALE_AFTER`] are dropped: the recipient has the message in its inbox,
+//! and a push that old (a pod that was down) is noise.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_rocketmq::names::Names;
+use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Producer, Runtime};
+use tokio::sync::mpsc;
+
+use super::{BackendError, BackendResult, Bus, Envelope};
+use crate::ids::PodIdentity;
+use crate::protocol::ServerFrame;
+
+/// Pushes older than this are dropped instead of delivered.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Depth of the queue between the consumer and the node.
+const INBOUND_QUEUE: usize = 8192;
+
+fn unavailable(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}
+
+/// Bus on RocketMQ.
+pub struct RocketMqBus {
+    rt: Runtime,
+    namesrv: String,
+    names: Names,
+    retry_max: u32,
+    producer: Producer,
+    consumer: Mutex<Option<Consumer>>,
+}
+
+impl std::fmt::Debug for RocketMqBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocketMqBus")
+            .field("namesrv", &self.namesrv)
+            .field("prefix", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RocketMqBus {
+    /// Starts the producer. Topics and groups are not created here: they
+    /// belong to the operator.
+    pub async fn start(namesrv: &str, prefix: &str, retry_max: u32) -> BackendResult<Self> {
+        let rt = Runtime::new().map_err(unavailable)?;
+        let names = Names::new(prefix);
+        let producer = Producer::start(&rt, namesrv, &format!("{prefix}-producer"))
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            rt,
+            namesrv: namesrv.to_owned(),
+            names,
+            retry_max,
+            producer,
+            consumer: Mutex::new(None),
+        })
+    }
+
+    fn topic_of(&self, pod: &str) -> BackendResult<String> {
+        let id = PodIdentity::new(pod, None).map_err(BackendError::Unavailable)?;
+        Ok(self.names.node_topic(u32::from(id.ordinal)))
+    }
+
+    async fn send(&self, pod: &str, envelope: &Envelope) -> BackendResult<()> {
+        let topic = self.topic_of(pod)?;
+        let key = match envelope {
+            Envelope::ToUsers {
+                frame: ServerFrame::Message(m),
+                ..
+            } => m.msg_id.to_string(),
+            _ => String::new(),
+        };
+        let body = serde_json::to_vec(envelope).map_err(unavailable)?;
+        self.producer
+            .send(&topic, &key, body)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Bus for RocketMqBus {
+    async fn publish(&self, pod: &str, envelope: Envelope) -> BackendResult<()> {
+        self.send(pod, &envelope).await
+    }
+
+    async fn broadcast(
+        &self,
+        from_pod: &str,
+        pods: &[String],
+        envelope: Envelope,
+    ) -> BackendResult<()> {
+        for pod in pods.iter().filter(|p| p.as_str() != from_pod) {
+            self.send(pod, &envelope).await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, pod: &str) -> BackendResult<mpsc::Receiver<Envelope>> {
+        let id = PodIdentity::new(pod, None).map_err(BackendError::Unavailable)?;
+        let ordinal = u32::from(id.ordinal);
+        let (topic, group) = (
+            self.names.node_topic(ordinal),
+            self.names.node_group(ordinal),
+        );
+        // A consumer of a group that was never created starts fine and then
+        // receives nothing: refuse to start instead, so the pod stays not-ready.
+        let admin = Admin::connect(&self.rt, &self.namesrv)
+            .await
+            .map_err(unavailable)?;
+        let exists = async {
+            Ok::<_, switchboard_rocketmq::Error>((
+                admin.topic_exists(&topic).await?,
+                admin.group_exists(&group).await?,
+            ))
+        }
+        .await;
+        admin.shutdown().await;
+        match exists.map_err(unavailable)? {
+            (true, true) => {}
+            (t, g) => {
+                return Err(BackendError::Unavailable(format!(
+                    "RocketMQ topic {topic} (exists: {t}) and group {group} (exists: {g}) must be created first"
+                )));
+            }
+        }
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let config = ConsumerConfig {
+            namesrv: self.namesrv.clone(),
+            topic,
+            group,
+            max_reconsume_times: Some(self.retry_max),
+        };
+        let consumer = Consumer::start(&self.rt, config, move |d| {
+            let tx = tx.clone();
+            async move {
+                let env: Envelope = serde_json::from_slice(&d.body)
+                    .map_err(|e| format!("malformed envelope {}: {e}", d.msg_id))?;
+                if let Envelope::ToUsers { sent_at_us, .. } = &env
+                    && crate::node::now_micros() - sent_at_us > STALE_AFTER.as_micros() as i64
+                {
+                    return Ok(());
+                }
+                tx.try_send(env)
+                    .map_err(|e| format!("node cannot take the push now: {e}"))
+            }
+        })
+        .await
+        .map_err(unavailable)?;
+        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer);
+        Ok(rx)
+    }
+
+    async fn unsubscribe(&self, _pod: &str) {
+        let consumer = self
+            .consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = consumer {
+            c.shutdown().await;
+        }
+    }
+}

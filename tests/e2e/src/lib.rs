@@ -1,0 +1,315 @@
+//! Harness for end-to-end tests: a cluster of real `switchboard-node`
+//! processes (pods `sb-0`, `sb-1`, ...) on the Redis and RocketMQ started by
+//! `scripts/deps start`, and WebSocket clients that talk to them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+use switchboard_rocketmq::names::Names;
+use switchboard_rocketmq::{Admin, Runtime};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+const SECRET: &str = "e2e-test-secret-0123456789abcdef";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run `eval \"$(scripts/deps start)\"` first (scripts/test does)")
+    })
+}
+
+/// The node binary: `SB_NODE_BIN`, or the workspace's release build.
+pub fn node_bin() -> PathBuf {
+    std::env::var_os("SB_NODE_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/switchboard-node"),
+        PathBuf::from,
+    )
+}
+
+pub fn token(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": user, "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// One node process.
+pub struct Pod {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Pod {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no drain, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit; returns whether it exited 0.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.success();
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(self.addr, user).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        http_get(self.addr, path).await
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster: its name, topic prefix and pods.
+pub struct Cluster {
+    pub name: String,
+    pub prefix: String,
+    pub pods: Vec<Pod>,
+    namesrv: String,
+    redis: String,
+    drain_timeout: String,
+}
+
+impl Cluster {
+    /// Provisions topics and groups for `n` pods (with the project's own
+    /// provisioning code, as the operator will), then starts the pods.
+    pub async fn start(test: &str, n: u32) -> Self {
+        Self::start_with(test, n, "2s").await
+    }
+
+    pub async fn start_with(test: &str, n: u32, drain_timeout: &str) -> Self {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let name = format!("{test}-{stamp}");
+        let prefix = switchboard_rocketmq::names::prefix("e2e", &name);
+        let namesrv = env("SB_TEST_ROCKETMQ_NAMESRV");
+        let rt = Runtime::new().unwrap();
+        let admin = Admin::connect(&rt, &namesrv).await.unwrap();
+        let names = Names::new(&prefix);
+        for i in 0..n {
+            admin.ensure_topic(&names.node_topic(i), 4).await.unwrap();
+            admin.ensure_group(&names.node_group(i), 3).await.unwrap();
+        }
+        admin.shutdown().await;
+        rt.shutdown().await;
+        let mut c = Self {
+            name,
+            prefix,
+            pods: Vec::new(),
+            namesrv,
+            redis: env("SB_TEST_REDIS_URL"),
+            drain_timeout: drain_timeout.into(),
+        };
+        for i in 0..n {
+            let pod = c.spawn(i);
+            c.pods.push(pod);
+        }
+        for p in &c.pods {
+            wait_ready(p).await;
+        }
+        c
+    }
+
+    /// Starts pod `sb-<i>` (again, after a kill).
+    pub fn spawn(&self, i: u32) -> Pod {
+        let name = format!("sb-{i}");
+        let mut child = Command::new(node_bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SB_LISTEN", "127.0.0.1:0")
+            .env("POD_NAME", &name)
+            .env("POD_NAMESPACE", "e2e")
+            .env("SB_CLUSTER_NAME", &self.name)
+            .env("SB_REDIS_URL", &self.redis)
+            .env("SB_ROCKETMQ_NAMESRV", &self.namesrv)
+            .env("SB_TOPIC_PREFIX", &self.prefix)
+            .env("SB_JWT_SECRET", SECRET)
+            .env("SB_HEARTBEAT_INTERVAL", "2s")
+            .env("SB_PRESENCE_TTL", "10s")
+            .env("SB_DRAIN_TIMEOUT", &self.drain_timeout)
+            .env("SB_RECONNECT_JITTER", "300ms")
+            .env("SB_RATE_LIMIT", "1000")
+            .env("SB_RATE_BURST", "1000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build it: cargo build --release -p switchboard-node)",
+                    node_bin().display()
+                )
+            });
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tag = name.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("{name} did not log its address"));
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        Pod { name, addr, child }
+    }
+
+    pub fn pod(&self, i: usize) -> &Pod {
+        &self.pods[i]
+    }
+}
+
+/// Waits until `/readyz` says 200 (subscribed to its topic).
+pub async fn wait_ready(p: &Pod) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if http_get(p.addr, "/readyz").await.0 == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never became ready", p.name);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return (0, Value::Null);
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+/// A WebSocket client authenticated with a JWT.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: Value,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, user: &str) -> Self {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={}", token(user)))
+                .await
+                .unwrap();
+        let mut c = Self {
+            ws,
+            welcome: Value::Null,
+        };
+        c.welcome = c.next().await.expect("welcome");
+        assert_eq!(c.welcome["type"], "welcome");
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// The next JSON frame; `None` when the connection ended.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")?;
+            match m {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next frame of type `ty`, skipping presence frames.
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("connection ended while waiting for {ty}"));
+            if v["type"] == ty {
+                return v;
+            }
+            assert_eq!(v["type"], "presence", "expected {ty}, got {v}");
+        }
+    }
+
+    /// Sends and returns the `sent` answer, passing over the receipts and
+    /// presence frames that arrive meanwhile.
+    pub async fn say(&mut self, to: &str, cid: &str, content: &str) -> Value {
+        self.send(json!({"type": "send", "client_msg_id": cid, "to": to, "content": content}))
+            .await;
+        loop {
+            let v = self
+                .next()
+                .await
+                .expect("connection ended while waiting for sent");
+            match v["type"].as_str() {
+                Some("sent") => return v,
+                Some("delivered" | "read" | "presence" | "typing") => continue,
+                _ => panic!("expected sent, got {v}"),
+            }
+        }
+    }
+}
