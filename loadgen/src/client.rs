@@ -125,20 +125,16 @@ impl Connected {
     }
 }
 
-/// Connects every user, `concurrency` attempts at a time (spread over the
-/// runtime's worker threads), each waiting for its `welcome`.
+/// Connects every user to its node, `concurrency` attempts at a time (spread
+/// over the runtime's worker threads), each waiting for its `welcome`.
 pub async fn connect_many(
-    endpoint: &Endpoint,
-    users: Vec<String>,
+    users: Vec<(Endpoint, String)>,
     cfg: WebSocketConfig,
     concurrency: usize,
 ) -> Connected {
     let n = users.len();
     let mut results = futures_util::stream::iter(users.into_iter().enumerate())
-        .map(|(i, user)| {
-            let ep = endpoint.clone();
-            tokio::spawn(async move { (i, connect(&ep, &user, cfg).await) })
-        })
+        .map(|(i, (ep, user))| tokio::spawn(async move { (i, connect(&ep, &user, cfg).await) }))
         .buffer_unordered(concurrency.max(1));
     let mut out = Connected {
         conns: (0..n).map(|_| None).collect(),

@@ -89,7 +89,15 @@ pub async fn run(args: IdleArgs, out: Out) -> anyhow::Result<bool> {
         .collect();
     let cfg = client::ws_config(args.client_read_buffer, 0);
     let t = Instant::now();
-    let connected = client::connect_many(&target.endpoint, users, cfg, args.concurrency).await;
+    let connected = client::connect_many(
+        users
+            .into_iter()
+            .map(|u| (target.endpoint.clone(), u))
+            .collect(),
+        cfg,
+        args.concurrency,
+    )
+    .await;
     let connect_secs = t.elapsed().as_secs_f64();
     let node_cpu_connect = match (pid, node_cpu_before) {
         (Some(p), Some(before)) => Some((sys::cpu_time(p)? - before).as_secs_f64()),

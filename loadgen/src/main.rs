@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 
 mod client;
+mod cluster;
 mod idle;
 mod report;
 mod sys;

@@ -75,13 +75,15 @@ impl Target {
                     child: None,
                 })
             }
-            None => Self::spawn(args).await,
+            None => Self::spawn(args, &[]).await,
         }
     }
 
-    async fn spawn(args: &TargetArgs) -> anyhow::Result<Self> {
+    /// Starts a node with `env` added to its environment (before `--` arguments).
+    pub async fn spawn(args: &TargetArgs, env: &[(String, String)]) -> anyhow::Result<Self> {
         let mut child = Command::new(&args.node_bin)
             .args(&args.node_args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("SB_LISTEN", "127.0.0.1:0")
             .env("SB_RATE_LIMIT", "1000000")
             .env("SB_RATE_BURST", "1000000")
@@ -161,6 +163,16 @@ impl Target {
             let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
         }
         Ok(())
+    }
+
+    /// Whether `/readyz` answers 200 (a cluster node: its bus is up).
+    pub async fn ready(&self) -> bool {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            http_get(self.endpoint.addr, "/readyz"),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 
     /// The node's `/metrics`, parsed.
@@ -277,6 +289,22 @@ impl Metrics {
         }
         m.delivery_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         m
+    }
+
+    /// Sums another node's figures into these (buckets matched by bound).
+    pub fn merge(&mut self, other: &Metrics) {
+        self.connections = match (self.connections, other.connections) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.delivery_count += other.delivery_count;
+        for &(le, n) in &other.delivery_buckets {
+            match self.delivery_buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some(bucket) => bucket.1 += n,
+                None => self.delivery_buckets.push((le, n)),
+            }
+        }
+        self.delivery_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
 
     /// Delivery latency histogram minus an earlier snapshot.

@@ -53,6 +53,7 @@ pub async fn run(
     }
     let bus = tokio::spawn(node.clone().run_bus_subscription());
     let heartbeat = tokio::spawn(node.clone().run_heartbeat());
+    let repush = tokio::spawn(node.clone().run_repush());
     let drainer = node.clone();
     // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's
     // algorithm holds a frame back until the previous one is acked, which
@@ -70,6 +71,7 @@ pub async fn run(
         })
         .await;
     heartbeat.abort();
+    repush.abort();
     bus.abort();
     result
 }

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub inbox_skipped: Counter,
     pub bus_envelopes: Family<DirectionLabel, Counter>,
     pub backend_errors: Counter,
+    pub repushed: Counter,
     registry: Registry,
 }
 
@@ -58,6 +59,7 @@ impl Metrics {
             inbox_skipped: Counter::default(),
             bus_envelopes: Family::default(),
             backend_errors: Counter::default(),
+            repushed: Counter::default(),
             registry: Registry::with_prefix("switchboard"),
         };
         m.register()
@@ -114,6 +116,11 @@ impl Metrics {
             "backend_errors",
             "Failed backend calls",
             self.backend_errors.clone(),
+        );
+        r.register(
+            "repushed",
+            "Pushes sent again: a resend of a stored message, or after a failed routing lookup",
+            self.repushed.clone(),
         );
         self
     }

@@ -70,13 +70,34 @@ pub struct Node {
     /// Connections admitted (counted before the upgrade completes, so the
     /// limit holds under a burst of upgrades).
     admitted: AtomicUsize,
+    /// Pushes whose routing lookup failed (registry down), retried by
+    /// [`Node::run_repush`] so a recipient who stays connected still gets them.
+    repush_tx: mpsc::Sender<Repush>,
+    repush_rx: std::sync::Mutex<Option<mpsc::Receiver<Repush>>>,
 }
+
+/// A push to other pods that could not be routed yet.
+#[derive(Debug)]
+struct Repush {
+    users: Vec<UserId>,
+    frame: Arc<ServerFrame>,
+    except: Option<String>,
+    sent_at_us: i64,
+    since: Instant,
+}
+
+/// Pushes waiting for the registry to come back.
+const REPUSH_QUEUE: usize = 4096;
+/// How long a push is retried; after that the recipient gets it from the
+/// inbox on its next connect.
+const REPUSH_FOR: Duration = Duration::from_secs(30);
 
 impl Node {
     pub fn new(cfg: Config, backends: Backends) -> Result<Arc<Self>, String> {
         cfg.validate()?;
         let pod = PodIdentity::new(&cfg.pod_name, cfg.pod_namespace.clone())?;
         let auth = Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth_enabled());
+        let (repush_tx, repush_rx) = mpsc::channel(REPUSH_QUEUE);
         Ok(Arc::new(Self {
             ids: Snowflake::new(pod.ordinal),
             pod,
@@ -90,6 +111,8 @@ impl Node {
             // same name never reuses a connection id of its previous life.
             conn_seq: AtomicU64::new(now_millis() as u64 * 1000),
             admitted: AtomicUsize::new(0),
+            repush_tx,
+            repush_rx: std::sync::Mutex::new(Some(repush_rx)),
             cfg,
         }))
     }
@@ -512,6 +535,19 @@ impl Node {
             None,
         );
         if appended.duplicate {
+            // A resend means the sender never saw the first answer: the first
+            // try may have stored the message and failed before pushing it.
+            // Push again; clients drop msg ids they already have.
+            self.metrics.repushed.inc();
+            let mut everyone = recipients;
+            everyone.push(me.clone());
+            self.route(
+                &everyone,
+                ServerFrame::Message(appended.msg),
+                Some(&conn.id),
+                None,
+            )
+            .await;
             return Ok(());
         }
         self.metrics.messages_stored.inc();
@@ -604,9 +640,37 @@ impl Node {
         accepted_at: Option<Instant>,
     ) {
         let frame = Arc::new(frame);
-        let mut remote: HashMap<String, Vec<UserId>> = HashMap::new();
         for u in users {
             self.hub.deliver(u, &frame, except, accepted_at);
+        }
+        let sent_at_us = now_micros() - accepted_at.map_or(0, |t| t.elapsed().as_micros() as i64);
+        let unrouted = self.push_remote(users, &frame, except, sent_at_us).await;
+        if !unrouted.is_empty() {
+            let repush = Repush {
+                users: unrouted,
+                frame,
+                except: except.map(str::to_owned),
+                sent_at_us,
+                since: Instant::now(),
+            };
+            if self.repush_tx.try_send(repush).is_err() {
+                warn!("repush queue full: a push is left to the recipients' inboxes");
+            }
+        }
+    }
+
+    /// Sends `frame` to the other pods holding connections of `users`; returns
+    /// the users whose connections could not be looked up.
+    async fn push_remote(
+        &self,
+        users: &[UserId],
+        frame: &Arc<ServerFrame>,
+        except: Option<&str>,
+        sent_at_us: i64,
+    ) -> Vec<UserId> {
+        let mut remote: HashMap<String, Vec<UserId>> = HashMap::new();
+        let mut unrouted = Vec::new();
+        for u in users {
             match self.backends.registry.connections(u).await {
                 Ok(conns) => {
                     for (_, pod) in conns {
@@ -618,18 +682,17 @@ impl Node {
                         }
                     }
                 }
-                Err(e) => self.backend_failed("connections", &e),
+                Err(e) => {
+                    self.backend_failed("connections", &e);
+                    unrouted.push(u.clone());
+                }
             }
         }
-        if remote.is_empty() {
-            return;
-        }
-        let sent_at_us = now_micros() - accepted_at.map_or(0, |t| t.elapsed().as_micros() as i64);
         for (pod, users) in remote {
             let env = Envelope::ToUsers {
                 users,
                 except: except.map(str::to_owned),
-                frame: (*frame).clone(),
+                frame: ServerFrame::clone(frame),
                 sent_at_us,
             };
             self.metrics
@@ -639,6 +702,39 @@ impl Node {
             if let Err(e) = self.backends.bus.publish(&pod, env).await {
                 // The message is in the inbox; only the push is lost.
                 self.backend_failed("publish", &e);
+            }
+        }
+        unrouted
+    }
+
+    /// Retries the pushes whose routing lookup failed, in order, until the
+    /// registry answers or [`REPUSH_FOR`] has passed.
+    pub async fn run_repush(self: Arc<Self>) {
+        let rx = self
+            .repush_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(mut rx) = rx else { return };
+        while let Some(mut r) = rx.recv().await {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(pause).await;
+                r.users = self
+                    .push_remote(&r.users, &r.frame, r.except.as_deref(), r.sent_at_us)
+                    .await;
+                if r.users.is_empty() {
+                    self.metrics.repushed.inc();
+                    break;
+                }
+                if r.since.elapsed() > REPUSH_FOR {
+                    warn!(
+                        users = r.users.len(),
+                        "push given up; the recipients get it from their inbox"
+                    );
+                    break;
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -31,10 +31,22 @@ fn client_config(namesrv: &str, role: &str) -> ClientConfig {
     config
 }
 
+/// After a failed send the producer is rebuilt, at most this often.
+const REBUILD_EVERY: Duration = Duration::from_secs(1);
+
 /// Sends messages. Cheap to share by reference; sends may run concurrently.
+///
+/// A send that fails at the transport (broker restarted, connection lost) rebuilds the
+/// underlying client and is tried once more: the client's own recovery keeps using its
+/// stale route and connections for about 30 s after a broker restart, while a new
+/// client sends as soon as the broker has registered with the name server again.
 pub struct Producer {
     rt: Runtime,
+    namesrv: String,
+    group: String,
     inner: Arc<RwLock<DefaultMQProducer>>,
+    /// When the client was last built (or rebuilt).
+    built_at: Mutex<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -47,6 +59,17 @@ impl Producer {
     /// Starts a producer in producer group `group` (only a label for the broker; it need
     /// not be provisioned) that finds brokers through the name server at `namesrv`.
     pub async fn start(rt: &Runtime, namesrv: &str, group: &str) -> Result<Self, Error> {
+        let producer = Self::build(rt, namesrv, group).await?;
+        Ok(Self {
+            rt: rt.clone(),
+            namesrv: namesrv.to_owned(),
+            group: group.to_owned(),
+            inner: Arc::new(RwLock::new(producer)),
+            built_at: Mutex::new(std::time::Instant::now()),
+        })
+    }
+
+    async fn build(rt: &Runtime, namesrv: &str, group: &str) -> Result<DefaultMQProducer, Error> {
         let mut producer = DefaultMQProducer::builder(rt.client())
             .client_config(client_config(namesrv, "switchboard-producer"))
             .producer_group(group)
@@ -58,10 +81,30 @@ impl Producer {
             })
             .await?
             .map_err(Error::client("producer start"))?;
-        Ok(Self {
-            rt: rt.clone(),
-            inner: Arc::new(RwLock::new(producer)),
-        })
+        Ok(producer)
+    }
+
+    /// Replaces the client with a new one unless that happened less than
+    /// [`REBUILD_EVERY`] ago (concurrent failures rebuild once). Returns whether it did.
+    async fn rebuild(&self) -> bool {
+        let mut built_at = self.built_at.lock().await;
+        if built_at.elapsed() < REBUILD_EVERY {
+            return false;
+        }
+        *built_at = std::time::Instant::now();
+        let Ok(fresh) = Self::build(&self.rt, &self.namesrv, &self.group).await else {
+            return false;
+        };
+        let inner = Arc::clone(&self.inner);
+        let _ = self
+            .rt
+            .run("producer rebuild", async move {
+                let mut old = std::mem::replace(&mut *inner.write().await, fresh);
+                old.shutdown().await;
+            })
+            .await;
+        tracing::info!(group = %self.group, "RocketMQ producer rebuilt after a failed send");
+        true
     }
 
     /// Sends `body` to `topic` with the message key `key` and waits until the broker has
@@ -69,6 +112,15 @@ impl Producer {
     /// 3 seconds in all. The topic must exist: brokers here do not create topics on first
     /// use.
     pub async fn send(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
+        match self.send_once(topic, key, body.clone()).await {
+            Err(Error::Client { .. }) if self.rebuild().await => {
+                self.send_once(topic, key, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
         let message = Message::builder()
             .topic(topic)
             .key(key)

@@ -9,14 +9,21 @@
 //! `retry_max` times, then parked in `%DLQ%PREFIX-node-2`. Pushes older than
 //! [`STALE_AFTER`] are dropped: the recipient has the message in its inbox,
 //! and a push that old (a pod that was down) is noise.
+//!
+//! Sends go through an outbox: `publish` only queues, so a slow or restarting
+//! broker never holds up the sender's `sent` answer, and a send that fails is
+//! retried with backoff until it would be stale. During a broker restart the
+//! pushes are late, not lost. Only a full outbox refuses a push (the message
+//! stays in the inbox).
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Producer, Runtime};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::warn;
 
 use super::{BackendError, BackendResult, Bus, Envelope};
 use crate::ids::PodIdentity;
@@ -27,6 +34,24 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Depth of the queue between the consumer and the node.
 const INBOUND_QUEUE: usize = 8192;
+/// Pushes waiting to be sent. At ~1 KB each, a bounded few MB while the broker is away.
+const OUTBOX: usize = 8192;
+/// Sends in flight at once: enough to hide the broker's round trip at tens of
+/// thousands of messages a second, few enough not to trip the client's admission limit.
+const IN_FLIGHT: usize = 128;
+/// First and largest pause between two tries of one failed send.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for the outbox to empty.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One queued send.
+struct Outgoing {
+    topic: String,
+    key: String,
+    body: Vec<u8>,
+    queued: Instant,
+}
 
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(e.to_string())
@@ -38,7 +63,8 @@ pub struct RocketMqBus {
     namesrv: String,
     names: Names,
     retry_max: u32,
-    producer: Producer,
+    outbox: mpsc::Sender<Outgoing>,
+    in_flight: Arc<Semaphore>,
     consumer: Mutex<Option<Consumer>>,
 }
 
@@ -60,14 +86,33 @@ impl RocketMqBus {
         let producer = Producer::start(&rt, namesrv, &format!("{prefix}-producer"))
             .await
             .map_err(unavailable)?;
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+        tokio::spawn(run_outbox(Arc::new(producer), rx, Arc::clone(&in_flight)));
         Ok(Self {
             rt,
             namesrv: namesrv.to_owned(),
             names,
             retry_max,
-            producer,
+            outbox,
+            in_flight,
             consumer: Mutex::new(None),
         })
+    }
+
+    /// Waits (up to [`FLUSH_TIMEOUT`]) until every queued push was sent or given up.
+    async fn flush(&self) {
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        while self.outbox.capacity() < OUTBOX || self.in_flight.available_permits() < IN_FLIGHT {
+            if Instant::now() > deadline {
+                warn!(
+                    queued = OUTBOX - self.outbox.capacity(),
+                    "stopping with pushes unsent; their messages are in the inboxes"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn topic_of(&self, pod: &str) -> BackendResult<String> {
@@ -85,10 +130,61 @@ impl RocketMqBus {
             _ => String::new(),
         };
         let body = serde_json::to_vec(envelope).map_err(unavailable)?;
-        self.producer
-            .send(&topic, &key, body)
-            .await
-            .map_err(unavailable)
+        self.outbox
+            .try_send(Outgoing {
+                topic,
+                key,
+                body,
+                queued: Instant::now(),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    BackendError::Unavailable("the bus outbox is full (broker away?)".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    BackendError::Unavailable("the bus is stopped".into())
+                }
+            })
+    }
+}
+
+/// Sends queued pushes, [`IN_FLIGHT`] at a time; each is retried with backoff
+/// until it would be stale on arrival.
+async fn run_outbox(
+    producer: Arc<Producer>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    in_flight: Arc<Semaphore>,
+) {
+    while let Some(out) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let producer = Arc::clone(&producer);
+        tokio::spawn(async move {
+            let mut pause = RETRY_FIRST;
+            let mut tries = 1u32;
+            loop {
+                match producer.send(&out.topic, &out.key, out.body.clone()).await {
+                    Ok(()) => break,
+                    Err(e) if out.queued.elapsed() + pause < STALE_AFTER => {
+                        if tries == 1 {
+                            warn!(topic = %out.topic, error = %e, "push failed; retrying");
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RETRY_MAX);
+                        tries += 1;
+                    }
+                    Err(e) => {
+                        warn!(
+                            topic = %out.topic, key = %out.key, tries, error = %e,
+                            "push given up; the message stays in the recipient's inbox"
+                        );
+                        break;
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -166,6 +262,7 @@ impl Bus for RocketMqBus {
     }
 
     async fn unsubscribe(&self, _pod: &str) {
+        self.flush().await;
         let consumer = self
             .consumer
             .lock()

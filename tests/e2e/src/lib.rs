@@ -7,6 +7,8 @@
     missing_debug_implementations
 )]
 
+pub mod traffic;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -312,4 +314,20 @@ impl Client {
             }
         }
     }
+}
+
+/// Runs `scripts/deps <command>` (`restart-broker`, `restart-redis`) on the
+/// dependencies `scripts/deps start` started (found through `SB_DEPS_DIR`);
+/// returns how long it took.
+pub fn deps(command: &str) -> Duration {
+    env("SB_DEPS_DIR");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/deps");
+    let began = Instant::now();
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(command)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(status.success(), "scripts/deps {command} failed: {status}");
+    began.elapsed()
 }

@@ -3,10 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{Value, json};
-use switchboard_e2e::{Client, Cluster};
+use serde_json::json;
+use switchboard_e2e::Cluster;
+use switchboard_e2e::traffic::{receive_all, send_stream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_pods_chat_with_receipts_typing_groups_and_presence() {
@@ -97,105 +98,12 @@ async fn users_on_different_pods_chat_with_receipts_typing_groups_and_presence()
     );
 }
 
-/// Sends `n` messages from `from` to `to`, 2 ms apart; returns the msg ids the
-/// server confirmed with `sent`.
-async fn send_stream(mut sender: Client, to: &'static str, n: usize) -> Vec<String> {
-    let mut confirmed = Vec::new();
-    for i in 0..n {
-        let sent = sender
-            .say(to, &format!("m{i}"), &format!("message {i}"))
-            .await;
-        confirmed.push(sent["msg_id"].as_str().unwrap().to_owned());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    confirmed
-}
-
-/// What a receiving client saw: every distinct message, how many frames
-/// carried a message it already had (transport duplicates it dropped), and
-/// the pods it was connected to.
-struct Received {
-    ids: BTreeSet<String>,
-    redelivered: usize,
-    pods: Vec<String>,
-    reconnects: usize,
-}
-
-/// A receiving client that acks what it gets, dedups by msg id as clients
-/// must, and reconnects to the next pod whenever its connection ends (or it
-/// is told to), until it has `expect` messages.
-async fn receive_all(
-    c: &Cluster,
-    user: &str,
-    mut pod: usize,
-    mut expect: impl FnMut() -> Option<usize>,
-) -> Received {
-    let mut r = Received {
-        ids: BTreeSet::new(),
-        redelivered: 0,
-        pods: Vec::new(),
-        reconnects: 0,
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    'conn: loop {
-        let mut client = loop {
-            assert!(Instant::now() < deadline, "could not reconnect");
-            let p = c.pod(pod);
-            if switchboard_e2e::http_get(p.addr, "/readyz").await.0 == 200 {
-                break p.connect(user).await;
-            }
-            pod = (pod + 1) % c.pods.len();
-        };
-        r.pods
-            .push(client.welcome["node"].as_str().unwrap().to_owned());
-        loop {
-            if let Some(n) = expect()
-                && r.ids.len() >= n
-            {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out with {} messages",
-                r.ids.len()
-            );
-            let frame = tokio::time::timeout(Duration::from_millis(500), client.next()).await;
-            let v: Value = match frame {
-                Err(_) => continue, // nothing for now; check `expect` again
-                Ok(None) => {
-                    r.reconnects += 1;
-                    pod = (pod + 1) % c.pods.len();
-                    continue 'conn;
-                }
-                Ok(Some(v)) => v,
-            };
-            match v["type"].as_str() {
-                Some("message") => {
-                    let id = v["msg_id"].as_str().unwrap().to_owned();
-                    client.send(json!({"type": "ack", "msg_ids": [id]})).await;
-                    if !r.ids.insert(id) {
-                        r.redelivered += 1;
-                    }
-                }
-                Some("reconnect") => {
-                    r.reconnects += 1;
-                    let delay = v["delay_ms"].as_u64().unwrap();
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                    pod = (pod + 1) % c.pods.len();
-                    continue 'conn;
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_pod_mid_traffic_loses_no_acknowledged_message() {
     let mut c = Cluster::start("kill", 3).await;
     let alice = c.pod(0).connect("alice").await;
     let n = 400;
-    let sender = tokio::spawn(send_stream(alice, "bob", n));
+    let sender = tokio::spawn(async move { send_stream(alice, "bob", n).await.confirmed });
     let victim_pid = c.pod(2).pid();
     let confirmed = std::sync::Arc::new(std::sync::Mutex::new(None::<usize>));
     // Kill bob's pod while messages flow.
@@ -244,7 +152,7 @@ async fn sigterm_tells_clients_to_reconnect_and_loses_nothing() {
     let confirmed = std::sync::Arc::new(std::sync::Mutex::new(None::<usize>));
     let done = confirmed.clone();
     let sender = tokio::spawn(async move {
-        let ids = send_stream(alice, "bob", n).await;
+        let ids = send_stream(alice, "bob", n).await.confirmed;
         *done.lock().unwrap() = Some(ids.len());
         ids
     });

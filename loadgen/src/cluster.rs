@@ -1,0 +1,217 @@
+//! `--nodes N`: the nodes under test as one cluster on real Redis and RocketMQ, so
+//! a scenario can measure cross-node delivery. With one node this is just the
+//! single [`Target`].
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use switchboard_rocketmq::names::{self, Names};
+use switchboard_rocketmq::{Admin, Runtime};
+
+use crate::target::{Endpoint, Metrics, Target, TargetArgs};
+
+/// Queues per node topic and the retry maximum of a node group, as the e2e tests use.
+const QUEUES: u32 = 4;
+const RETRY_MAX: u32 = 3;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Start this many nodes as one cluster (pods `sb-0`, `sb-1`, ...) on Redis
+    /// and RocketMQ. Pair i's sender connects to node i % N and its receiver to
+    /// node (i + 1) % N, so with N > 1 every message crosses nodes through the
+    /// broker. The loadgen creates the cluster's topics and groups first and
+    /// deletes them at the end. N > 1 needs --redis-url and --rocketmq-namesrv.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub nodes: u32,
+
+    /// Redis for the cluster (`eval "$(scripts/deps start)"` exports it).
+    #[arg(long, env = "SB_TEST_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// RocketMQ name server for the cluster (`scripts/deps start` exports it).
+    #[arg(long, env = "SB_TEST_ROCKETMQ_NAMESRV")]
+    pub rocketmq_namesrv: Option<String>,
+}
+
+/// The topics and groups this run created, deleted at the end.
+#[derive(Debug)]
+struct Provisioned {
+    namesrv: String,
+    names: Names,
+    nodes: u32,
+}
+
+/// The nodes under test.
+#[derive(Debug)]
+pub struct Nodes {
+    pub targets: Vec<Target>,
+    provisioned: Option<Provisioned>,
+}
+
+impl Nodes {
+    pub async fn open(target: &TargetArgs, cluster: &ClusterArgs) -> anyhow::Result<Self> {
+        if cluster.nodes == 1 {
+            return Ok(Self {
+                targets: vec![Target::open(target).await?],
+                provisioned: None,
+            });
+        }
+        if target.url.is_some() {
+            bail!("--nodes starts its own cluster; it cannot be combined with --url");
+        }
+        let redis = cluster
+            .redis_url
+            .clone()
+            .context("--nodes > 1 needs --redis-url (or SB_TEST_REDIS_URL)")?;
+        let namesrv = cluster
+            .rocketmq_namesrv
+            .clone()
+            .context("--nodes > 1 needs --rocketmq-namesrv (or SB_TEST_ROCKETMQ_NAMESRV)")?;
+        let cluster_name = format!("lg{}", std::process::id());
+        let prefix = names::prefix("loadgen", &cluster_name);
+        let names = Names::new(&prefix);
+        provision(&namesrv, &names, cluster.nodes, true)
+            .await
+            .context("creating the cluster's topics and groups")?;
+        let mut nodes = Self {
+            targets: Vec::new(),
+            provisioned: Some(Provisioned {
+                namesrv: namesrv.clone(),
+                names,
+                nodes: cluster.nodes,
+            }),
+        };
+        for i in 0..cluster.nodes {
+            let env = [
+                ("POD_NAME", format!("sb-{i}")),
+                ("POD_NAMESPACE", "loadgen".to_owned()),
+                ("SB_CLUSTER_NAME", cluster_name.clone()),
+                ("SB_REDIS_URL", redis.clone()),
+                ("SB_ROCKETMQ_NAMESRV", namesrv.clone()),
+                ("SB_TOPIC_PREFIX", prefix.clone()),
+                // The loadgen connects with `?userId=`, as on a standalone node.
+                ("SB_DEV_AUTH", "true".to_owned()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v));
+            match Target::spawn(target, &env).await {
+                Ok(t) => nodes.targets.push(t),
+                Err(e) => {
+                    nodes.stop().await?;
+                    return Err(e);
+                }
+            }
+        }
+        // Ready means the node's consumer and producer are up (see /readyz).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..nodes.targets.len() {
+            while !nodes.targets[i].ready().await {
+                if Instant::now() > deadline {
+                    let addr = nodes.targets[i].endpoint.addr;
+                    nodes.stop().await?;
+                    bail!("node at {addr} not ready within 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(nodes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Where pair `i`'s sender connects.
+    pub fn sender(&self, i: usize) -> &Endpoint {
+        &self.targets[i % self.len()].endpoint
+    }
+
+    /// Where pair `i`'s receiver connects: the next node, so messages cross nodes.
+    pub fn receiver(&self, i: usize) -> &Endpoint {
+        &self.targets[(i + 1) % self.len()].endpoint
+    }
+
+    /// PIDs of every node, when all are known.
+    pub fn pids(&self) -> Option<Vec<u32>> {
+        self.targets.iter().map(|t| t.pid).collect()
+    }
+
+    /// `ADDR (pid P), ...` for the log.
+    pub fn describe(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} (pid {})",
+                    t.endpoint.addr,
+                    t.pid.map_or("unknown".into(), |p| p.to_string())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.targets.iter_mut().try_for_each(Target::check_alive)
+    }
+
+    /// Every node's metrics, summed.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        let mut sum = Metrics::default();
+        for t in &self.targets {
+            sum.merge(&t.metrics().await?);
+        }
+        Ok(sum)
+    }
+
+    /// Stops the nodes, then deletes the topics and groups this run created.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for t in self.targets.drain(..) {
+            if let Err(e) = t.stop().await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(p) = self.provisioned.take() {
+            let result = provision(&p.namesrv, &p.names, p.nodes, false)
+                .await
+                .context("deleting the cluster's topics and groups");
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Creates (`create`) or deletes the node topics and groups of `nodes` pods, with
+/// the project's own idempotent provisioning code (what the operator uses).
+async fn provision(
+    namesrv: &str,
+    names: &Names,
+    nodes: u32,
+    create: bool,
+) -> Result<(), switchboard_rocketmq::Error> {
+    let rt = Runtime::new()?;
+    let admin = Admin::connect(&rt, namesrv).await?;
+    let mut result = Ok(());
+    for i in 0..nodes {
+        let (topic, group) = (names.node_topic(i), names.node_group(i));
+        result = if create {
+            match admin.ensure_topic(&topic, QUEUES).await {
+                Ok(()) => admin.ensure_group(&group, RETRY_MAX).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            match admin.delete_group(&group).await {
+                Ok(()) => admin.delete_topic(&topic).await,
+                Err(e) => Err(e),
+            }
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+    admin.shutdown().await;
+    rt.shutdown().await;
+    result
+}
