@@ -76,3 +76,34 @@ fn throughput_scenario_delivers_everything() {
     assert_eq!(v["lost"], 0);
     assert!(v["latency"]["p99_us"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+/// `--nodes 2` on the Redis and RocketMQ of `scripts/deps start` (its `SB_TEST_*`
+/// variables; `scripts/test` sets them): every message crosses nodes through the broker.
+#[test]
+fn throughput_across_two_nodes_delivers_everything() {
+    for var in ["SB_TEST_REDIS_URL", "SB_TEST_ROCKETMQ_NAMESRV"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run `eval \"$(scripts/deps start)\"` first (scripts/test does)"
+        );
+    }
+    let v = run(&[
+        "throughput",
+        "--nodes",
+        "2",
+        "--pairs",
+        "4",
+        "--rate",
+        "40",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--grace",
+        "20",
+    ]);
+    assert_eq!(v["nodes"], 2, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["received"], v["scheduled"], "{v}");
+}

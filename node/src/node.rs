@@ -501,6 +501,12 @@ impl Node {
     }
 
     async fn on_send(&self, conn: &Arc<ConnHandle>, s: Send) -> Result<(), FrameError> {
+        if self.backends.bus.is_saturated() {
+            return Err(FrameError::new(
+                ErrorCode::Unavailable,
+                "the cross-node bus is saturated; resend shortly with the same client_msg_id",
+            ));
+        }
         let me = &conn.user;
         let (conversation, to, group) = match s.target {
             Target::User(u) => (ConversationId::direct(me, &u), Some(u), None),

@@ -204,6 +204,12 @@ pub trait Bus: Send + Sync + Debug {
     async fn subscribe(&self, pod: &str) -> BackendResult<mpsc::Receiver<Envelope>>;
     /// Stops receiving (on shutdown).
     async fn unsubscribe(&self, pod: &str);
+    /// Whether pushes are piling up faster than they leave (the broker is away
+    /// or slower than the offered load). The node then refuses new sends with
+    /// `unavailable`, so senders back off instead of pushes being dropped.
+    fn is_saturated(&self) -> bool {
+        false
+    }
 }
 
 /// The backends of one node.

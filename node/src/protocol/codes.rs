@@ -27,7 +27,8 @@ pub enum ErrorCode {
     InboxFull,
     /// A read receipt named a message that is not in that conversation.
     UnknownMessage,
-    /// The storage backend failed; resend with the same `client_msg_id`.
+    /// A backend failed or the cross-node bus is saturated; resend with the
+    /// same `client_msg_id`.
     Unavailable,
     /// Authentication failed (HTTP 401 at the upgrade).
     Unauthorized,
