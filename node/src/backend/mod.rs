@@ -183,11 +183,13 @@ pub enum Envelope {
 /// The cross-node bus: carries envelopes to the pods that hold a user's
 /// connections.
 ///
-/// Promises: best-effort realtime push, at most once per publish. A lost
-/// envelope (pod died, broker down) loses only the *push*; the message is
-/// already in the recipient's inbox and is replayed on reconnect. Order
-/// across envelopes is not guaranteed (RocketMQ consumes concurrently);
-/// clients order by `seq`.
+/// Promises: a best-effort realtime push. `publish` may only queue the
+/// envelope (the RocketMQ bus retries a failed send until the push would be
+/// stale), so a push can arrive late or, after a retried send or a consumer
+/// redelivery, twice: clients dedup by `msg_id`. A lost envelope (pod died,
+/// outbox full) loses only the *push*; the message is already in the
+/// recipient's inbox and is replayed on reconnect. Order across envelopes is
+/// not guaranteed (RocketMQ consumes concurrently); clients order by `seq`.
 #[async_trait]
 pub trait Bus: Send + Sync + Debug {
     /// Sends to one pod.
