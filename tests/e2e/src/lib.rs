@@ -25,7 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
-const SECRET: &str = "e2e-test-secret-0123456789abcdef";
+/// The HS256 secret the test nodes verify tokens with (and [`token`] signs with).
+pub const SECRET: &str = "e2e-test-secret-0123456789abcdef";
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

@@ -1,0 +1,184 @@
+//! The node configuration: the ConfigMap every pod reads with `envFrom`, and the
+//! per-pod and secret environment of the container (DESIGN.md, "Operator -> node
+//! contract").
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector,
+};
+
+use super::meta;
+use crate::crd::{ChatCluster, SecretKeyRef};
+use crate::validate::Resolved;
+
+/// Pod template annotation with a hash of the ConfigMap: a configuration change rolls
+/// the pods, which read it only at start.
+pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/config-hash";
+
+/// The node settings, as `SB_*` environment variables (see `switchboard-node --help`).
+pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
+    let s = &cc.spec;
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_owned(), v);
+    };
+    put("SB_LISTEN", format!("0.0.0.0:{}", super::HTTP_PORT));
+    put("SB_LOG_FORMAT", "json".into());
+    put("SB_CLUSTER_NAME", r.name.clone());
+    put("SB_TOPIC_PREFIX", r.topic_prefix.clone());
+    put("SB_ROCKETMQ_NAMESRV", s.rocketmq.name_server.clone());
+    put(
+        "SB_ROCKETMQ_RETRY_MAX",
+        s.rocketmq.retry_max_times.to_string(),
+    );
+    put(
+        "SB_HEARTBEAT_INTERVAL",
+        s.presence.heartbeat_interval.clone(),
+    );
+    put("SB_PRESENCE_TTL", s.presence.ttl.clone());
+    put("SB_DRAIN_TIMEOUT", s.drain_timeout.clone());
+    put(
+        "SB_MAX_CONTENT_BYTES",
+        s.limits.max_content_bytes.to_string(),
+    );
+    put("SB_MAX_FRAME_BYTES", s.limits.max_frame_bytes.to_string());
+    put("SB_RATE_LIMIT", s.limits.rate_limit.to_string());
+    put("SB_RATE_BURST", s.limits.rate_burst.to_string());
+    put("SB_MAX_CONNECTIONS", s.limits.max_connections.to_string());
+    put("SB_HISTORY_LIMIT", s.limits.history_limit.to_string());
+    put("SB_INBOX_LIMIT", s.limits.inbox_limit.to_string());
+    put(
+        "SB_MAX_GROUP_MEMBERS",
+        s.limits.max_group_members.to_string(),
+    );
+    if let Some(url) = &s.redis.url {
+        put("SB_REDIS_URL", url.clone());
+    }
+    m
+}
+
+pub(super) fn config_map(cc: &ChatCluster, r: &Resolved) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(cc, r, super::names::config_map(&r.name), "config"),
+        data: Some(node_config(cc, r)),
+        ..ConfigMap::default()
+    }
+}
+
+/// A stable hash of the ConfigMap's data (FNV-1a over sorted keys and values).
+pub(super) fn hash(cm: &ConfigMap) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in cm.data.iter().flatten() {
+        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The container's own environment: pod identity from the downward API and the secrets.
+/// Everything else comes from the ConfigMap.
+pub(super) fn env(cc: &ChatCluster) -> Vec<EnvVar> {
+    let s = &cc.spec;
+    let mut env = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Some(r) = &s.redis.url_secret_ref {
+        env.push(secret("SB_REDIS_URL", r));
+    }
+    env.push(secret("SB_JWT_SECRET", &s.auth.jwt_secret_ref));
+    if let Some(r) = &s.auth.admin_token_secret_ref {
+        env.push(secret("SB_ADMIN_TOKEN", r));
+    }
+    env
+}
+
+fn field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: Some("v1".into()),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn secret(name: &str, r: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::validate::{tests::sample, validate};
+
+    #[test]
+    fn config_carries_the_contract() {
+        let cc = sample();
+        let c = node_config(&cc, &validate(&cc, "n").unwrap());
+        assert_eq!(c["SB_TOPIC_PREFIX"], "prod__chat");
+        assert_eq!(c["SB_CLUSTER_NAME"], "chat");
+        assert_eq!(c["SB_ROCKETMQ_NAMESRV"], "mq:9876");
+        assert_eq!(c["SB_REDIS_URL"], "redis://redis:6379");
+        assert!(!c.contains_key("SB_DEV_AUTH"), "dev auth is never rendered");
+        assert!(
+            !c.contains_key("SB_JWT_SECRET"),
+            "secrets stay out of the ConfigMap"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_secret_refs_and_identity_from_the_downward_api() {
+        let mut cc = sample();
+        cc.spec.redis.url = None;
+        cc.spec.redis.url_secret_ref = Some(SecretKeyRef {
+            name: "redis".into(),
+            key: "url".into(),
+        });
+        let env = env(&cc);
+        let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["POD_NAME", "POD_NAMESPACE", "SB_REDIS_URL", "SB_JWT_SECRET"]
+        );
+        let jwt = env[3]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((jwt.name.as_str(), jwt.key.as_str()), ("jwt", "secret"));
+        assert!(!node_config(&cc, &validate(&cc, "n").unwrap()).contains_key("SB_REDIS_URL"));
+    }
+
+    #[test]
+    fn config_hash_changes_with_the_config_only() {
+        let cc = sample();
+        let r = validate(&cc, "n").unwrap();
+        let a = hash(&config_map(&cc, &r));
+        assert_eq!(a, hash(&config_map(&cc, &r)));
+        let mut cc2 = cc.clone();
+        cc2.spec.limits.rate_limit = 5;
+        assert_ne!(a, hash(&config_map(&cc2, &r)));
+    }
+}

@@ -1,0 +1,131 @@
+//! Server-side apply of the built objects, skipped when the live object already holds
+//! everything the operator would write (so a restart or a resync writes nothing).
+
+use std::fmt::Debug;
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::Error;
+use crate::FIELD_MANAGER;
+use crate::metrics::Metrics;
+
+/// Annotation with a hash of what the operator last applied. A changed hash means the
+/// desired object changed (also by removing a field, which the subset check alone would
+/// not see), so it is applied again.
+pub const APPLIED_HASH_ANNOTATION: &str = "switchboard.dev/applied-hash";
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The live object already matched; no request was made beyond the read.
+    Unchanged,
+    /// A server-side apply was sent.
+    Patched,
+}
+
+/// Applies `desired` with the operator's field manager unless the live object already
+/// contains every field of it with the same value. Returns the live object afterwards.
+pub async fn apply<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<(K, Applied), Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let name = desired.name_any();
+    let mut body = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    let hash = fnv_hex(body.to_string().as_bytes());
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash));
+        }
+    }
+    if let Some(live) = api.get_opt(&name).await? {
+        let live_json = serde_json::to_value(&live).map_err(Error::Serialize)?;
+        if is_subset(&body, &live_json) {
+            return Ok((live, Applied::Unchanged));
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let out = api.patch(&name, &params, &Patch::Apply(&body)).await?;
+    metrics.wrote("apply");
+    Ok((out, Applied::Patched))
+}
+
+/// Deletes `name` if it exists and is controlled by the object with `owner_uid`. Returns
+/// whether a delete was sent.
+pub async fn delete_owned<K>(
+    api: &Api<K>,
+    name: &str,
+    owner_uid: &str,
+    metrics: &Metrics,
+) -> Result<bool, Error>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+{
+    let Some(live) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let ours = live
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == owner_uid);
+    if !ours || live.meta().deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            metrics.wrote("delete");
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether every field of `want` is in `have` with the same value. Lists must have the
+/// same length and match element by element (the apiserver fills in defaults inside list
+/// items, so an item of `have` may hold more fields).
+pub fn is_subset(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
+}
+
+fn fnv_hex(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn subset_tolerates_server_defaults_but_not_drift() {
+        let want = json!({"spec": {"replicas": 3, "ports": [{"port": 80}]}});
+        let live =
+            json!({"spec": {"replicas": 3, "ports": [{"port": 80, "protocol": "TCP"}], "x": 1}});
+        assert!(is_subset(&want, &live));
+        let drifted = json!({"spec": {"replicas": 1, "ports": [{"port": 80}]}});
+        assert!(!is_subset(&want, &drifted));
+        let extra_item = json!({"spec": {"replicas": 3, "ports": [{"port": 80}, {"port": 81}]}});
+        assert!(!is_subset(&want, &extra_item));
+        assert!(!is_subset(&json!({"a": null}), &json!({})));
+    }
+}
