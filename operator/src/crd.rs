@@ -21,6 +21,8 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// A Switchboard chat cluster: a StatefulSet of chat nodes sharing one Redis and one
 /// RocketMQ, with the topics, consumer groups, Services, ConfigMap and
 /// PodDisruptionBudget they need.
+// `printcolumn(...)` repeats `type_ = ...`, which clippy reads as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "switchboard.dev",

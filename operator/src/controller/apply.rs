@@ -34,16 +34,7 @@ where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
 {
     let name = desired.name_any();
-    let mut body = serde_json::to_value(desired).map_err(Error::Serialize)?;
-    let hash = fnv_hex(body.to_string().as_bytes());
-    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = meta
-            .entry("annotations")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(a) = annotations.as_object_mut() {
-            a.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash));
-        }
-    }
+    let body = apply_body(desired)?;
     if let Some(live) = api.get_opt(&name).await? {
         let live_json = serde_json::to_value(&live).map_err(Error::Serialize)?;
         if is_subset(&body, &live_json) {
@@ -54,6 +45,21 @@ where
     let out = api.patch(&name, &params, &Patch::Apply(&body)).await?;
     metrics.wrote("apply");
     Ok((out, Applied::Patched))
+}
+
+/// The body of the apply: `desired` with the applied-hash annotation.
+fn apply_body<K: Serialize>(desired: &K) -> Result<Value, Error> {
+    let mut body = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    let hash = fnv_hex(body.to_string().as_bytes());
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash));
+        }
+    }
+    Ok(body)
 }
 
 /// Deletes `name` if it exists and is controlled by the object with `owner_uid`. Returns
@@ -112,9 +118,72 @@ fn fnv_hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeMap;
+
+    use http::{Method, Request, Response};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::client::Body;
     use serde_json::json;
 
     use super::*;
+
+    fn config_map(value: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("c".into()),
+                namespace: Some("ns".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([("k".to_owned(), value.to_owned())])),
+            ..ConfigMap::default()
+        }
+    }
+
+    /// The live object as the apiserver returns it: what was applied plus server fields.
+    fn live(applied: &ConfigMap) -> Vec<u8> {
+        let mut v = apply_body(applied).unwrap();
+        v["metadata"]["resourceVersion"] = json!("7");
+        v["metadata"]["uid"] = json!("u");
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[tokio::test]
+    async fn apply_reads_and_skips_an_unchanged_object_but_patches_drift() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<ConfigMap> = Api::namespaced(kube::Client::new(svc, "ns"), "ns");
+        let server = tokio::spawn(async move {
+            // Unchanged: one GET, no PATCH.
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), Method::GET);
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/ns/configmaps/c");
+            send.send_response(Response::new(Body::from(live(&config_map("a")))));
+            // Drifted (someone set k=b): GET, then a forced apply with our field manager.
+            let (_, send) = handle.next_request().await.unwrap();
+            send.send_response(Response::new(Body::from(live(&config_map("b")))));
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), Method::PATCH);
+            let query = req.uri().query().unwrap_or_default().to_owned();
+            assert!(
+                query.contains("fieldManager=switchboard-operator") && query.contains("force=true"),
+                "{query}"
+            );
+            send.send_response(Response::new(Body::from(live(&config_map("a")))));
+        });
+        let metrics = Metrics::new();
+        let (_, a) = apply(&api, &config_map("a"), &metrics).await.unwrap();
+        assert_eq!(a, Applied::Unchanged);
+        let (_, a) = apply(&api, &config_map("a"), &metrics).await.unwrap();
+        assert_eq!(a, Applied::Patched);
+        assert!(
+            metrics
+                .encode()
+                .contains("switchboard_operator_writes_total{action=\"apply\"} 1")
+        );
+        server.await.unwrap();
+    }
 
     #[test]
     fn subset_tolerates_server_defaults_but_not_drift() {

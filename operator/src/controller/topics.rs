@@ -9,15 +9,18 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Admin, Runtime};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::Error;
 use crate::metrics::Metrics;
 
 /// How long a topic or group known to exist is trusted without asking the broker again.
 const FRESH_FOR: Duration = Duration::from_secs(600);
+/// Admin calls of one cluster in flight at once.
+const PARALLEL: usize = 8;
 
 /// What the cluster's RocketMQ should hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +59,11 @@ impl Layout {
 pub struct Brokers {
     rt: Runtime,
     admins: Mutex<HashMap<String, Arc<Admin>>>,
-    known: Mutex<HashMap<(String, Kind, String), (Instant, u32)>>,
+    known: Mutex<Known>,
 }
+
+/// (name server, kind, name) -> (when it was seen to exist, its queues or retry maximum).
+type Known = HashMap<(String, Kind, String), (Instant, u32)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -112,40 +118,67 @@ impl Brokers {
         metrics: &Metrics,
     ) -> Result<usize, Error> {
         let admin = self.admin(namesrv).await?;
-        let mut written = 0;
-        for topic in layout.topics(ordinals.clone()) {
-            if !settings_changed
-                && self
-                    .is_known(namesrv, Kind::Topic, &topic, layout.queues)
-                    .await
-            {
-                continue;
-            }
-            if settings_changed || !admin.topic_exists(&topic).await? {
-                admin.ensure_topic(&topic, layout.queues).await?;
-                metrics.wrote("topic_create");
-                written += 1;
-            }
-            self.remember(namesrv, Kind::Topic, &topic, Some(layout.queues))
-                .await;
+        let permits = Semaphore::new(PARALLEL);
+        let topics = layout
+            .topics(ordinals.clone())
+            .into_iter()
+            .map(|t| (Kind::Topic, t, layout.queues));
+        let groups = layout
+            .groups(ordinals)
+            .into_iter()
+            .map(|g| (Kind::Group, g, layout.retry_max));
+        let jobs = topics.chain(groups).map(|(kind, name, setting)| {
+            self.ensure_one(
+                &admin,
+                &permits,
+                namesrv,
+                kind,
+                name,
+                setting,
+                settings_changed,
+                metrics,
+            )
+        });
+        let written = try_join_all(jobs).await?;
+        Ok(written.into_iter().filter(|w| *w).count())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn ensure_one(
+        &self,
+        admin: &Admin,
+        permits: &Semaphore,
+        namesrv: &str,
+        kind: Kind,
+        name: String,
+        setting: u32,
+        settings_changed: bool,
+        metrics: &Metrics,
+    ) -> Result<bool, Error> {
+        if !settings_changed && self.is_known(namesrv, kind, &name, setting).await {
+            return Ok(false);
         }
-        for group in layout.groups(ordinals) {
-            if !settings_changed
-                && self
-                    .is_known(namesrv, Kind::Group, &group, layout.retry_max)
-                    .await
-            {
-                continue;
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|_| switchboard_rocketmq::Error::Shutdown)?;
+        let exists = match kind {
+            Kind::Topic => admin.topic_exists(&name).await?,
+            Kind::Group => admin.group_exists(&name).await?,
+        };
+        let write = settings_changed || !exists;
+        if write {
+            match kind {
+                Kind::Topic => admin.ensure_topic(&name, setting).await?,
+                Kind::Group => admin.ensure_group(&name, setting).await?,
             }
-            if settings_changed || !admin.group_exists(&group).await? {
-                admin.ensure_group(&group, layout.retry_max).await?;
-                metrics.wrote("group_create");
-                written += 1;
-            }
-            self.remember(namesrv, Kind::Group, &group, Some(layout.retry_max))
-                .await;
+            metrics.wrote(match kind {
+                Kind::Topic => "topic_create",
+                Kind::Group => "group_create",
+            });
         }
-        Ok(written)
+        self.remember(namesrv, kind, &name, Some(setting)).await;
+        Ok(write)
     }
 
     /// Deletes the given topics and groups (missing ones are fine). Returns how many existed.
@@ -157,24 +190,45 @@ impl Brokers {
         metrics: &Metrics,
     ) -> Result<usize, Error> {
         let admin = self.admin(namesrv).await?;
-        let mut deleted = 0;
-        for group in groups {
-            if admin.group_exists(group).await? {
-                admin.delete_group(group).await?;
-                metrics.wrote("group_delete");
-                deleted += 1;
+        let permits = Semaphore::new(PARALLEL);
+        let jobs = groups
+            .iter()
+            .map(|g| (Kind::Group, g))
+            .chain(topics.iter().map(|t| (Kind::Topic, t)))
+            .map(|(kind, name)| self.delete_one(&admin, &permits, namesrv, kind, name, metrics));
+        let deleted = try_join_all(jobs).await?;
+        Ok(deleted.into_iter().filter(|d| *d).count())
+    }
+
+    async fn delete_one(
+        &self,
+        admin: &Admin,
+        permits: &Semaphore,
+        namesrv: &str,
+        kind: Kind,
+        name: &str,
+        metrics: &Metrics,
+    ) -> Result<bool, Error> {
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|_| switchboard_rocketmq::Error::Shutdown)?;
+        let existed = match kind {
+            Kind::Topic => admin.topic_exists(name).await?,
+            Kind::Group => admin.group_exists(name).await?,
+        };
+        if existed {
+            match kind {
+                Kind::Topic => admin.delete_topic(name).await?,
+                Kind::Group => admin.delete_group(name).await?,
             }
-            self.remember(namesrv, Kind::Group, group, None).await;
+            metrics.wrote(match kind {
+                Kind::Topic => "topic_delete",
+                Kind::Group => "group_delete",
+            });
         }
-        for topic in topics {
-            if admin.topic_exists(topic).await? {
-                admin.delete_topic(topic).await?;
-                metrics.wrote("topic_delete");
-                deleted += 1;
-            }
-            self.remember(namesrv, Kind::Topic, topic, None).await;
-        }
-        Ok(deleted)
+        self.remember(namesrv, kind, name, None).await;
+        Ok(existed)
     }
 
     /// Shuts every admin client down.
