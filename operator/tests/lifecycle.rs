@@ -220,6 +220,45 @@ async fn apply_scale_restart_and_delete() {
         .unwrap();
     assert_eq!(pods.items.len(), 2);
 
+    // An object of the cluster that the spec does not build (say, left by an older
+    // operator) is deleted.
+    let orphan: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "chat-old",
+            "labels": {
+                "app.kubernetes.io/name": "switchboard-node",
+                "app.kubernetes.io/instance": "chat",
+                "app.kubernetes.io/managed-by": "switchboard-operator",
+            },
+            "ownerReferences": [{
+                "apiVersion": "switchboard.dev/v1alpha1",
+                "kind": "ChatCluster",
+                "name": "chat",
+                "uid": uid,
+                "controller": true,
+            }],
+        },
+    }))
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ns);
+    cms.create(&Default::default(), &orphan).await.unwrap();
+    wait_until(
+        "the orphan ConfigMap to be deleted",
+        Duration::from_secs(30),
+        || {
+            let cms = cms.clone();
+            async move {
+                cms.get_opt("chat-old")
+                    .await
+                    .ok()
+                    .and_then(|o| o.is_none().then_some(()))
+            }
+        },
+    )
+    .await;
+
     // Drift: an edited ConfigMap is put back.
     env.kubectl(&[
         "patch",
@@ -232,7 +271,6 @@ async fn apply_scale_restart_and_delete() {
         "-p",
         r#"{"data":{"SB_RATE_LIMIT":"1"}}"#,
     ]);
-    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ns);
     wait_until(
         "the ConfigMap edit to be reverted",
         Duration::from_secs(30),
@@ -278,17 +316,7 @@ async fn apply_scale_restart_and_delete() {
 
     // kubectl delete: the finalizer deletes every topic and group, then lets go.
     env.kubectl(&["delete", "chatcluster", "chat", "-n", &ns, "--wait=false"]);
-    let api = env.clusters(&ns);
-    wait_until("the ChatCluster to be gone", READY, || {
-        let api = api.clone();
-        async move {
-            api.get_opt("chat")
-                .await
-                .ok()
-                .and_then(|o| o.is_none().then_some(()))
-        }
-    })
-    .await;
+    env.wait_gone(&ns, "chat", READY).await;
     for t in names.shared_topics() {
         assert!(
             !env.admin.topic_exists(&t).await.unwrap(),

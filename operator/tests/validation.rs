@@ -213,19 +213,5 @@ async fn broker_down_pause_and_operator_side_checks() {
         &ns,
         "switchboard.dev/skip-topic-cleanup=true",
     ]);
-    let api = env.clusters(&ns);
-    support::wait_until(
-        "the ChatCluster to be let go",
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move {
-                api.get_opt("down")
-                    .await
-                    .ok()
-                    .and_then(|o| o.is_none().then_some(()))
-            }
-        },
-    )
-    .await;
+    env.wait_gone(&ns, "down", Duration::from_secs(60)).await;
 }

@@ -93,6 +93,45 @@ where
     }
 }
 
+/// Deletes every object of `api` that carries the cluster's labels (`selector`), is
+/// controlled by `owner_uid` and is not named in `keep`: what an earlier spec (a disabled
+/// PodDisruptionBudget) or an earlier operator version made and the current one does not.
+/// Returns the names deleted.
+pub async fn delete_orphans<K>(
+    api: &Api<K>,
+    selector: &str,
+    keep: &[&str],
+    owner_uid: &str,
+    metrics: &Metrics,
+) -> Result<Vec<String>, Error>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+{
+    let list = api
+        .list_metadata(&kube::api::ListParams::default().labels(selector))
+        .await?;
+    let mut deleted = Vec::new();
+    for obj in list.items {
+        let name = obj.name_any();
+        let ours = obj
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == owner_uid);
+        if !ours || keep.contains(&name.as_str()) || obj.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {
+                metrics.wrote("delete");
+                deleted.push(name);
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(deleted)
+}
+
 /// Whether every field of `want` is in `have` with the same value. Lists must have the
 /// same length and match element by element (the apiserver fills in defaults inside list
 /// items, so an item of `have` may hold more fields).

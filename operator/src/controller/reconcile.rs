@@ -17,10 +17,10 @@ use kube::{Api, Resource, ResourceExt};
 use switchboard_rocketmq::names::Names;
 use tracing::{info, warn};
 
-use super::apply::{Applied, apply, delete_owned};
+use super::apply::{Applied, apply, delete_orphans, delete_owned};
 use super::topics::Layout;
 use super::{Context, Error};
-use crate::build::{self, Built, names, selector_string};
+use crate::build::{self, Built, MANAGED_BY, names, selector_string};
 use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::status::{self, Outcome};
 use crate::validate::validate;
@@ -233,16 +233,41 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
         ),
         a,
     );
-    match pdb {
-        Some(pdb) => note(
+    if let Some(pdb) = &pdb {
+        note(
             format!("PodDisruptionBudget {}", names::pdb(&name)),
-            apply(&pdbs, &pdb, &ctx.metrics).await?.1,
-        ),
-        None => {
-            if delete_owned(&pdbs, &names::pdb(&name), &uid, &ctx.metrics).await? {
-                changed.push(format!("deleted PodDisruptionBudget {}", names::pdb(&name)));
-            }
-        }
+            apply(&pdbs, pdb, &ctx.metrics).await?.1,
+        );
+    }
+
+    // Orphans: objects of the cluster that the current spec does not build.
+    let selector = format!(
+        "{},app.kubernetes.io/managed-by={MANAGED_BY}",
+        selector_string(&name)
+    );
+    let (cm_name, headless_name, client_name) = (
+        names::config_map(&name),
+        names::headless_service(&name),
+        names::client_service(&name),
+    );
+    let sts_name = names::stateful_set(&name);
+    let pdb_name = names::pdb(&name);
+    let keep_pdb: &[&str] = if pdb.is_some() { &[&pdb_name] } else { &[] };
+    let mut orphans = delete_orphans(&cms, &selector, &[&cm_name], &uid, &ctx.metrics).await?;
+    orphans.extend(
+        delete_orphans(
+            &svcs,
+            &selector,
+            &[&headless_name, &client_name],
+            &uid,
+            &ctx.metrics,
+        )
+        .await?,
+    );
+    orphans.extend(delete_orphans(&stss, &selector, &[&sts_name], &uid, &ctx.metrics).await?);
+    orphans.extend(delete_orphans(&pdbs, &selector, keep_pdb, &uid, &ctx.metrics).await?);
+    if !orphans.is_empty() {
+        changed.push(format!("deleted {}", orphans.join(", ")));
     }
     if !changed.is_empty() {
         event(ctx, &cc, EventType::Normal, "Applied", changed.join(", ")).await;

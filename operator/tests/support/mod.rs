@@ -177,6 +177,21 @@ impl Env {
         .await
     }
 
+    /// Waits until the ChatCluster `ns/name` no longer exists.
+    pub async fn wait_gone(&self, ns: &str, name: &str, timeout: Duration) {
+        let api = self.clusters(ns);
+        wait_until(&format!("ChatCluster {name} to be gone"), timeout, || {
+            let api = api.clone();
+            async move {
+                api.get_opt(name)
+                    .await
+                    .ok()
+                    .and_then(|o| o.is_none().then_some(()))
+            }
+        })
+        .await;
+    }
+
     /// Names of `ns/name`'s topics and groups.
     pub fn names(ns: &str, name: &str) -> Names {
         Names::new(prefix(ns, name))
