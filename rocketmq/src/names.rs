@@ -78,8 +78,9 @@ fn encode_into(out: &mut String, part: &str) {
 }
 
 /// 64-bit FNV-1a: tiny, stable across platforms and releases (the shortened names are
-/// stored in brokers, so the hash must never change).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// stored in brokers, so the hash must never change). Also the operator's hash of what it
+/// applied.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes

@@ -68,13 +68,11 @@ pub(super) fn config_map(cc: &ChatCluster, r: &Resolved) -> ConfigMap {
 
 /// A stable hash of the ConfigMap's data (FNV-1a over sorted keys and values).
 pub(super) fn hash(cm: &ConfigMap) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut bytes = Vec::new();
     for (k, v) in cm.data.iter().flatten() {
-        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        bytes.extend(k.bytes().chain([0]).chain(v.bytes()).chain([0]));
     }
-    format!("{h:016x}")
+    format!("{:016x}", switchboard_rocketmq::names::fnv1a64(&bytes))
 }
 
 /// The container's own environment: pod identity from the downward API and the secrets.

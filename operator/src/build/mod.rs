@@ -94,6 +94,14 @@ pub fn selector_string(cluster: &str) -> String {
         .join(",")
 }
 
+/// Selects every object the operator made for the cluster (the orphan sweep's selector).
+pub fn owned_selector(cluster: &str) -> String {
+    format!(
+        "{},app.kubernetes.io/managed-by={MANAGED_BY}",
+        selector_string(cluster)
+    )
+}
+
 /// Labels of every object the operator creates for the cluster.
 pub fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(cluster);

@@ -50,7 +50,10 @@ where
 /// The body of the apply: `desired` with the applied-hash annotation.
 fn apply_body<K: Serialize>(desired: &K) -> Result<Value, Error> {
     let mut body = serde_json::to_value(desired).map_err(Error::Serialize)?;
-    let hash = fnv_hex(body.to_string().as_bytes());
+    let hash = format!(
+        "{:016x}",
+        switchboard_rocketmq::names::fnv1a64(body.to_string().as_bytes())
+    );
     if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
         let annotations = meta
             .entry("annotations")
@@ -60,37 +63,6 @@ fn apply_body<K: Serialize>(desired: &K) -> Result<Value, Error> {
         }
     }
     Ok(body)
-}
-
-/// Deletes `name` if it exists and is controlled by the object with `owner_uid`. Returns
-/// whether a delete was sent.
-pub async fn delete_owned<K>(
-    api: &Api<K>,
-    name: &str,
-    owner_uid: &str,
-    metrics: &Metrics,
-) -> Result<bool, Error>
-where
-    K: Resource + DeserializeOwned + Clone + Debug,
-{
-    let Some(live) = api.get_opt(name).await? else {
-        return Ok(false);
-    };
-    let ours = live
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && o.uid == owner_uid);
-    if !ours || live.meta().deletion_timestamp.is_some() {
-        return Ok(false);
-    }
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {
-            metrics.wrote("delete");
-            Ok(true)
-        }
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Deletes every object of `api` that carries the cluster's labels (`selector`), is
@@ -146,13 +118,6 @@ pub fn is_subset(want: &Value, have: &Value) -> bool {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         (a, b) => a == b,
     }
-}
-
-fn fnv_hex(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("{h:016x}")
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ use kube::{Api, Resource, ResourceExt};
 use switchboard_rocketmq::names::Names;
 use tracing::{info, warn};
 
-use super::apply::{Applied, apply, delete_orphans, delete_owned};
+use super::apply::{Applied, apply, delete_orphans};
 use super::topics::Layout;
 use super::{Context, Error};
-use crate::build::{self, Built, MANAGED_BY, names, selector_string};
+use crate::build::{self, Built, names, selector_string};
 use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::status::{self, Outcome};
 use crate::validate::validate;
@@ -241,10 +241,7 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
     }
 
     // Orphans: objects of the cluster that the current spec does not build.
-    let selector = format!(
-        "{},app.kubernetes.io/managed-by={MANAGED_BY}",
-        selector_string(&name)
-    );
+    let selector = build::owned_selector(&name);
     let (cm_name, headless_name, client_name) = (
         names::config_map(&name),
         names::headless_service(&name),
@@ -353,9 +350,11 @@ pub(super) async fn cleanup_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Resu
     let layout = layout(&cc, &prefix);
     let result = async {
         let stss: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        delete_owned(
+        // Stop the nodes first: nothing of the StatefulSet is kept.
+        delete_orphans(
             &stss,
-            &names::stateful_set(&name),
+            &build::owned_selector(&name),
+            &[],
             &cc.uid().unwrap_or_default(),
             &ctx.metrics,
         )
