@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use switchboard_settings::NodeSettings;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,13 +69,15 @@ pub struct Config {
     #[arg(long, env = "SB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// Dev auth: also accept `?userId=` / `?user=` without a token. Default:
-    /// on only standalone (no Redis) without a JWT secret. Never use in production.
+    /// Dev mode: accept `?userId=` / `?user=` without a token, and open the
+    /// admin API when no admin token is set. Default: on only standalone (no
+    /// Redis, no RocketMQ) without a JWT secret. Never use in production.
     #[arg(long, env = "SB_DEV_AUTH")]
     pub dev_auth: Option<bool>,
 
     /// Bearer token required by the admin (groups) and presence HTTP
-    /// endpoints. Unset: those endpoints are open.
+    /// endpoints. Unset: those endpoints are off (403 `admin_disabled`),
+    /// except in dev mode, where they are open (and the log says so).
     #[arg(long, env = "SB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -131,9 +134,20 @@ pub struct Config {
     #[arg(long, env = "SB_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// The pod's termination grace period (the operator renders it). Set, the
+    /// node refuses to start when its shutdown (preStop pause + drain timeout
+    /// + close and outbox flush budgets) could outlast it.
+    #[arg(long, env = "SB_TERMINATION_GRACE", value_parser = humantime::parse_duration)]
+    pub termination_grace: Option<Duration>,
+
     /// Upper bound of the random delay suggested in `reconnect` frames.
     #[arg(long, env = "SB_RECONNECT_JITTER", default_value = "5s", value_parser = humantime::parse_duration)]
     pub reconnect_jitter: Duration,
+
+    /// Time a client has to send the headers of each HTTP request (the
+    /// WebSocket upgrade included); slower ones are disconnected (slowloris).
+    #[arg(long, env = "SB_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
 
     /// Log format.
     #[arg(long, env = "SB_LOG_FORMAT", value_enum, default_value = "text")]
@@ -157,34 +171,38 @@ impl Config {
         self.pod_namespace.as_deref().unwrap_or("default")
     }
 
-    /// Checks what clap cannot.
+    /// The settings whose rules the node and the operator share.
+    pub fn settings(&self) -> NodeSettings {
+        let n = |v: usize| v as u64;
+        NodeSettings {
+            heartbeat_interval: self.heartbeat_interval,
+            presence_ttl: self.presence_ttl,
+            drain_timeout: self.drain_timeout,
+            termination_grace: self.termination_grace,
+            max_content_bytes: n(self.max_content_bytes),
+            max_frame_bytes: n(self.max_frame_bytes),
+            rate_limit: self.rate_limit.into(),
+            rate_burst: self.rate_burst.into(),
+            max_connections: n(self.max_connections),
+            history_limit: n(self.history_limit),
+            inbox_limit: n(self.inbox_limit),
+            max_group_members: n(self.max_group_members),
+            outbound_buffer: n(self.outbound_buffer),
+        }
+    }
+
+    /// Checks what clap cannot: the shared settings rules
+    /// ([`switchboard_settings`]) and how clients authenticate.
     pub fn validate(&self) -> Result<(), String> {
         if self.jwt_secret.is_none() && !self.dev_auth_enabled() {
             return Err(
                 "no way to authenticate clients: set SB_JWT_SECRET or SB_DEV_AUTH=true".into(),
             );
         }
-        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err("SB_JWT_SECRET must be at least 16 bytes".into());
+        if let Some(secret) = &self.jwt_secret {
+            switchboard_settings::check_jwt_secret(secret).map_err(|e| e.to_string())?;
         }
-        if self.max_content_bytes == 0 || self.max_content_bytes >= self.max_frame_bytes {
-            return Err(
-                "SB_MAX_CONTENT_BYTES must be positive and below SB_MAX_FRAME_BYTES".into(),
-            );
-        }
-        if self.rate_limit == 0 || self.rate_burst == 0 {
-            return Err("SB_RATE_LIMIT and SB_RATE_BURST must be positive".into());
-        }
-        if self.outbound_buffer < 16 {
-            return Err("SB_OUTBOUND_BUFFER must be at least 16".into());
-        }
-        if self.heartbeat_interval < Duration::from_secs(1) {
-            return Err("SB_HEARTBEAT_INTERVAL must be at least 1s".into());
-        }
-        if self.history_limit == 0 || self.inbox_limit == 0 || self.max_group_members == 0 {
-            return Err("history, inbox and group limits must be positive".into());
-        }
-        Ok(())
+        self.settings().check().map_err(|e| e.to_string())
     }
 
     /// Defaults, as if started with no flags and no environment: for tests.

@@ -98,7 +98,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/ws", get(ws::ws_v1))
         .route("/ws/chat", get(ws::ws_seed))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(crate::readiness::readyz))
         .route("/metrics", get(metrics))
         .route("/api/chat/health", get(seed_health))
         .merge(admin)
@@ -108,9 +108,21 @@ pub fn app(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// The admin API needs the admin token. Without one configured it is off,
+/// except in dev mode (standalone default), where it is open and the node's
+/// start-up log says so.
 async fn require_admin(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let Some(expected) = node.cfg.admin_token.as_deref() else {
-        return next.run(req).await;
+        if node.auth.dev_mode() {
+            return next.run(req).await;
+        }
+        node.metrics.error(ErrorCode::AdminDisabled);
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::AdminDisabled,
+            "the admin API is off: the node has no admin token (SB_ADMIN_TOKEN)",
+        )
+        .into_response();
     };
     let given = req
         .headers()
@@ -150,19 +162,6 @@ async fn index() -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
-}
-
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.is_draining() {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Draining,
-            "draining",
-        )
-        .into_response()
-    } else {
-        "ready".into_response()
-    }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

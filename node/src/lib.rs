@@ -20,12 +20,13 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod protocol;
+pub mod readiness;
+mod serve;
 mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -55,21 +56,13 @@ pub async fn run(
     let heartbeat = tokio::spawn(node.clone().run_heartbeat());
     let repush = tokio::spawn(node.clone().run_repush());
     let drainer = node.clone();
-    // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's
-    // algorithm holds a frame back until the previous one is acked, which
-    // measured as milliseconds of added delivery latency under load.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(listener, app(node))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // HTTP stays up while draining, so /readyz can say 503.
-            drainer.drain().await;
-        })
-        .await;
+    let header_timeout = node.cfg.http_header_timeout;
+    let result = serve::serve(listener, app(node), header_timeout, async move {
+        shutdown.await;
+        // HTTP stays up while draining, so /readyz can say 503.
+        drainer.drain().await;
+    })
+    .await;
     heartbeat.abort();
     repush.abort();
     bus.abort();

@@ -29,8 +29,15 @@ async fn main() -> anyhow::Result<()> {
         .context("invalid configuration")?;
     if cfg.dev_auth_enabled() {
         warn!(
-            "DEV AUTH IS ON: any client can connect as any user with ?userId=. Set SB_JWT_SECRET and SB_DEV_AUTH=false in production."
+            "DEV MODE IS ON: any client can connect as any user with ?userId=. Set SB_JWT_SECRET and SB_DEV_AUTH=false in production."
         );
+        if cfg.admin_token.is_none() {
+            warn!(
+                "DEV MODE: the admin API (/api/v1/*: groups, presence, online users) is OPEN to anyone who can reach this port. Set SB_ADMIN_TOKEN to require a token."
+            );
+        }
+    } else if cfg.admin_token.is_none() {
+        info!("the admin API is off (no SB_ADMIN_TOKEN): /api/v1/* answers 403 admin_disabled");
     }
     let listen = cfg.listen;
     let backends = match (&cfg.redis_url, &cfg.rocketmq_namesrv) {

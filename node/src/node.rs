@@ -206,7 +206,10 @@ impl Node {
                 Ok(rx) => {
                     self.bus_ready.store(true, Ordering::Release);
                     info!("subscribed to the bus");
-                    return self.run_bus(rx).await;
+                    self.clone().run_bus(rx).await;
+                    // The bus closed (unsubscribed on drain): no longer ready.
+                    self.bus_ready.store(false, Ordering::Release);
+                    return;
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot subscribe to the bus yet; not ready");
@@ -856,8 +859,9 @@ impl Node {
         for c in &left {
             c.close_with(CloseCode::GoingAway);
         }
-        // Let the connection tasks run their cleanup (registry removal).
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Let the connection tasks run their cleanup (registry removal), within
+        // the budget the operator counts into the pod's grace period.
+        let deadline = Instant::now() + switchboard_settings::CLOSE_BUDGET;
         while !self.hub.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

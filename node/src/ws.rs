@@ -83,7 +83,10 @@ fn upgrade(
     }
     let max = node.cfg.max_frame_bytes;
     let failed = node.clone();
-    ws.max_message_size(max)
+    // A client that offered `switchboard.v1` (beside its `bearer.<token>`) gets
+    // it back; browsers fail a handshake whose offered protocols all go unanswered.
+    ws.protocols([crate::auth::SUBPROTOCOL])
+        .max_message_size(max)
         .max_frame_size(max)
         // Small buffers: most connections are idle most of the time, and
         // per-connection memory is what limits how many one pod can hold.

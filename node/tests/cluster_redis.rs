@@ -99,6 +99,7 @@ async fn the_inbox_survives_a_crashed_node() {
         ("SB_REDIS_URL", url.as_str()),
         ("SB_CLUSTER_NAME", name.as_str()),
         ("SB_JWT_SECRET", SECRET),
+        ("SB_ADMIN_TOKEN", "crash-admin-token"),
         ("POD_NAME", "sb-0"),
         ("POD_NAMESPACE", "test"),
     ];
@@ -118,7 +119,14 @@ async fn the_inbox_survives_a_crashed_node() {
 
     let p = Proc::start_env(&[], &env);
     // The restarted pod removed its previous life's registry entries.
-    let (_, presence) = support::http(p.addr, "GET", "/api/v1/presence/cat", None, None).await;
+    let (_, presence) = support::http(
+        p.addr,
+        "GET",
+        "/api/v1/presence/cat",
+        None,
+        Some("crash-admin-token"),
+    )
+    .await;
     assert_eq!(presence["online"], false, "{presence}");
     let mut dog = Client::connect(p.addr, &format!("/ws?token={}", token("dog"))).await;
     let mut got = Vec::new();

@@ -187,3 +187,69 @@ async fn admin_token_protects_admin_and_presence_endpoints() {
         200
     );
 }
+
+/// Every admin route, as (method, path, body).
+fn admin_routes() -> Vec<(&'static str, &'static str, Option<serde_json::Value>)> {
+    vec![
+        ("GET", "/api/v1/presence/x", None),
+        ("GET", "/api/v1/online", None),
+        ("GET", "/api/v1/stats", None),
+        (
+            "POST",
+            "/api/v1/groups",
+            Some(json!({"id": "g", "members": ["x"]})),
+        ),
+        ("GET", "/api/v1/groups/g", None),
+        ("DELETE", "/api/v1/groups/g", None),
+        (
+            "POST",
+            "/api/v1/groups/g/members",
+            Some(json!({"users": ["y"]})),
+        ),
+        ("DELETE", "/api/v1/groups/g/members/x", None),
+        ("GET", "/api/chat/online/status/x", None),
+        ("GET", "/api/chat/online/stats", None),
+    ]
+}
+
+#[tokio::test]
+async fn without_dev_mode_and_without_a_token_the_admin_api_is_off() {
+    let s = Server::with(|c| {
+        c.jwt_secret = Some("0123456789abcdef0123".into());
+        c.dev_auth = Some(false);
+    })
+    .await;
+    for (method, path, body) in admin_routes() {
+        for token in [None, Some("anything")] {
+            let (st, e) = s.http(method, path, body.clone(), token).await;
+            assert_eq!(
+                (st, e["code"].as_str()),
+                (403, Some("admin_disabled")),
+                "{method} {path} with {token:?}"
+            );
+        }
+    }
+    // Nothing was created behind the refusal.
+    let g = switchboard_node::ids::GroupId::parse("g").unwrap();
+    assert!(s.node.backends().store.group(&g).await.unwrap().is_none());
+    // Probes and metrics stay open.
+    assert_eq!(http_text(s.addr, "GET", "/readyz", None, None).await.0, 200);
+    assert_eq!(
+        http_text(s.addr, "GET", "/metrics", None, None).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn dev_mode_opens_the_admin_api_only_without_a_token() {
+    let s = Server::start().await;
+    assert!(s.node.auth.dev_mode());
+    let (st, _) = s
+        .http("POST", "/api/v1/groups", Some(json!({"id": "dev-g"})), None)
+        .await;
+    assert_eq!(st, 201);
+    let s = Server::with(|c| c.admin_token = Some("dev-admin-token".into())).await;
+    assert!(s.node.auth.dev_mode());
+    let (st, e) = s.http("GET", "/api/v1/online", None, None).await;
+    assert_eq!((st, e["code"].as_str()), (401, Some("unauthorized")));
+}

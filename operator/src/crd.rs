@@ -48,9 +48,13 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+// The rules here state switchboard_settings' rules for the apiserver; the
+// boundary test of the operator walks each against a real one.
 #[x_kube(validation = kube::core::Rule::new(
-    "duration(self.drainTimeout).getSeconds() + 5 < self.terminationGracePeriodSeconds"
-).message("drainTimeout + 5s (the preStop pause) must be shorter than terminationGracePeriodSeconds: the pod is killed when the grace period ends"))]
+    "duration(self.drainTimeout).getSeconds() + 15 < self.terminationGracePeriodSeconds"
+).message("drainTimeout + 15s (5s preStop pause, 5s to close the connections left, 5s to flush the outbox) must be shorter than terminationGracePeriodSeconds: the pod is killed when the grace period ends"))]
+#[x_kube(validation = kube::core::Rule::new("duration(self.drainTimeout) > duration('0s')")
+    .message("drainTimeout must be more than zero"))]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
     /// Number of chat nodes (pods of the StatefulSet). Each node gets its own RocketMQ topic
@@ -106,16 +110,17 @@ pub struct ChatClusterSpec {
     #[serde(default)]
     pub scheduling: SchedulingSpec,
 
-    /// Seconds a chat node gets between SIGTERM and being killed. It stops taking new
-    /// connections, tells its clients to reconnect elsewhere and flushes its outbox in
-    /// that time.
+    /// Seconds a chat node gets between the start of its termination and being killed.
+    /// In that time it pauses 5 s (preStop) so endpoints drop it, stops taking new
+    /// connections, tells its clients to reconnect elsewhere (up to `drainTimeout`),
+    /// closes the connections left (up to 5 s) and flushes its outbox (up to 5 s).
     #[serde(default = "defaults::termination_grace")]
     #[schemars(range(min = 5, max = 3600))]
     pub termination_grace_period_seconds: i64,
 
     /// How long a stopping node waits for its clients to reconnect elsewhere before it
-    /// closes the rest. `drainTimeout` + 5 s (the preStop pause) must be shorter than
-    /// `terminationGracePeriodSeconds`.
+    /// closes the rest. More than zero; `drainTimeout` + 15 s (preStop pause, close and
+    /// outbox flush budgets) must be shorter than `terminationGracePeriodSeconds`.
     #[serde(default = "defaults::drain_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub drain_timeout: String,
@@ -211,9 +216,13 @@ pub struct AuthSpec {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, KubeSchema)]
 #[x_kube(validation = kube::core::Rule::new("duration(self.heartbeatInterval) < duration(self.ttl)")
     .message("presence.heartbeatInterval must be shorter than presence.ttl"))]
+#[x_kube(validation = kube::core::Rule::new("duration(self.heartbeatInterval) >= duration('1s')")
+    .message("presence.heartbeatInterval must be at least 1s"))]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceSpec {
-    /// How often a node refreshes its registration and its connections in Redis.
+    /// How often a node refreshes its registration and its connections in Redis, and how
+    /// often clients should ping (a connection silent for three intervals is closed).
+    /// At least 1s.
     #[serde(default = "defaults::heartbeat")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub heartbeat_interval: String,
@@ -236,13 +245,13 @@ impl Default for PresenceSpec {
 
 /// Limits of each node.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, KubeSchema)]
-#[x_kube(validation = kube::core::Rule::new("self.maxContentBytes <= self.maxFrameBytes")
-    .message("limits.maxContentBytes must not exceed limits.maxFrameBytes"))]
+#[x_kube(validation = kube::core::Rule::new("self.maxContentBytes < self.maxFrameBytes")
+    .message("limits.maxContentBytes must be less than limits.maxFrameBytes (a message travels in a frame with its JSON around it)"))]
 #[x_kube(validation = kube::core::Rule::new("self.rateLimit <= self.rateBurst")
     .message("limits.rateBurst must be at least limits.rateLimit"))]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
-    /// Largest message content, in bytes.
+    /// Largest message content, in bytes; less than `maxFrameBytes`.
     #[serde(default = "defaults::max_content")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_content_bytes: u32,
@@ -417,8 +426,9 @@ mod defaults {
     pub fn replicas() -> i32 {
         3
     }
+    /// 40 s: room for the default 20 s drain + 15 s of preStop, close and flush.
     pub fn termination_grace() -> i64 {
-        30
+        40
     }
     pub fn drain_timeout() -> String {
         "20s".into()
@@ -495,6 +505,40 @@ mod tests {
             spec["properties"]["replicas"]["description"]
                 .as_str()
                 .is_some_and(|d| d.contains("kubectl scale"))
+        );
+    }
+
+    #[test]
+    fn schema_bounds_are_the_shared_settings_ranges() {
+        use switchboard_settings::Setting as S;
+        let crd = serde_json::to_value(ChatCluster::crd()).unwrap_or_default();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        for (setting, path) in [
+            (S::TerminationGrace, &["terminationGracePeriodSeconds"][..]),
+            (S::MaxContentBytes, &["limits", "maxContentBytes"]),
+            (S::MaxFrameBytes, &["limits", "maxFrameBytes"]),
+            (S::RateLimit, &["limits", "rateLimit"]),
+            (S::RateBurst, &["limits", "rateBurst"]),
+            (S::MaxConnections, &["limits", "maxConnections"]),
+            (S::HistoryLimit, &["limits", "historyLimit"]),
+            (S::InboxLimit, &["limits", "inboxLimit"]),
+            (S::MaxGroupMembers, &["limits", "maxGroupMembers"]),
+        ] {
+            let mut node = spec;
+            for p in path {
+                node = &node["properties"][*p];
+            }
+            let r = setting
+                .range()
+                .unwrap_or(switchboard_settings::Range { min: 0, max: 0 });
+            assert_eq!(node["minimum"], r.min as f64, "{setting:?} minimum");
+            assert_eq!(node["maximum"], r.max as f64, "{setting:?} maximum");
+        }
+        let rules = serde_json::to_string(&spec["x-kubernetes-validations"]).unwrap_or_default();
+        let shutdown = switchboard_settings::shutdown_secs(std::time::Duration::ZERO);
+        assert!(
+            rules.contains(&format!("getSeconds() + {shutdown} <")),
+            "the drain rule counts {shutdown}s besides the drain: {rules}"
         );
     }
 

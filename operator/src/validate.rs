@@ -4,13 +4,18 @@
 
 use std::time::Duration;
 
+use switchboard_settings::NodeSettings;
+
 use crate::crd::ChatCluster;
 
 /// Longest ChatCluster name: the StatefulSet controller puts `<name>-<hash>` (11 more
 /// characters) into a pod label, which allows 63.
 pub const MAX_NAME_LEN: usize = 52;
 /// Pause in the pod's preStop hook before SIGTERM, so endpoints stop sending new clients.
-pub const PRE_STOP_PAUSE: Duration = Duration::from_secs(5);
+pub use switchboard_settings::PRE_STOP_PAUSE;
+
+/// The node's outbound buffer: not part of the spec, the node's default.
+const NODE_OUTBOUND_BUFFER: u64 = 512;
 
 /// A spec the operator refuses, with a message for the condition and the event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,22 +85,28 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
         &spec.presence.heartbeat_interval,
     )?;
     let presence_ttl = duration("spec.presence.ttl", &spec.presence.ttl)?;
-    if heartbeat_interval >= presence_ttl {
-        return Err(invalid(
-            "spec.presence.heartbeatInterval",
-            "must be shorter than spec.presence.ttl",
-        ));
-    }
     let grace =
         Duration::from_secs(u64::try_from(spec.termination_grace_period_seconds).unwrap_or(0));
-    if drain_timeout + PRE_STOP_PAUSE >= grace {
-        return Err(invalid(
-            "spec.drainTimeout",
-            format!(
-                "drainTimeout + {}s (preStop pause) must be shorter than terminationGracePeriodSeconds",
-                PRE_STOP_PAUSE.as_secs()
-            ),
-        ));
+    // The node's own rules, so a spec accepted here never gives a pod that refuses to start.
+    let l = &spec.limits;
+    let settings = NodeSettings {
+        heartbeat_interval,
+        presence_ttl,
+        drain_timeout,
+        termination_grace: Some(grace),
+        max_content_bytes: l.max_content_bytes.into(),
+        max_frame_bytes: l.max_frame_bytes.into(),
+        rate_limit: l.rate_limit.into(),
+        rate_burst: l.rate_burst.into(),
+        max_connections: l.max_connections.into(),
+        history_limit: l.history_limit.into(),
+        inbox_limit: l.inbox_limit.into(),
+        max_group_members: l.max_group_members.into(),
+        outbound_buffer: NODE_OUTBOUND_BUFFER,
+    };
+    if let Err(v) = settings.check() {
+        let (field, message) = v.for_spec();
+        return Err(invalid(field, message));
     }
     if spec.rocketmq.name_server.trim().is_empty() {
         return Err(invalid("spec.rocketmq.nameServer", "empty"));
@@ -172,7 +183,7 @@ pub(crate) mod tests {
         assert_eq!(validate(&cc, "").unwrap_err().field, "spec.image");
 
         let mut cc = sample();
-        cc.spec.drain_timeout = "26s".into();
+        cc.spec.drain_timeout = "25s".into();
         assert_eq!(validate(&cc, "x").unwrap_err().field, "spec.drainTimeout");
 
         let mut cc = sample();

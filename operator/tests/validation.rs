@@ -47,7 +47,7 @@ async fn invalid_specs_are_refused_with_a_clear_message() {
         (
             "drain beyond grace",
             with(&env, "a", "replicas: 3", "replicas: 3\n  drainTimeout: 28s"),
-            "drainTimeout + 5s (the preStop pause) must be shorter than terminationGracePeriodSeconds",
+            "drainTimeout + 15s (5s preStop pause, 5s to close the connections left, 5s to flush the outbox) must be shorter than terminationGracePeriodSeconds",
         ),
         (
             "both redis settings",

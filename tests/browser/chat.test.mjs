@@ -12,7 +12,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,27 +25,28 @@ const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARTIFACTS = path.join(HERE, 'artifacts');
 const T = 10_000; // how long any single expectation may take to come true
 
-let node = null;      // the node's child process
-let nodeLog = [];     // its output lines, for failure messages
+let nodeLog = [];     // output lines of every node, for failure messages
 let baseUrl = '';
 let browser = null;
 const pages = new Map(); // name -> page, for failure screenshots
 const pageErrors = [];
+const children = [];     // every node started, stopped in `after`
 
 // ---- the node --------------------------------------------------------------
 
 const ANSI = /\x1b\[[0-9;]*m/g;
 
-function startNode() {
+/** Starts a node with `extraEnv` on top of a clean environment; resolves with its URL. */
+function startNode(extraEnv = {}) {
   // A clean environment for the node: no SB_* settings from the caller's shell
   // (a JWT secret or admin token there would turn dev auth off).
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SB_')));
-  Object.assign(env, { SB_LOG: 'info', NO_COLOR: '1', RUST_LOG_STYLE: 'never' });
+  Object.assign(env, { SB_LOG: 'info', NO_COLOR: '1', RUST_LOG_STYLE: 'never' }, extraEnv);
   const child = spawn(NODE_BIN, ['--listen', '127.0.0.1:0', '--drain-timeout', '1s'], {
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  node = child;
+  children.push(child);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`node did not report its port within ${T} ms:\n${nodeLog.join('\n')}`)), T);
     const onData = (chunk) => {
@@ -56,7 +57,7 @@ function startNode() {
         const m = /listening on http:\/\/(127\.0\.0\.1:\d+)/.exec(line);
         if (m) {
           clearTimeout(timer);
-          resolve(`http://${m[1]}`);
+          resolve({ child, url: `http://${m[1]}` });
         }
       }
     };
@@ -73,9 +74,7 @@ function startNode() {
   });
 }
 
-async function stopNode() {
-  const child = node;
-  node = null;
+async function stopNode(child) {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
@@ -83,6 +82,13 @@ async function stopNode() {
     child.kill('SIGKILL');
     await exited;
   }
+}
+
+/** An HS256 JWT for `sub`, valid for 10 minutes. */
+function jwt(sub, secret) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + 600 })}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
 }
 
 // ---- helpers ---------------------------------------------------------------
@@ -119,9 +125,10 @@ async function newPage(context, name) {
   return page;
 }
 
-async function signIn(page, user) {
-  await page.goto(`${baseUrl}/`);
-  await page.getByTestId('login-user').fill(user);
+async function signIn(page, user, { url = baseUrl, token } = {}) {
+  await page.goto(`${url}/`);
+  if (token) await page.getByTestId('login-token').fill(token);
+  else await page.getByTestId('login-user').fill(user);
   await page.getByTestId('login-button').click();
   await status(page, 'online');
   assert.equal(await page.getByTestId('me').textContent(), user);
@@ -178,7 +185,7 @@ async function statusHistory(page, bubble) {
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
-  baseUrl = await startNode();
+  ({ url: baseUrl } = await startNode());
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -191,7 +198,7 @@ after(async () => {
     if (browser) await Promise.race([browser.close(), delay(5000)]);
   } finally {
     browser = null;
-    await stopNode();
+    await Promise.all(children.map(stopNode));
   }
 });
 
@@ -358,6 +365,55 @@ test('two users chat through the web page', { timeout: 60_000 }, async (t) => {
   await pageA.screenshot({ path: path.join(ARTIFACTS, 'alice.png') });
   await pageB.screenshot({ path: path.join(ARTIFACTS, 'bob.png') });
 
+  assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
+  failed = false;
+});
+
+test('on a JWT node the page signs in with a token that never travels in the URL', { timeout: 60_000 }, async (t) => {
+  const secret = randomBytes(24).toString('hex');
+  const { url } = await startNode({ SB_JWT_SECRET: secret, SB_DEV_AUTH: 'false' });
+  const tag = randomBytes(3).toString('hex');
+  const carol = `carol-${tag}`;
+  const dave = `dave-${tag}`;
+  let failed = true;
+  t.after(async () => {
+    if (failed) console.error(`node log:\n${nodeLog.slice(-40).join('\n')}`);
+  });
+  // Dev sign-in is refused by this node: the upgrade fails, the page stays offline.
+  const refused = await fetch(`${url}/ws?userId=${carol}`, { headers: { connection: 'upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' } });
+  assert.equal(refused.status, 401);
+  assert.equal((await refused.json()).code, 'unauthorized');
+
+  const urls = [];
+  const ctxC = await browser.newContext();
+  const pageC = await newPage(ctxC, 'carol-jwt');
+  pageC.on('websocket', (ws) => urls.push(ws.url()));
+  await signIn(pageC, carol, { url, token: jwt(carol, secret) });
+  const ctxD = await browser.newContext();
+  const pageD = await newPage(ctxD, 'dave-jwt');
+  pageD.on('websocket', (ws) => urls.push(ws.url()));
+  await signIn(pageD, dave, { url, token: jwt(dave, secret) });
+
+  // The admin API is off on this node (no admin token): no online list, no error.
+  const admin = await fetch(`${url}/api/v1/online`);
+  assert.equal(admin.status, 403);
+  assert.equal((await admin.json()).code, 'admin_disabled');
+
+  await pageC.getByTestId('new-chat-input').fill(dave);
+  await pageC.getByTestId('new-chat-button').click();
+  await pageC.getByTestId('message-input').fill(`hello over jwt ${tag}`);
+  await pageC.getByTestId('send-button').click();
+  await bubbles(pageD, `hello over jwt ${tag}`, carol).first().waitFor({ timeout: T });
+  await eventually('the delivered receipt', async () =>
+    (await transcript(pageC)).some((m) => m.text === `hello over jwt ${tag}` && ['delivered', 'read'].includes(m.status)));
+
+  // A reload keeps the session (token in sessionStorage) and reconnects.
+  await pageC.reload();
+  await status(pageC, 'online');
+  assert.equal(await pageC.getByTestId('me').textContent(), carol);
+
+  assert.ok(urls.length >= 3, `sockets seen: ${urls}`);
+  for (const u of urls) assert.ok(!/token|eyJ/.test(u), `a token in a WebSocket URL: ${u}`);
   assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
   failed = false;
 });

@@ -85,6 +85,10 @@ pub trait Registry: Send + Sync + Debug {
     async fn forget_pod(&self, pod: &str) -> BackendResult<Vec<UserId>>;
     /// Pods with a live heartbeat.
     async fn pods(&self) -> BackendResult<Vec<String>>;
+    /// Answers when the backend is reachable (readiness). In memory: always.
+    async fn ping(&self) -> BackendResult<()> {
+        Ok(())
+    }
 }
 
 /// The outcome of [`MessageStore::append`].

@@ -312,6 +312,14 @@ impl Registry for RedisRegistry {
             .map_err(unavailable)
     }
 
+    async fn ping(&self) -> BackendResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn pods(&self) -> BackendResult<Vec<String>> {
         let mut conn = self.conn.clone();
         let all: Vec<String> = conn

@@ -42,8 +42,9 @@ const IN_FLIGHT: usize = 128;
 /// First and largest pause between two tries of one failed send.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// How long a graceful stop waits for the outbox to empty.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for the outbox to empty: the budget the
+/// operator counts into the pod's grace period.
+const FLUSH_TIMEOUT: Duration = switchboard_settings::FLUSH_BUDGET;
 
 /// One queued send.
 struct Outgoing {

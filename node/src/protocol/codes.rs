@@ -32,10 +32,15 @@ pub enum ErrorCode {
     Unavailable,
     /// Authentication failed (HTTP 401 at the upgrade).
     Unauthorized,
-    /// The admin token is missing or wrong (HTTP 401).
+    /// The admin token is wrong (HTTP 403).
     Forbidden,
+    /// The admin API is off: the node has no admin token and is not in dev
+    /// mode (HTTP 403).
+    AdminDisabled,
     /// The node is draining and accepts no new connections (HTTP 503).
     Draining,
+    /// `/readyz`: a dependency the node needs to serve is not there (HTTP 503).
+    NotReady,
     /// The node is at its connection limit (HTTP 503).
     ServerFull,
     /// An HTTP resource does not exist (HTTP 404).
@@ -45,7 +50,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::BadJson,
         Self::UnknownType,
         Self::MissingField,
@@ -59,7 +64,9 @@ impl ErrorCode {
         Self::Unavailable,
         Self::Unauthorized,
         Self::Forbidden,
+        Self::AdminDisabled,
         Self::Draining,
+        Self::NotReady,
         Self::ServerFull,
         Self::NotFound,
         Self::Conflict,
@@ -80,7 +87,9 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::AdminDisabled => "admin_disabled",
             Self::Draining => "draining",
+            Self::NotReady => "not_ready",
             Self::ServerFull => "server_full",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",

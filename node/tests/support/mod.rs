@@ -1,6 +1,8 @@
 //! Test harness: real servers on loopback port 0, real WebSocket clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

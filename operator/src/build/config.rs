@@ -39,6 +39,10 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
     put("SB_PRESENCE_TTL", s.presence.ttl.clone());
     put("SB_DRAIN_TIMEOUT", s.drain_timeout.clone());
     put(
+        "SB_TERMINATION_GRACE",
+        format!("{}s", s.termination_grace_period_seconds),
+    );
+    put(
         "SB_MAX_CONTENT_BYTES",
         s.limits.max_content_bytes.to_string(),
     );

@@ -218,7 +218,7 @@ mod tests {
     fn container_has_probes_grace_and_draining() {
         let cc = sample();
         let pod = built(&cc).spec.template.spec.unwrap();
-        assert_eq!(pod.termination_grace_period_seconds, Some(30));
+        assert_eq!(pod.termination_grace_period_seconds, Some(40));
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("node:1"));
         let path = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();

@@ -27,6 +27,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const WAIT: Duration = Duration::from_secs(10);
 /// The HS256 secret the test nodes verify tokens with (and [`token`] signs with).
 pub const SECRET: &str = "e2e-test-secret-0123456789abcdef";
+/// The admin token of the test nodes ([`http_get`] sends it).
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -119,30 +121,8 @@ impl Cluster {
     }
 
     pub async fn start_with(test: &str, n: u32, drain_timeout: &str) -> Self {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis();
-        let name = format!("{test}-{stamp}");
-        let prefix = switchboard_rocketmq::names::prefix("e2e", &name);
-        let namesrv = env("SB_TEST_ROCKETMQ_NAMESRV");
-        let rt = Runtime::new().unwrap();
-        let admin = Admin::connect(&rt, &namesrv).await.unwrap();
-        let names = Names::new(&prefix);
-        for i in 0..n {
-            admin.ensure_topic(&names.node_topic(i), 4).await.unwrap();
-            admin.ensure_group(&names.node_group(i), 3).await.unwrap();
-        }
-        admin.shutdown().await;
-        rt.shutdown().await;
-        let mut c = Self {
-            name,
-            prefix,
-            pods: Vec::new(),
-            namesrv,
-            redis: env("SB_TEST_REDIS_URL"),
-            drain_timeout: drain_timeout.into(),
-        };
+        let mut c = Self::new(test, drain_timeout);
+        c.provision(n).await;
         for i in 0..n {
             let pod = c.spawn(i);
             c.pods.push(pod);
@@ -151,6 +131,42 @@ impl Cluster {
             wait_ready(p).await;
         }
         c
+    }
+
+    /// A cluster with no topics, groups or pods yet, on the shared Redis.
+    pub fn new(test: &str, drain_timeout: &str) -> Self {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let name = format!("{test}-{stamp}");
+        Self {
+            prefix: switchboard_rocketmq::names::prefix("e2e", &name),
+            name,
+            pods: Vec::new(),
+            namesrv: env("SB_TEST_ROCKETMQ_NAMESRV"),
+            redis: env("SB_TEST_REDIS_URL"),
+            drain_timeout: drain_timeout.into(),
+        }
+    }
+
+    /// Points the pods spawned from now on at another Redis.
+    pub fn use_redis(&mut self, url: &str) {
+        self.redis = url.into();
+    }
+
+    /// Creates the topics and groups of ordinals `0..n` (with the project's
+    /// own provisioning code, as the operator does).
+    pub async fn provision(&self, n: u32) {
+        let rt = Runtime::new().unwrap();
+        let admin = Admin::connect(&rt, &self.namesrv).await.unwrap();
+        let names = Names::new(&self.prefix);
+        for i in 0..n {
+            admin.ensure_topic(&names.node_topic(i), 4).await.unwrap();
+            admin.ensure_group(&names.node_group(i), 3).await.unwrap();
+        }
+        admin.shutdown().await;
+        rt.shutdown().await;
     }
 
     /// Starts pod `sb-<i>` (again, after a kill).
@@ -167,6 +183,7 @@ impl Cluster {
             .env("SB_ROCKETMQ_NAMESRV", &self.namesrv)
             .env("SB_TOPIC_PREFIX", &self.prefix)
             .env("SB_JWT_SECRET", SECRET)
+            .env("SB_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SB_HEARTBEAT_INTERVAL", "2s")
             .env("SB_PRESENCE_TTL", "10s")
             .env("SB_DRAIN_TIMEOUT", &self.drain_timeout)
@@ -225,7 +242,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return (0, Value::Null);
     };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
@@ -314,6 +333,71 @@ impl Client {
                 _ => panic!("expected sent, got {v}"),
             }
         }
+    }
+}
+
+/// A Redis server of one test's own (Debian's `redis-server`, installed by
+/// `scripts/deps`), on a free loopback port, without persistence: for tests
+/// that break Redis without disturbing the others.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Self { port, child: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (again) on the same port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server: {e} (scripts/deps installs it)")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

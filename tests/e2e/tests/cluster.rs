@@ -51,7 +51,8 @@ async fn users_on_different_pods_chat_with_receipts_typing_groups_and_presence()
         let body = json!({"id": "trio", "members": ["ana", "ben", "cy"]}).to_string();
         let mut s = tokio::net::TcpStream::connect(c.pod(0).addr).await.unwrap();
         let req = format!(
-            "POST /api/v1/groups HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/v1/groups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            switchboard_e2e::ADMIN_TOKEN,
             body.len()
         );
         s.write_all(req.as_bytes()).await.unwrap();
