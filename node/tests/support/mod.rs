@@ -44,6 +44,21 @@ impl Server {
         Self::serve(node).await
     }
 
+    /// A node in the cluster configuration: registry and store on the Redis
+    /// of `SB_TEST_REDIS_URL` (`scripts/deps start`), in a cluster of its own,
+    /// with dev auth on unless `f` says otherwise (the in-memory bus: one pod).
+    pub async fn cluster(f: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = Config::defaults();
+        cfg.drain_timeout = Duration::from_millis(500);
+        cfg.redis_url = Some(std::env::var("SB_TEST_REDIS_URL").expect(
+            "SB_TEST_REDIS_URL is not set: run `eval \"$(scripts/deps start)\"` first (scripts/test does)",
+        ));
+        cfg.cluster_name = format!("{}-{}", uniq("c"), switchboard_node::ids::now_millis());
+        cfg.dev_auth = Some(true);
+        f(&mut cfg);
+        Self::serve(Node::from_config(cfg).await.unwrap()).await
+    }
+
     /// A node on the given (possibly shared) backends.
     pub async fn on_backends(pod: &str, backends: Backends) -> Self {
         let mut cfg = Config::defaults();

@@ -75,8 +75,22 @@ impl Raw {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         if status != 101 {
-            // Read the rest of the body for the caller.
-            let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await;
+            // Read the body (Content-Length of it) for the caller; the server
+            // may keep the connection open after it.
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
             return Err((status, String::from_utf8_lossy(&buf).to_string()));
         }
         let rest = buf.split_off(head_end);
