@@ -165,6 +165,12 @@ async fn index() -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    node.metrics
+        .runtime_tasks
+        .set(i64::try_from(tasks).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub bus_envelopes: Family<DirectionLabel, Counter>,
     pub backend_errors: Counter,
     pub repushed: Counter,
+    /// Live tokio tasks, sampled at each scrape (a leak shows as growth).
+    pub runtime_tasks: Gauge,
     registry: Registry,
 }
 
@@ -60,6 +62,7 @@ impl Metrics {
             bus_envelopes: Family::default(),
             backend_errors: Counter::default(),
             repushed: Counter::default(),
+            runtime_tasks: Gauge::default(),
             registry: Registry::with_prefix("switchboard"),
         };
         m.register()
@@ -121,6 +124,11 @@ impl Metrics {
             "repushed",
             "Pushes sent again: a resend of a stored message, or after a failed routing lookup",
             self.repushed.clone(),
+        );
+        r.register(
+            "runtime_tasks",
+            "Live tokio tasks when scraped",
+            self.runtime_tasks.clone(),
         );
         self
     }

@@ -46,20 +46,12 @@ async fn users_on_different_pods_chat_with_receipts_typing_groups_and_presence()
     assert_eq!(ana2.expect("typing").await["state"], "start");
 
     // A group spanning the three pods.
-    let (st, _) = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let body = json!({"id": "trio", "members": ["ana", "ben", "cy"]}).to_string();
-        let mut s = tokio::net::TcpStream::connect(c.pod(0).addr).await.unwrap();
-        let req = format!(
-            "POST /api/v1/groups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            switchboard_e2e::ADMIN_TOKEN,
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        (out.split(' ').nth(1).unwrap().parse::<u16>().unwrap(), out)
-    };
+    let (st, _) = switchboard_e2e::http_post(
+        c.pod(0).addr,
+        "/api/v1/groups",
+        &json!({"id": "trio", "members": ["ana", "ben", "cy"]}),
+    )
+    .await;
     assert_eq!(st, 201);
     cy.send(json!({"type": "send", "client_msg_id": "g1", "group": "trio", "content": "hi trio"}))
         .await;
