@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::KubeSchema;
@@ -109,6 +110,12 @@ pub struct ChatClusterSpec {
     /// Where the chat node pods may run.
     #[serde(default)]
     pub scheduling: SchedulingSpec,
+
+    /// A NetworkPolicy for the chat node pods: clients in, Redis, RocketMQ and DNS out.
+    /// Off by default; it takes effect only with a network plugin that enforces
+    /// NetworkPolicies.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
 
     /// Seconds a chat node gets between the start of its termination and being killed.
     /// In that time it pauses 5 s (preStop) so endpoints drop it, stops taking new
@@ -364,6 +371,25 @@ impl Default for PdbSpec {
             max_unavailable: 1,
         }
     }
+}
+
+/// The NetworkPolicy of the chat node pods.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!self.enabled || (has(self.backends) && size(self.backends) > 0)")
+    .message("networkPolicy.backends must name where Redis and RocketMQ run when networkPolicy.enabled is true"))]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Whether to create it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Who may connect to the nodes' port (8080): clients, ingress controllers, Prometheus.
+    /// Empty: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<NetworkPolicyPeer>,
+    /// Where Redis and RocketMQ (name servers and brokers) run: the only places the nodes
+    /// may connect to, besides DNS (port 53). Required when enabled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<NetworkPolicyPeer>,
 }
 
 /// Scheduling of the chat node pods.

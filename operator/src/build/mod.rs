@@ -2,6 +2,7 @@
 //! [`crate::validate`] resolved. No client here; the tests use plain values.
 
 mod config;
+mod network_policy;
 mod pdb;
 mod services;
 mod statefulset;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -34,6 +36,7 @@ pub struct Built {
     pub stateful_set: StatefulSet,
     /// `None` when `spec.podDisruptionBudget.enabled` is false: an existing one is deleted.
     pub pdb: Option<PodDisruptionBudget>,
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// Builds every object of `cc`.
@@ -45,6 +48,7 @@ pub fn build(cc: &ChatCluster, r: &Resolved) -> Built {
         client_service: services::client(cc, r),
         stateful_set: statefulset::stateful_set(cc, r, &config_hash),
         pdb: pdb::pdb(cc, r),
+        network_policy: network_policy::network_policy(cc, r),
         config_map,
     }
 }
@@ -69,6 +73,9 @@ pub mod names {
     }
     /// The PodDisruptionBudget.
     pub fn pdb(cluster: &str) -> String {
+        cluster.to_owned()
+    }
+    pub fn network_policy(cluster: &str) -> String {
         cluster.to_owned()
     }
     /// The ordinal of a pod of the cluster's StatefulSet, from its name.
@@ -144,7 +151,9 @@ mod tests {
             client_service,
             stateful_set,
             pdb,
+            network_policy,
         } = b;
+        assert!(network_policy.is_none(), "off by default");
         let metas = [
             config_map.metadata,
             headless_service.metadata,

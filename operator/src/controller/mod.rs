@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -170,7 +171,11 @@ pub async fn run_controller(
         .owns(owned::<StatefulSet>(&client, &owned_cfg), ours.clone())
         .owns(owned::<Service>(&client, &owned_cfg), ours.clone())
         .owns(owned::<ConfigMap>(&client, &owned_cfg), ours.clone())
-        .owns(owned::<PodDisruptionBudget>(&client, &owned_cfg), ours)
+        .owns(
+            owned::<PodDisruptionBudget>(&client, &owned_cfg),
+            ours.clone(),
+        )
+        .owns(owned::<NetworkPolicy>(&client, &owned_cfg), ours)
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

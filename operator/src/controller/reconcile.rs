@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -201,11 +202,13 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
         client_service,
         stateful_set,
         pdb,
+        network_policy,
     } = build::build(&cc, &resolved);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let svcs: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let stss: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    let nps: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let mut changed = Vec::new();
     let mut note = |what: String, a: Applied| {
         if a == Applied::Patched {
@@ -240,6 +243,13 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
         );
     }
 
+    if let Some(np) = &network_policy {
+        note(
+            format!("NetworkPolicy {}", names::network_policy(&name)),
+            apply(&nps, np, &ctx.metrics).await?.1,
+        );
+    }
+
     // Orphans: objects of the cluster that the current spec does not build.
     let selector = build::owned_selector(&name);
     let (cm_name, headless_name, client_name) = (
@@ -250,6 +260,12 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
     let sts_name = names::stateful_set(&name);
     let pdb_name = names::pdb(&name);
     let keep_pdb: &[&str] = if pdb.is_some() { &[&pdb_name] } else { &[] };
+    let np_name = names::network_policy(&name);
+    let keep_np: &[&str] = if network_policy.is_some() {
+        &[&np_name]
+    } else {
+        &[]
+    };
     let mut orphans = delete_orphans(&cms, &selector, &[&cm_name], &uid, &ctx.metrics).await?;
     orphans.extend(
         delete_orphans(
@@ -263,6 +279,7 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
     );
     orphans.extend(delete_orphans(&stss, &selector, &[&sts_name], &uid, &ctx.metrics).await?);
     orphans.extend(delete_orphans(&pdbs, &selector, keep_pdb, &uid, &ctx.metrics).await?);
+    orphans.extend(delete_orphans(&nps, &selector, keep_np, &uid, &ctx.metrics).await?);
     if !orphans.is_empty() {
         changed.push(format!("deleted {}", orphans.join(", ")));
     }
