@@ -33,8 +33,8 @@ pub struct TargetArgs {
     pub node_log: bool,
 
     /// Extra arguments for the started node, after `--`. The loadgen sets
-    /// `SB_LISTEN=127.0.0.1:0`, `SB_RATE_LIMIT=1000000` and
-    /// `SB_RATE_BURST=1000000` in the node's environment; flags given here
+    /// `SB_LISTEN=127.0.0.1:0`, `SB_RATE_LIMIT=100000` and
+    /// `SB_RATE_BURST=100000` in the node's environment; flags given here
     /// override them.
     #[arg(last = true, value_name = "NODE_ARGS")]
     pub node_args: Vec<String>,
@@ -85,8 +85,8 @@ impl Target {
             .args(&args.node_args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("SB_LISTEN", "127.0.0.1:0")
-            .env("SB_RATE_LIMIT", "1000000")
-            .env("SB_RATE_BURST", "1000000")
+            .env("SB_RATE_LIMIT", "100000")
+            .env("SB_RATE_BURST", "100000")
             .env("SB_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use switchboard_settings::NodeSettings;
 
+pub use crate::secret::Secret;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -34,10 +36,16 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
-    /// Redis URL (`redis://[user:password@]host:port[/db]`). Set: cluster
-    /// mode, presence and messages in Redis. Unset: standalone, in memory.
+    /// Redis URL (`redis://[user:password@]host:port[/db]`, `rediss://` for
+    /// TLS). Set: cluster mode, presence and messages in Redis. Unset:
+    /// standalone, in memory. Never logged.
     #[arg(long, env = "SB_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
+
+    /// PEM file of the CA that signed the Redis server's certificate, for a
+    /// `rediss://` URL with a private CA (default: the system's roots).
+    #[arg(long, env = "SB_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Name of the cluster (the ChatCluster): with the pod namespace it
     /// forms the Redis key prefix `sb:{<namespace>/<name>}:`.
@@ -67,7 +75,7 @@ pub struct Config {
     /// HS256 secret for client JWTs (`sub` = user id, `exp` required). When
     /// set, clients must present `?token=` or `Authorization: Bearer`.
     #[arg(long, env = "SB_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 
     /// Dev mode: accept `?userId=` / `?user=` without a token, and open the
     /// admin API when no admin token is set. Default: on only standalone (no
@@ -79,7 +87,7 @@ pub struct Config {
     /// endpoints. Unset: those endpoints are off (403 `admin_disabled`),
     /// except in dev mode, where they are open (and the log says so).
     #[arg(long, env = "SB_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// Interval at which clients should send `ping`; a connection silent for
     /// three intervals is closed (4000).
@@ -200,7 +208,7 @@ impl Config {
             );
         }
         if let Some(secret) = &self.jwt_secret {
-            switchboard_settings::check_jwt_secret(secret).map_err(|e| e.to_string())?;
+            switchboard_settings::check_jwt_secret(secret.expose()).map_err(|e| e.to_string())?;
         }
         self.settings().check().map_err(|e| e.to_string())
     }

@@ -112,7 +112,7 @@ pub fn app(node: Arc<Node>) -> Router {
 /// except in dev mode (standalone default), where it is open and the node's
 /// start-up log says so.
 async fn require_admin(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let Some(expected) = node.cfg.admin_token.as_deref() else {
+    let Some(expected) = node.cfg.admin_token.as_ref().map(|t| t.expose()) else {
         if node.auth.dev_mode() {
             return next.run(req).await;
         }

@@ -21,6 +21,7 @@ pub mod model;
 pub mod node;
 pub mod protocol;
 pub mod readiness;
+pub mod secret;
 mod serve;
 mod ws;
 

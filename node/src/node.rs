@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use crate::auth::Authenticator;
 use crate::backend::memory::{MemoryBus, MemoryRegistry, MemoryStore, StoreLimits};
 use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::hub::{ConnHandle, Hub, Outbound};
 use crate::ids::{ConversationId, MsgId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
@@ -96,7 +96,10 @@ impl Node {
     pub fn new(cfg: Config, backends: Backends) -> Result<Arc<Self>, String> {
         cfg.validate()?;
         let pod = PodIdentity::new(&cfg.pod_name, cfg.pod_namespace.clone())?;
-        let auth = Authenticator::new(cfg.jwt_secret.as_deref(), cfg.dev_auth_enabled());
+        let auth = Authenticator::new(
+            cfg.jwt_secret.as_ref().map(Secret::expose),
+            cfg.dev_auth_enabled(),
+        );
         let (repush_tx, repush_rx) = mpsc::channel(REPUSH_QUEUE);
         Ok(Arc::new(Self {
             ids: Snowflake::new(pod.ordinal),
@@ -139,9 +142,17 @@ impl Node {
         let Some(url) = &cfg.redis_url else {
             return Ok(Self::memory_backends(cfg));
         };
-        let conn = crate::backend::redis::connect(url)
+        let ca = match &cfg.redis_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("cannot read SB_REDIS_CA_FILE {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        // The error names neither the URL nor its password.
+        let conn = crate::backend::redis::connect(url.expose(), ca)
             .await
-            .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+            .map_err(|e| format!("cannot connect to Redis: {}", redact(&e.to_string(), url)))?;
         let keys = crate::backend::redis::Keys::new(cfg.namespace(), &cfg.cluster_name);
         Ok(Backends {
             registry: Arc::new(crate::backend::redis::RedisRegistry::new(
@@ -868,6 +879,22 @@ impl Node {
         self.backends.bus.unsubscribe(&self.pod.name).await;
         info!("drained");
     }
+}
+
+/// `text` with the Redis URL and its password cut out, should an error
+/// message of the client ever quote them.
+fn redact(text: &str, url: &Secret) -> String {
+    let mut out = text.replace(url.expose(), "[redacted]");
+    if let Some(password) = url
+        .expose()
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(auth, _)| auth.rsplit_once(':').map(|(_, p)| p))
+        .filter(|p| !p.is_empty())
+    {
+        out = out.replace(password, "[redacted]");
+    }
+    out
 }
 
 pub(crate) fn now_micros() -> i64 {

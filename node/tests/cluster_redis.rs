@@ -41,7 +41,7 @@ async fn two_pods_share_presence_history_and_inboxes_through_redis() {
     let mut pods = Vec::new();
     for pod in ["sb-0", "sb-1"] {
         let mut cfg = Config::defaults();
-        cfg.redis_url = Some(redis_url());
+        cfg.redis_url = Some(redis_url().into());
         cfg.cluster_name = name.clone();
         cfg.pod_name = pod.into();
         cfg.dev_auth = Some(true);

@@ -27,7 +27,7 @@ fn keys(test: &str) -> Keys {
 
 async fn store(test: &str) -> RedisStore {
     RedisStore::new(
-        connect(&url()).await.unwrap(),
+        connect(&url(), None).await.unwrap(),
         keys(test),
         StoreLimits {
             history_limit: 5,
@@ -49,7 +49,7 @@ async fn store_keeps_the_contract() {
 
 #[tokio::test]
 async fn registry_keeps_the_contract() {
-    let conn = connect(&url()).await.unwrap();
+    let conn = connect(&url(), None).await.unwrap();
     let r = RedisRegistry::new(
         conn,
         keys("registry"),
@@ -62,7 +62,7 @@ async fn registry_keeps_the_contract() {
 #[tokio::test]
 async fn dedup_keys_expire_after_their_ttl() {
     let s = RedisStore::new(
-        connect(&url()).await.unwrap(),
+        connect(&url(), None).await.unwrap(),
         keys("dedup"),
         StoreLimits {
             history_limit: 5,
@@ -96,7 +96,7 @@ async fn dedup_keys_expire_after_their_ttl() {
 
 #[tokio::test]
 async fn a_dead_pods_entries_are_removed_by_a_survivor() {
-    let conn = connect(&url()).await.unwrap();
+    let conn = connect(&url(), None).await.unwrap();
     let keys = keys("reaper");
     // Pods live for 3 heartbeats: 3 x 100 ms.
     let r = RedisRegistry::new(
@@ -125,7 +125,7 @@ async fn a_dead_pods_entries_are_removed_by_a_survivor() {
 
 #[tokio::test]
 async fn presence_rebuilds_itself_after_a_flush() {
-    let conn = connect(&url()).await.unwrap();
+    let conn = connect(&url(), None).await.unwrap();
     let keys = keys("flush");
     let prefix = keys.prefix().to_owned();
     let r = RedisRegistry::new(

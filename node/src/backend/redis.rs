@@ -45,8 +45,26 @@ fn unavailable(e: redis::RedisError) -> BackendError {
 
 /// Connects to Redis with a manager that reconnects by itself. Calls fail
 /// fast (bounded timeouts) while Redis is away instead of hanging clients.
-pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url)?;
+///
+/// `rediss://` URLs use TLS, verified against the system's roots, or only
+/// against `ca_pem` when given (a private CA).
+pub async fn connect(
+    url: &str,
+    ca_pem: Option<Vec<u8>>,
+) -> Result<ConnectionManager, redis::RedisError> {
+    // rustls needs one process-wide crypto provider; the dependency tree
+    // offers two (ring, aws-lc-rs), so pick one. Already installed: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match ca_pem {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        )?,
+        None => redis::Client::open(url)?,
+    };
     let cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))

@@ -50,9 +50,10 @@ impl Server {
     pub async fn cluster(f: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = Config::defaults();
         cfg.drain_timeout = Duration::from_millis(500);
-        cfg.redis_url = Some(std::env::var("SB_TEST_REDIS_URL").expect(
+        let url = std::env::var("SB_TEST_REDIS_URL").expect(
             "SB_TEST_REDIS_URL is not set: run `eval \"$(scripts/deps start)\"` first (scripts/test does)",
-        ));
+        );
+        cfg.redis_url = Some(url.into());
         cfg.cluster_name = format!("{}-{}", uniq("c"), switchboard_node::ids::now_millis());
         cfg.dev_auth = Some(true);
         f(&mut cfg);

@@ -64,9 +64,15 @@ pub struct Pod {
     pub name: String,
     pub addr: SocketAddr,
     child: Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Pod {
+    /// Every line the node wrote to stdout (its log) so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -112,6 +118,7 @@ pub struct Cluster {
     namesrv: String,
     redis: String,
     drain_timeout: String,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -148,7 +155,13 @@ impl Cluster {
             namesrv: env("SB_TEST_ROCKETMQ_NAMESRV"),
             redis: env("SB_TEST_REDIS_URL"),
             drain_timeout: drain_timeout.into(),
+            extra_env: Vec::new(),
         }
+    }
+
+    /// Sets `name=value` in the environment of the pods spawned from now on.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.extra_env.push((name.into(), value.into()));
     }
 
     /// Points the pods spawned from now on at another Redis.
@@ -191,6 +204,7 @@ impl Cluster {
             .env("SB_RECONNECT_JITTER", "300ms")
             .env("SB_RATE_LIMIT", "1000")
             .env("SB_RATE_BURST", "1000")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -203,9 +217,12 @@ impl Cluster {
         let out = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         let tag = name.clone();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in out.lines().map_while(Result::ok) {
                 eprintln!("[{tag}] {line}");
+                kept.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
@@ -218,7 +235,12 @@ impl Cluster {
                 break rest.split_whitespace().next().unwrap().parse().unwrap();
             }
         };
-        Pod { name, addr, child }
+        Pod {
+            name,
+            addr,
+            child,
+            log,
+        }
     }
 
     pub fn pod(&self, i: usize) -> &Pod {
@@ -373,17 +395,32 @@ impl Client {
 /// that break Redis without disturbing the others.
 pub struct OwnRedis {
     pub port: u16,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl OwnRedis {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With more `redis-server` arguments (later ones win). `{port}` in them
+    /// is the port.
+    pub async fn start_with(args: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut r = Self { port, child: None };
+        let args = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let mut r = Self {
+            port,
+            args,
+            child: None,
+        };
         r.restart().await;
         r
     }
@@ -413,6 +450,7 @@ impl OwnRedis {
                 "--protected-mode",
                 "yes",
             ])
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
