@@ -168,6 +168,13 @@ pub struct RedisSpec {
     /// as an environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
+
+    /// A key of a Secret holding the PEM certificate of the CA that signed the Redis
+    /// server's certificate, for a `rediss://` URL with a private CA. Mounted read-only
+    /// into the pods; without it a `rediss://` server must have a certificate the system's
+    /// roots trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// A key of a Secret in the ChatCluster's namespace.

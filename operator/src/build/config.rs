@@ -59,6 +59,12 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
     if let Some(url) = &s.redis.url {
         put("SB_REDIS_URL", url.clone());
     }
+    if s.redis.ca_secret_ref.is_some() {
+        put(
+            "SB_REDIS_CA_FILE",
+            super::statefulset::REDIS_CA_FILE.to_owned(),
+        );
+    }
     m
 }
 

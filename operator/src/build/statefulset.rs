@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
-    HTTPGetAction, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, SleepAction, WeightedPodAffinityTerm,
+    SecretVolumeSource, SecurityContext, SleepAction, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -59,10 +59,33 @@ pub(super) fn stateful_set(cc: &ChatCluster, r: &Resolved, config_hash: &str) ->
     }
 }
 
+/// Where the Redis CA certificate of `spec.redis.caSecretRef` is mounted.
+pub const REDIS_CA_DIR: &str = "/etc/switchboard/redis-ca";
+/// The file in [`REDIS_CA_DIR`] (`SB_REDIS_CA_FILE`).
+pub const REDIS_CA_FILE: &str = "/etc/switchboard/redis-ca/ca.pem";
+const REDIS_CA_VOLUME: &str = "redis-ca";
+
 fn pod_spec(cc: &ChatCluster, r: &Resolved) -> PodSpec {
     let s = &cc.spec;
     PodSpec {
         containers: vec![container(cc, r)],
+        volumes: s.redis.ca_secret_ref.as_ref().map(|ca| {
+            vec![Volume {
+                name: REDIS_CA_VOLUME.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ca.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: ca.key.clone(),
+                        path: "ca.pem".into(),
+                        ..KeyToPath::default()
+                    }]),
+                    default_mode: Some(0o444),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]
+        }),
         termination_grace_period_seconds: Some(s.termination_grace_period_seconds),
         // The node needs no Kubernetes API access.
         automount_service_account_token: Some(false),
@@ -104,6 +127,14 @@ fn container(cc: &ChatCluster, r: &Resolved) -> Container {
             ..ContainerPort::default()
         }]),
         env: Some(config::env(cc)),
+        volume_mounts: s.redis.ca_secret_ref.as_ref().map(|_| {
+            vec![VolumeMount {
+                name: REDIS_CA_VOLUME.into(),
+                mount_path: REDIS_CA_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: names::config_map(&r.name),
@@ -212,6 +243,33 @@ mod tests {
         for (k, v) in spec.selector.match_labels.unwrap() {
             assert_eq!(pod_labels.get(&k), Some(&v), "selector must match the pods");
         }
+    }
+
+    #[test]
+    fn a_redis_ca_is_mounted_and_named_in_the_config() {
+        let mut cc = sample();
+        let r = validate(&cc, "n").unwrap();
+        let pod = stateful_set(&cc, &r, "h").spec.template.spec.unwrap();
+        assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
+        assert!(!super::super::node_config(&cc, &r).contains_key("SB_REDIS_CA_FILE"));
+        cc.spec.redis.ca_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "redis-tls".into(),
+            key: "ca.crt".into(),
+        });
+        let pod = stateful_set(&cc, &r, "h").spec.template.spec.unwrap();
+        let v = &pod.volumes.unwrap()[0];
+        let secret = v.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("redis-tls"));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, "ca.crt");
+        let m = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.read_only),
+            (v.name.as_str(), Some(true))
+        );
+        assert_eq!(
+            super::super::node_config(&cc, &r)["SB_REDIS_CA_FILE"],
+            format!("{}/ca.pem", m.mount_path)
+        );
     }
 
     #[test]
