@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::auth::Authenticator;
-use crate::backend::memory::{MemoryBus, MemoryRegistry, MemoryStore, StoreLimits};
 use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
 use crate::config::{Config, Secret};
 use crate::hub::{ConnHandle, Hub, Outbound};
@@ -120,82 +119,16 @@ impl Node {
         }))
     }
 
-    /// In-memory backends for `cfg`.
-    pub fn memory_backends(cfg: &Config) -> Backends {
-        Backends {
-            registry: Arc::new(MemoryRegistry::new()),
-            store: Arc::new(MemoryStore::new(StoreLimits {
-                history_limit: cfg.history_limit,
-                inbox_limit: cfg.inbox_limit,
-                dedup_ttl: cfg.dedup_ttl,
-                max_group_members: cfg.max_group_members,
-            })),
-            bus: Arc::new(MemoryBus::new()),
-        }
-    }
-
-    /// The backends `cfg` asks for: Redis when `SB_REDIS_URL` is set, memory
-    /// otherwise; the RocketMQ bus when `SB_ROCKETMQ_NAMESRV` is set, memory
-    /// otherwise (with Redis alone, one pod: cross-pod pushes are not carried,
-    /// the inbox still delivers on the next connect).
-    pub async fn backends_for(cfg: &Config) -> Result<Backends, String> {
-        let Some(url) = &cfg.redis_url else {
-            return Ok(Self::memory_backends(cfg));
-        };
-        let ca = match &cfg.redis_ca_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("cannot read SB_REDIS_CA_FILE {}: {e}", path.display()))?,
-            ),
-            None => None,
-        };
-        // The error names neither the URL nor its password.
-        let conn = crate::backend::redis::connect(url.expose(), ca)
-            .await
-            .map_err(|e| format!("cannot connect to Redis: {}", redact(&e.to_string(), url)))?;
-        let keys = crate::backend::redis::Keys::new(cfg.namespace(), &cfg.cluster_name);
-        Ok(Backends {
-            registry: Arc::new(crate::backend::redis::RedisRegistry::new(
-                conn.clone(),
-                keys.clone(),
-                cfg.presence_ttl,
-                cfg.heartbeat_interval,
-            )),
-            store: Arc::new(crate::backend::redis::RedisStore::new(
-                conn,
-                keys,
-                StoreLimits {
-                    history_limit: cfg.history_limit,
-                    inbox_limit: cfg.inbox_limit,
-                    dedup_ttl: cfg.dedup_ttl,
-                    max_group_members: cfg.max_group_members,
-                },
-            )),
-            bus: match (&cfg.rocketmq_namesrv, &cfg.topic_prefix) {
-                (Some(namesrv), Some(prefix)) => Arc::new(
-                    crate::backend::rocketmq::RocketMqBus::start(
-                        namesrv,
-                        prefix,
-                        cfg.rocketmq_retry_max,
-                    )
-                    .await
-                    .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?,
-                ),
-                _ => Arc::new(MemoryBus::new()),
-            },
-        })
-    }
-
     /// A node on the backends its configuration names.
     pub async fn from_config(cfg: Config) -> Result<Arc<Self>, String> {
         cfg.validate()?;
-        let backends = Self::backends_for(&cfg).await?;
+        let backends = crate::backend::select::for_config(&cfg).await?;
         Self::new(cfg, backends)
     }
 
     /// A node on its own in-memory backends.
     pub fn standalone(cfg: Config) -> Result<Arc<Self>, String> {
-        let backends = Self::memory_backends(&cfg);
+        let backends = crate::backend::select::in_memory(&cfg);
         Self::new(cfg, backends)
     }
 
@@ -879,22 +812,6 @@ impl Node {
         self.backends.bus.unsubscribe(&self.pod.name).await;
         info!("drained");
     }
-}
-
-/// `text` with the Redis URL and its password cut out, should an error
-/// message of the client ever quote them.
-fn redact(text: &str, url: &Secret) -> String {
-    let mut out = text.replace(url.expose(), "[redacted]");
-    if let Some(password) = url
-        .expose()
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(auth, _)| auth.rsplit_once(':').map(|(_, p)| p))
-        .filter(|p| !p.is_empty())
-    {
-        out = out.replace(password, "[redacted]");
-    }
-    out
 }
 
 pub(crate) fn now_micros() -> i64 {

@@ -349,8 +349,8 @@ async fn seed_clients_work_unchanged_and_cannot_spoof_the_sender() {
 
 #[tokio::test]
 async fn two_nodes_on_shared_backends_route_across_pods() {
-    use switchboard_node::{Config, Node};
-    let backends = Node::memory_backends(&Config::defaults());
+    use switchboard_node::Config;
+    let backends = switchboard_node::backend::select::in_memory(&Config::defaults());
     let n0 = Server::on_backends("sb-0", backends.clone()).await;
     let n1 = Server::on_backends("sb-1", backends.clone()).await;
     let mut watcher = n1.connect("wendy").await;

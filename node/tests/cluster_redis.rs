@@ -45,7 +45,9 @@ async fn two_pods_share_presence_history_and_inboxes_through_redis() {
         cfg.cluster_name = name.clone();
         cfg.pod_name = pod.into();
         cfg.dev_auth = Some(true);
-        let mut backends = Node::backends_for(&cfg).await.unwrap();
+        let mut backends = switchboard_node::backend::select::for_config(&cfg)
+            .await
+            .unwrap();
         // Each pod has its own Redis connection; only the bus is shared in
         // process (the RocketMQ bus is tested elsewhere).
         backends.bus = bus.clone();

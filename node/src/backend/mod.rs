@@ -10,6 +10,7 @@ pub mod contract;
 pub mod memory;
 pub mod redis;
 pub mod rocketmq;
+pub mod select;
 
 use std::fmt::Debug;
 use std::sync::Arc;
