@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod readiness;
 pub mod secret;
 mod serve;
+pub use serve::bind;
 mod ws;
 
 use std::future::Future;

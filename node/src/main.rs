@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::Parser;
 use switchboard_node::config::LogFormat;
 use switchboard_node::{Config, Node};
-use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -46,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
         (Some(_), Some(_)) => "redis + rocketmq",
     };
     let node = Node::from_config(cfg).await.map_err(anyhow::Error::msg)?;
-    let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        switchboard_node::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(
         pod = %node.pod.name,
@@ -57,20 +57,6 @@ async fn main() -> anyhow::Result<()> {
     switchboard_node::run(listener, node, shutdown_signal()).await?;
     info!("stopped");
     Ok(())
-}
-
-/// Listens with a deep accept backlog: after a pod restarts, thousands of
-/// clients reconnect at once, and the default backlog (128) overflows, which
-/// costs each overflowing client a one-second SYN retry.
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
 }
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.

@@ -14,7 +14,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -90,4 +90,18 @@ async fn accept_failed(e: &io::Error) {
     }
     warn!(error = %e, "accept failed; pausing 100 ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Listens with a deep accept backlog: after a pod restarts, thousands of
+/// clients reconnect at once, and the default backlog (128) overflows, which
+/// costs each overflowing client a one-second SYN retry.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

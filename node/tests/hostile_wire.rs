@@ -357,12 +357,14 @@ async fn slow_upgrades_are_cut_off_by_the_header_timeout() {
     by.still_chat().await;
 }
 
-#[tokio::test]
+// Two threads: the server is not starved by its own 3,000 clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_storm_leaves_no_slot_or_task_behind() {
     storm(Server::with(|c| c.max_connections = 64).await).await;
 }
 
-#[tokio::test]
+// Two threads: the server is not starved by its own 3,000 clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_storm_in_the_cluster_configuration() {
     storm(Server::cluster(|c| c.max_connections = 64).await).await;
 }

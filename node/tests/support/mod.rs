@@ -15,7 +15,7 @@ use std::time::Instant;
 use switchboard_node::backend::Backends;
 use switchboard_node::{Config, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -74,7 +74,8 @@ impl Server {
     }
 
     async fn serve(node: Arc<Node>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The production backlog: storms must not hit a shallower queue here.
+        let listener = switchboard_node::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(switchboard_node::run(listener, node.clone(), async {

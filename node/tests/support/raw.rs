@@ -61,7 +61,8 @@ impl Raw {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+            // A hang guard, generous for a loaded CI machine.
+            let n = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut chunk))
                 .await
                 .expect("no upgrade response")
                 .unwrap();

@@ -7,6 +7,8 @@
     missing_debug_implementations
 )]
 
+pub mod moving;
+pub mod realpods;
 pub mod soak;
 pub mod traffic;
 
@@ -333,8 +335,47 @@ impl Client {
         c
     }
 
+    /// Connects, or `None` when the connection or the upgrade fails (a pod going
+    /// away, a Service without endpoints yet).
+    pub async fn try_connect(addr: SocketAddr, user: &str) -> Option<Self> {
+        let url = format!("ws://{addr}/ws?token={}", token(user));
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .ok()?
+            .ok()?;
+        let mut c = Self {
+            ws,
+            welcome: Value::Null,
+        };
+        let welcome = tokio::time::timeout(WAIT, c.ws.next()).await.ok()??.ok()?;
+        c.welcome = serde_json::from_str(welcome.to_text().ok()?).ok()?;
+        (c.welcome["type"] == "welcome").then_some(c)
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// Sends; `false` when the connection is gone.
+    pub async fn try_send(&mut self, v: Value) -> bool {
+        self.ws.send(Message::text(v.to_string())).await.is_ok()
+    }
+
+    /// The next JSON frame within `within`: `Err(())` on timeout, `Ok(None)` when
+    /// the connection ended.
+    pub async fn next_within(&mut self, within: Duration) -> Result<Option<Value>, ()> {
+        loop {
+            let m = tokio::time::timeout(within, self.ws.next())
+                .await
+                .map_err(|_| ())?;
+            match m {
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(t.as_str()).ok());
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return Ok(None),
+                Some(Ok(_)) => continue,
+            }
+        }
     }
 
     /// Closes with a close frame and waits for the server's.

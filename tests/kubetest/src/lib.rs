@@ -6,12 +6,17 @@
 //! [`kube::Client`]. Dropping it kills and reaps every process it started and removes
 //! its directory, also when the test panics.
 //!
+//! [`RealCluster::start`] runs the same control plane with a real node (containerd,
+//! kubelet, kube-proxy) in a private namespace, for pods that really run.
+//!
 //! The binaries come from `scripts/controlplane`, which builds them once from the Go
 //! modules pinned in `tests/controlplane/go.mod` into a cache outside the clone. Set
 //! `SB_CONTROLPLANE_BIN` to a directory holding them to skip that lookup.
 
 mod certs;
+mod forward;
 mod process;
+mod realpods;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +30,9 @@ use kube::{Client, Config};
 use serde_json::json;
 
 use crate::certs::Certs;
+pub use crate::forward::{Forward, NetNs};
 use crate::process::{Proc, free_port};
+pub use crate::realpods::{NODE_IP, RealCluster, RealOptions};
 
 /// Label and annotation that mark a node as kwok's to manage.
 pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
@@ -93,7 +100,7 @@ pub struct ControlPlane {
     started_in: Duration,
 }
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl ControlPlane {
     /// Starts a control plane with one kwok node.
@@ -484,6 +491,9 @@ fn b64(pem: &str) -> String {
 
 /// A client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<Client, Error> {
+    // A crate that links this one may enable both of rustls's providers (aws-lc-rs via
+    // another dependency): pick one, as the node and the operator do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
