@@ -182,6 +182,11 @@ impl Node {
             .is_ok()
     }
 
+    /// Connection slots in use (upgrades in progress and open connections).
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+
     /// Returns a slot taken by [`Node::admit`].
     pub fn release(&self) {
         self.admitted.fetch_sub(1, Ordering::AcqRel);

@@ -72,12 +72,31 @@ pub struct Forward {
     task: JoinHandle<()>,
 }
 
+/// The runtime forwards run on: a thread of its own, so that a test blocking its own
+/// runtime (a `kubectl` run with `std::process::Command`, whose apiserver connection
+/// goes through a forward) cannot stall the forward it waits on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("forward")
+            .enable_all()
+            .build()
+            .expect("the forwarding runtime")
+    })
+}
+
 impl Forward {
     /// Listens on `listen` (use port 0 for a free one) and forwards to `target`.
     pub async fn start(ns: NetNs, listen: SocketAddr, target: SocketAddr) -> io::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
+        let std_listener = std::net::TcpListener::bind(listen)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let task = runtime().spawn(async move {
+            let Ok(listener) = TcpListener::from_std(std_listener) else {
+                return;
+            };
             loop {
                 let Ok((mut outside, _)) = listener.accept().await else {
                     continue;

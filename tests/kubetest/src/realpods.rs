@@ -8,7 +8,7 @@
 //! everything and removes the cgroups kubelet made.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,6 +20,10 @@ use crate::{Error, client_for};
 
 /// The node's address inside the namespace (apiserver, Redis, RocketMQ listen there).
 pub const NODE_IP: &str = "10.200.0.1";
+/// The apiserver inside the namespace.
+const APISERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 200, 0, 1)), 6443);
+/// A free port on the host's loopback.
+const ANY_LOOPBACK_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
 /// What to start besides the cluster.
 #[derive(Debug, Clone, Default)]
@@ -106,13 +110,9 @@ impl RealCluster {
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| Error::Binaries(format!("no SB_REALPODS_PID in: {out}")))?;
         let ns = NetNs::of(pid).map_err(|e| Error::Io(dir.join("ns"), e))?;
-        let apiserver = Forward::start(
-            ns.clone(),
-            "127.0.0.1:0".parse().unwrap(),
-            format!("{NODE_IP}:6443").parse().unwrap(),
-        )
-        .await
-        .map_err(|e| Error::Io(dir.clone(), e))?;
+        let apiserver = Forward::start(ns.clone(), ANY_LOOPBACK_PORT, APISERVER)
+            .await
+            .map_err(|e| Error::Io(dir.clone(), e))?;
         // The same credentials as inside, through the forwarder (the apiserver's
         // certificate names 127.0.0.1).
         let inside = std::fs::read_to_string(dir.join("kubeconfig"))
@@ -171,7 +171,7 @@ impl RealCluster {
 
     /// Forwards a free host port to `target` inside the namespace.
     pub async fn forward(&self, target: SocketAddr) -> Result<Forward, Error> {
-        Forward::start(self.ns.clone(), "127.0.0.1:0".parse().unwrap(), target)
+        Forward::start(self.ns.clone(), ANY_LOOPBACK_PORT, target)
             .await
             .map_err(|e| Error::Io(self.dir.clone(), e))
     }
