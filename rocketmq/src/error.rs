@@ -50,6 +50,11 @@ pub enum Error {
     /// A name that RocketMQ would refuse (see [`crate::names::is_valid_name`]).
     #[error("invalid RocketMQ name {0:?}: letters, digits, '_' and '-' only, at most 120")]
     InvalidName(String),
+    /// A consumer holds no queue of its topic yet (see [`crate::Consumer::wait_assigned`]).
+    #[error(
+        "the consumer holds no queue of topic {0} yet (no route, or the broker does not know the consumer)"
+    )]
+    NotAssigned(String),
 }
 
 impl Error {

@@ -18,6 +18,7 @@
 //!     topic: "demo".into(),
 //!     group: "demo-readers".into(),
 //!     max_reconsume_times: None, // the group's 3
+//!     in_order: false,
 //! };
 //! let consumer = Consumer::start(&rt, config, |d| async move {
 //!     tracing::info!(key = ?d.key, len = d.body.len(), "received");
@@ -37,16 +38,18 @@
 #![recursion_limit = "512"]
 
 mod admin;
-mod client;
+mod consumer;
 mod error;
 pub mod names;
+mod producer;
 mod runtime;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use admin::Admin;
-pub use client::{Consumer, ConsumerConfig, Delivery, Producer};
+pub use consumer::{Consumer, ConsumerConfig, Delivery};
 pub use error::Error;
+pub use producer::Producer;
 pub use runtime::Runtime;
 
 /// A client instance name unique in this machine: RocketMQ identifies a client by IP

@@ -107,6 +107,7 @@ async fn a_sent_message_reaches_the_consumer_with_its_key() {
             topic: topic.clone(),
             group: group.clone(),
             max_reconsume_times: Some(3),
+            in_order: false,
         };
         let consumer = Consumer::start(&rt, config, move |d: Delivery| {
             let sink = Arc::clone(&sink);
@@ -226,6 +227,7 @@ async fn slow_handlers_run_concurrently() {
             topic: topic.clone(),
             group: group.clone(),
             max_reconsume_times: None,
+            in_order: false,
         };
         let start = Instant::now();
         let consumer = Consumer::start(&rt, config, move |d: Delivery| {
@@ -283,6 +285,7 @@ async fn a_failing_handler_is_retried_then_dead_lettered() {
             topic: topic.clone(),
             group: group.clone(),
             max_reconsume_times: None, // the group's
+            in_order: false,
         };
         let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {
             let key = d.key.clone().unwrap_or_default();
@@ -380,6 +383,7 @@ async fn a_consumer_of_a_missing_group_receives_nothing() {
             topic: topic.clone(),
             group: group.clone(),
             max_reconsume_times: None,
+            in_order: false,
         };
 
         // Reading the group's retry bound at start notices that it is missing...

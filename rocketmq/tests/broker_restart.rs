@@ -48,6 +48,7 @@ async fn producer_and_consumer_recover_from_a_broker_restart() {
             topic: topic.clone(),
             group: group.clone(),
             max_reconsume_times: None,
+            in_order: false,
         };
         let consumer = Consumer::start(&rt, config, move |d: Delivery| {
             let sink = Arc::clone(&sink);

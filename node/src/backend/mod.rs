@@ -193,8 +193,15 @@ pub enum Envelope {
 /// stale), so a push can arrive late or, after a retried send or a consumer
 /// redelivery, twice: clients dedup by `msg_id`. A lost envelope (pod died,
 /// outbox full) loses only the *push*; the message is already in the
-/// recipient's inbox and is replayed on reconnect. Order across envelopes is
-/// not guaranteed (RocketMQ consumes concurrently); clients order by `seq`.
+/// recipient's inbox and is replayed on reconnect.
+///
+/// Order: the envelopes about one conversation that one pod publishes to
+/// another are written there in the order they were published (RocketMQ: one
+/// lane and queue per conversation, consumed in order). So a recipient sees a
+/// sender's messages, and the receipts and typing of a conversation, in the
+/// order the sender's pod routed them, as on one node. Envelopes of one
+/// conversation published by two different pods are not ordered between
+/// them (each pod's own are); `seq` is the conversation's order.
 #[async_trait]
 pub trait Bus: Send + Sync + Debug {
     /// Sends to one pod.

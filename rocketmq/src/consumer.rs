@@ -1,161 +1,27 @@
-//! A thin producer and push consumer.
+//! A thin push consumer, concurrent or in order.
 
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use rocketmq_client_rust::{
-    ClientConfig, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQProducer,
-    DefaultMQPushConsumer, MQPushConsumer, MessageListenerConcurrently, SendStatus,
+    ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQPushConsumer, MQPushConsumer,
+    MessageListenerConcurrently, MessageQueueListener,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
-use rocketmq_model::common::message::message_single::Message;
+use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
-use tokio::sync::{Mutex, RwLock, oneshot};
+use tokio::sync::{Mutex, oneshot};
 
-use crate::{Admin, Error, Runtime, unique_instance_name};
+use crate::producer::client_config;
+use crate::{Admin, Error, Runtime};
 
-/// How long one send may take, retries included (RocketMQ's `sendMsgTimeout`).
-const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 /// RocketMQ's message property holding the keys.
 const PROPERTY_KEYS: &str = "KEYS";
-
-fn client_config(namesrv: &str, role: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set_namesrv_addr(namesrv.into());
-    // One client instance (connections, heartbeats) per wrapper object, so two
-    // producers of the same group in one process do not clash.
-    config.set_instance_name(unique_instance_name(role).into());
-    config
-}
-
-/// After a failed send the producer is rebuilt, at most this often.
-const REBUILD_EVERY: Duration = Duration::from_secs(1);
-
-/// Sends messages. Cheap to share by reference; sends may run concurrently.
-///
-/// A send that fails at the transport (broker restarted, connection lost) rebuilds the
-/// underlying client and is tried once more: the client's own recovery keeps using its
-/// stale route and connections for about 30 s after a broker restart, while a new
-/// client sends as soon as the broker has registered with the name server again.
-pub struct Producer {
-    rt: Runtime,
-    namesrv: String,
-    group: String,
-    inner: Arc<RwLock<DefaultMQProducer>>,
-    /// When the client was last built (or rebuilt).
-    built_at: Mutex<std::time::Instant>,
-}
-
-impl std::fmt::Debug for Producer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Producer").finish_non_exhaustive()
-    }
-}
-
-impl Producer {
-    /// Starts a producer in producer group `group` (only a label for the broker; it need
-    /// not be provisioned) that finds brokers through the name server at `namesrv`.
-    pub async fn start(rt: &Runtime, namesrv: &str, group: &str) -> Result<Self, Error> {
-        let producer = Self::build(rt, namesrv, group).await?;
-        Ok(Self {
-            rt: rt.clone(),
-            namesrv: namesrv.to_owned(),
-            group: group.to_owned(),
-            inner: Arc::new(RwLock::new(producer)),
-            built_at: Mutex::new(std::time::Instant::now()),
-        })
-    }
-
-    async fn build(rt: &Runtime, namesrv: &str, group: &str) -> Result<DefaultMQProducer, Error> {
-        let mut producer = DefaultMQProducer::builder(rt.client())
-            .client_config(client_config(namesrv, "switchboard-producer"))
-            .producer_group(group)
-            .send_msg_timeout(u32::try_from(SEND_TIMEOUT.as_millis()).unwrap_or(u32::MAX))
-            .build();
-        let producer = rt
-            .run("producer start", async move {
-                producer.start().await.map(|()| producer)
-            })
-            .await?
-            .map_err(Error::client("producer start"))?;
-        Ok(producer)
-    }
-
-    /// Replaces the client with a new one unless that happened less than
-    /// [`REBUILD_EVERY`] ago (concurrent failures rebuild once). Returns whether it did.
-    async fn rebuild(&self) -> bool {
-        let mut built_at = self.built_at.lock().await;
-        if built_at.elapsed() < REBUILD_EVERY {
-            return false;
-        }
-        *built_at = std::time::Instant::now();
-        let Ok(fresh) = Self::build(&self.rt, &self.namesrv, &self.group).await else {
-            return false;
-        };
-        let inner = Arc::clone(&self.inner);
-        let _ = self
-            .rt
-            .run("producer rebuild", async move {
-                let mut old = std::mem::replace(&mut *inner.write().await, fresh);
-                old.shutdown().await;
-            })
-            .await;
-        tracing::info!(group = %self.group, "RocketMQ producer rebuilt after a failed send");
-        true
-    }
-
-    /// Sends `body` to `topic` with the message key `key` and waits until the broker has
-    /// stored it (status `SEND_OK`). The client retries another queue on failure within
-    /// 3 seconds in all. The topic must exist: brokers here do not create topics on first
-    /// use.
-    pub async fn send(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
-        match self.send_once(topic, key, body.clone()).await {
-            Err(Error::Client { .. }) if self.rebuild().await => {
-                self.send_once(topic, key, body).await
-            }
-            other => other,
-        }
-    }
-
-    async fn send_once(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
-        let message = Message::builder()
-            .topic(topic)
-            .key(key)
-            .body(body)
-            .build()
-            .map_err(|e| Error::InvalidName(format!("{topic}: {e}")))?;
-        let inner = Arc::clone(&self.inner);
-        let result = self
-            .rt
-            .run(
-                "send",
-                async move { inner.read().await.send(message).await },
-            )
-            .await?
-            .map_err(Error::client("send"))?;
-        match result.map(|r| r.send_status) {
-            Some(SendStatus::SendOk) => Ok(()),
-            other => Err(Error::NotStored {
-                topic: topic.to_owned(),
-                status: other.map_or_else(|| "no result".to_owned(), |s| s.to_string()),
-            }),
-        }
-    }
-
-    /// Stops the producer. Sends still running fail.
-    pub async fn shutdown(self) {
-        let inner = Arc::clone(&self.inner);
-        let _ = self
-            .rt
-            .run("producer shutdown", async move {
-                inner.write().await.shutdown().await;
-            })
-            .await;
-    }
-}
 
 /// What a [`Consumer`] reads and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +43,13 @@ pub struct ConsumerConfig {
     /// rather than the group's setting (measured with Apache RocketMQ 5.5: group 1 /
     /// client 4 gave 5 deliveries, group 4 / client 1 gave 2), hence this field.
     pub max_reconsume_times: Option<u32>,
+    /// `true`: one handler call at a time, and the messages of each queue in the
+    /// order the broker stored them (what [`crate::Producer::send_ordered`] sends to
+    /// one lane arrives in that order). `false`: up to 20 calls at a time, order not
+    /// kept. Either way, a message whose handler fails is redelivered later through
+    /// the `%RETRY%` topic, after the ones behind it: a handler that needs order must
+    /// not fail for a reason that can pass (wait instead).
+    pub in_order: bool,
 }
 
 /// One message handed to a consumer's handler.
@@ -216,16 +89,31 @@ impl Delivery {
 /// default), at most [`ConsumerConfig::max_reconsume_times`] times (by default the
 /// group's `retryMaxTimes`); then it moves to
 /// `%DLQ%<group>` and is not delivered again. Messages are handled concurrently (up to
-/// 20 at a time), so their order is not kept. A group that has never consumed starts
+/// 20 at a time, order not kept) or one at a time in queue order
+/// ([`ConsumerConfig::in_order`]). A group that has never consumed starts
 /// with the oldest stored message, so nothing sent after provisioning is skipped;
 /// otherwise it resumes after the last consumed offset (committed every 5 seconds and
 /// at shutdown, so a crash may redeliver a few seconds of messages).
 ///
 /// A handler should finish well within 30 seconds: the client gives up waiting for a
 /// handler call then and treats it as failed (redelivery), while the call runs on.
+///
+/// `start` returns before the consumer holds any queue: the client's first
+/// rebalance comes about a second later, or only after 20 s when the broker had
+/// not heard from the client yet. [`Consumer::wait_assigned`] makes it happen now
+/// and waits for it; until then, a message is stored but not consumed.
+///
+/// Why not RocketMQ's orderly listener for [`ConsumerConfig::in_order`]: it takes a
+/// lock per queue at the broker, and the lock of a consumer killed with SIGKILL
+/// lives on at the broker for 60 s, during which its successor (same group, new
+/// client id) consumes nothing. One handler call at a time gives the same order to
+/// the only consumer of a group, without that stall.
 pub struct Consumer {
     rt: Runtime,
     inner: Arc<Mutex<DefaultMQPushConsumer>>,
+    topic: String,
+    /// Queues of the topic this consumer holds, as the client's last rebalance left them.
+    assigned: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -294,6 +182,14 @@ impl Consumer {
                 found?.ok_or_else(|| Error::MissingGroup(config.group.clone()))?
             }
         };
+        let assigned = Arc::new(AtomicUsize::new(0));
+        let listener = Arc::new(Assignment {
+            topic: config.topic.clone(),
+            assigned: Arc::clone(&assigned),
+        });
+        // One consume worker: requests are taken from the client's FIFO in the
+        // order each queue's pulls produced them, one at a time.
+        let workers = if config.in_order { 1 } else { 20 };
         let mut consumer = DefaultMQPushConsumer::builder(rt.client())
             .client_config(client_config(&config.namesrv, "switchboard-consumer"))
             .consumer_group(config.group.as_str())
@@ -301,7 +197,10 @@ impl Consumer {
             .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
             // One message per handler call, so one failure retries only that message.
             .consume_message_batch_max_size(1)
+            .consume_thread_min(workers)
+            .consume_thread_max(if config.in_order { 1 } else { 64 })
             .max_reconsume_times(i32::try_from(max_reconsume_times).unwrap_or(i32::MAX))
+            .message_queue_listener(Some(listener))
             .build();
         let topic = config.topic.clone();
         let consumer = rt
@@ -315,7 +214,47 @@ impl Consumer {
         Ok(Self {
             rt: rt.clone(),
             inner: Arc::new(Mutex::new(consumer)),
+            topic: config.topic,
+            assigned,
         })
+    }
+
+    /// How many queues of the topic this consumer holds now.
+    pub fn assigned_queues(&self) -> usize {
+        self.assigned.load(Ordering::Acquire)
+    }
+
+    /// Makes the client refresh the topic's route, announce itself to the brokers
+    /// and rebalance, every 250 ms until it holds at least one queue, for up to
+    /// `timeout`. Returns how many it holds; [`Error::NotAssigned`] when none.
+    pub async fn wait_assigned(&self, timeout: Duration) -> Result<usize, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let held = self.assigned_queues();
+            if held > 0 {
+                return Ok(held);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NotAssigned(self.topic.clone()));
+            }
+            let inner = Arc::clone(&self.inner);
+            self.rt
+                .run("consumer rebalance", async move {
+                    let consumer = inner.lock().await;
+                    let factory = consumer
+                        .default_mq_push_consumer_impl()
+                        .and_then(|c| c.get_mq_client_factory());
+                    if let Some(factory) = factory {
+                        factory.update_topic_route_info_from_name_server().await;
+                        factory.send_heartbeat_to_all_broker_with_lock().await;
+                        let _ = factory.do_rebalance().await;
+                    }
+                })
+                .await?;
+            if self.assigned_queues() == 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
     }
 
     /// Stops consuming: commits the consumed offsets and leaves the group (its queues
@@ -357,5 +296,24 @@ where
             }
         }
         Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+/// Keeps [`Consumer::assigned_queues`] current.
+struct Assignment {
+    topic: String,
+    assigned: Arc<AtomicUsize>,
+}
+
+impl MessageQueueListener for Assignment {
+    fn message_queue_changed(
+        &self,
+        topic: &str,
+        _all: &HashSet<MessageQueue>,
+        assigned: &HashSet<MessageQueue>,
+    ) {
+        if topic == self.topic {
+            self.assigned.store(assigned.len(), Ordering::Release);
+        }
     }
 }

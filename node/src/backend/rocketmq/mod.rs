@@ -10,49 +10,45 @@
 //! [`STALE_AFTER`] are dropped: the recipient has the message in its inbox,
 //! and a push that old (a pod that was down) is noise.
 //!
-//! Sends go through an outbox: `publish` only queues, so a slow or restarting
-//! broker never holds up the sender's `sent` answer, and a send that fails is
-//! retried with backoff until it would be stale. During a broker restart the
-//! pushes are late, not lost. Only a full outbox refuses a push (the message
-//! stays in the inbox).
+//! Sends go through lanes ([`lanes`]): `publish` only queues, so a slow or
+//! restarting broker never holds up the sender's `sent` answer; pushes of one
+//! conversation go, batched, to one queue of the destination's topic in the
+//! order they were routed, and a failed send is retried, holding its lane,
+//! until it would be stale. During a broker restart the pushes are late, not
+//! lost. Only a full outbox refuses a push (the message stays in the inbox).
+//!
+//! The consumer hands over one message at a time in queue order, so a pod
+//! writes the pushes of one conversation from one pod in the order they were
+//! routed there ([`switchboard_rocketmq::ConsumerConfig::in_order`]). When the
+//! node cannot take a push at once, the consumer waits (backpressure) instead of
+//! failing it, which would send it round the `%RETRY%` topic, behind later ones.
 
-use std::sync::{Arc, Mutex};
+mod lanes;
+
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Producer, Runtime};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::{BackendError, BackendResult, Bus, Envelope};
 use crate::ids::PodIdentity;
-use crate::protocol::ServerFrame;
+use lanes::Lanes;
 
 /// Pushes older than this are dropped instead of delivered.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Depth of the queue between the consumer and the node.
 const INBOUND_QUEUE: usize = 8192;
-/// Pushes waiting to be sent. At ~1 KB each, a bounded few MB while the broker is away.
-const OUTBOX: usize = 8192;
-/// Sends in flight at once: enough to hide the broker's round trip at tens of
-/// thousands of messages a second, few enough not to trip the client's admission limit.
-const IN_FLIGHT: usize = 128;
-/// First and largest pause between two tries of one failed send.
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a graceful stop waits for the outbox to empty: the budget the
 /// operator counts into the pod's grace period.
 const FLUSH_TIMEOUT: Duration = switchboard_settings::FLUSH_BUDGET;
-
-/// One queued send.
-struct Outgoing {
-    topic: String,
-    key: String,
-    body: Vec<u8>,
-    queued: Instant,
-}
+/// How long `subscribe` waits for the consumer to hold its queues (normally
+/// about a second); the node retries the subscription after that.
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(e.to_string())
@@ -64,8 +60,7 @@ pub struct RocketMqBus {
     namesrv: String,
     names: Names,
     retry_max: u32,
-    outbox: mpsc::Sender<Outgoing>,
-    in_flight: Arc<Semaphore>,
+    lanes: Lanes,
     consumer: Mutex<Option<Consumer>>,
 }
 
@@ -87,16 +82,12 @@ impl RocketMqBus {
         let producer = Producer::start(&rt, namesrv, &format!("{prefix}-producer"))
             .await
             .map_err(unavailable)?;
-        let (outbox, rx) = mpsc::channel(OUTBOX);
-        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-        tokio::spawn(run_outbox(Arc::new(producer), rx, Arc::clone(&in_flight)));
         Ok(Self {
             rt,
             namesrv: namesrv.to_owned(),
             names,
             retry_max,
-            outbox,
-            in_flight,
+            lanes: Lanes::new(producer),
             consumer: Mutex::new(None),
         })
     }
@@ -104,10 +95,10 @@ impl RocketMqBus {
     /// Waits (up to [`FLUSH_TIMEOUT`]) until every queued push was sent or given up.
     async fn flush(&self) {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
-        while self.outbox.capacity() < OUTBOX || self.in_flight.available_permits() < IN_FLIGHT {
+        while self.lanes.queued() > 0 {
             if Instant::now() > deadline {
                 warn!(
-                    queued = OUTBOX - self.outbox.capacity(),
+                    queued = self.lanes.queued(),
                     "stopping with pushes unsent; their messages are in the inboxes"
                 );
                 return;
@@ -121,78 +112,15 @@ impl RocketMqBus {
         Ok(self.names.node_topic(u32::from(id.ordinal)))
     }
 
-    async fn send(&self, pod: &str, envelope: &Envelope) -> BackendResult<()> {
-        let topic = self.topic_of(pod)?;
-        let key = match envelope {
-            Envelope::ToUsers {
-                frame: ServerFrame::Message(m),
-                ..
-            } => m.msg_id.to_string(),
-            _ => String::new(),
-        };
-        let body = serde_json::to_vec(envelope).map_err(unavailable)?;
-        self.outbox
-            .try_send(Outgoing {
-                topic,
-                key,
-                body,
-                queued: Instant::now(),
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    BackendError::Unavailable("the bus outbox is full (broker away?)".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    BackendError::Unavailable("the bus is stopped".into())
-                }
-            })
-    }
-}
-
-/// Sends queued pushes, [`IN_FLIGHT`] at a time; each is retried with backoff
-/// until it would be stale on arrival.
-async fn run_outbox(
-    producer: Arc<Producer>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    in_flight: Arc<Semaphore>,
-) {
-    while let Some(out) = rx.recv().await {
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            return;
-        };
-        let producer = Arc::clone(&producer);
-        tokio::spawn(async move {
-            let mut pause = RETRY_FIRST;
-            let mut tries = 1u32;
-            loop {
-                match producer.send(&out.topic, &out.key, out.body.clone()).await {
-                    Ok(()) => break,
-                    Err(e) if out.queued.elapsed() + pause < STALE_AFTER => {
-                        if tries == 1 {
-                            warn!(topic = %out.topic, error = %e, "push failed; retrying");
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(RETRY_MAX);
-                        tries += 1;
-                    }
-                    Err(e) => {
-                        warn!(
-                            topic = %out.topic, key = %out.key, tries, error = %e,
-                            "push given up; the message stays in the recipient's inbox"
-                        );
-                        break;
-                    }
-                }
-            }
-            drop(permit);
-        });
+    fn send(&self, pod: &str, envelope: &Envelope) -> BackendResult<()> {
+        self.lanes.push(&self.topic_of(pod)?, envelope)
     }
 }
 
 #[async_trait]
 impl Bus for RocketMqBus {
     async fn publish(&self, pod: &str, envelope: Envelope) -> BackendResult<()> {
-        self.send(pod, &envelope).await
+        self.send(pod, &envelope)
     }
 
     async fn broadcast(
@@ -202,7 +130,7 @@ impl Bus for RocketMqBus {
         envelope: Envelope,
     ) -> BackendResult<()> {
         for pod in pods.iter().filter(|p| p.as_str() != from_pod) {
-            self.send(pod, &envelope).await?;
+            self.send(pod, &envelope)?;
         }
         Ok(())
     }
@@ -241,30 +169,41 @@ impl Bus for RocketMqBus {
             topic,
             group,
             max_reconsume_times: Some(self.retry_max),
+            in_order: true,
         };
-        // The handler never blocks (parse, then `try_send`), so it runs right on the
-        // client's thread: handing every push to the node's runtime and waiting for
-        // it there cost a thread switch each way per message.
+        // The handler runs right on the client's (blocking) consume thread: handing
+        // every push to the node's runtime and waiting for it there cost a thread
+        // switch each way per message. It waits while the node's queue is full.
         let consumer = Consumer::start_blocking(&self.rt, config, move |d| {
-            let env: Envelope = serde_json::from_slice(&d.body)
+            let envelopes = lanes::decode(&d.body)
                 .map_err(|e| format!("malformed envelope {}: {e}", d.msg_id))?;
-            if let Envelope::ToUsers { sent_at_us, .. } = &env
-                && crate::node::now_micros() - sent_at_us > STALE_AFTER.as_micros() as i64
-            {
-                return Ok(());
+            let stale_before = crate::node::now_micros() - STALE_AFTER.as_micros() as i64;
+            for env in envelopes {
+                if let Envelope::ToUsers { sent_at_us, .. } = &env
+                    && *sent_at_us < stale_before
+                {
+                    continue;
+                }
+                tx.blocking_send(env)
+                    .map_err(|_| "the node stopped taking pushes".to_owned())?;
             }
-            tx.try_send(env)
-                .map_err(|e| format!("node cannot take the push now: {e}"))
+            Ok::<(), String>(())
         })
         .await
         .map_err(unavailable)?;
+        // Ready only once the consumer holds its queues: before that a push is
+        // stored but nobody reads it (for up to 20 s).
+        if let Err(e) = consumer.wait_assigned(ASSIGN_TIMEOUT).await {
+            consumer.shutdown().await;
+            return Err(unavailable(e));
+        }
         *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer);
         Ok(rx)
     }
 
     fn is_saturated(&self) -> bool {
         // Over 3/4 full: the last quarter absorbs what is already in progress.
-        self.outbox.capacity() < OUTBOX / 4
+        self.lanes.queued() > lanes::CAPACITY / 4 * 3
     }
 
     async fn unsubscribe(&self, _pod: &str) {

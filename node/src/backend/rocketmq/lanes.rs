@@ -1,0 +1,320 @@
+//! Outgoing pushes, in order and in batches.
+//!
+//! Every envelope has a lane: a stable hash of its conversation (of the user,
+//! for presence) modulo [`LANES`]. Each (destination pod, lane) has a queue and
+//! a task that sends what waits in it as one RocketMQ message (a JSON array of
+//! envelopes, up to [`MAX_BATCH`] of them), to queue `lane % queues` of the pod's
+//! topic, one send at a time. So pushes of one conversation from this pod are
+//! stored in one queue in the order they were routed, and the destination's
+//! in-order consumer delivers them in that order. Batching is what an idle lane
+//! does not do: it sends a lone push at once; under load, what piled up during
+//! one send goes in the next.
+//!
+//! A failed send is retried with backoff and holds the lane (later pushes wait
+//! behind it, so the order survives a broker restart) until its oldest push
+//! would be stale: then the stale ones are dropped (their messages are in the
+//! recipients' inboxes) and the lane moves on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchboard_rocketmq::Producer;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::STALE_AFTER;
+use crate::backend::{BackendError, BackendResult, Envelope};
+use crate::ids::ConversationId;
+use crate::protocol::ServerFrame;
+
+/// Lanes per destination pod: sends in flight to one pod at once. More than the
+/// operator's 4 queues per topic, so a slow send holds up few conversations.
+pub const LANES: u32 = 8;
+/// Envelopes in one RocketMQ message at most.
+pub const MAX_BATCH: usize = 128;
+/// A batch stops growing past this many bytes (RocketMQ takes up to 4 MiB).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Message keys (broker index entries) per batch at most.
+const MAX_KEYS: usize = 32;
+/// Pushes waiting in all lanes together; at ~1 KB each, a bounded few MB while
+/// the broker is away. More are refused (the message stays in the inbox).
+pub const CAPACITY: usize = 8192;
+/// First and largest pause between two tries of one failed send.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// One queued push, already encoded.
+struct Outgoing {
+    json: Vec<u8>,
+    key: Option<String>,
+    queued: Instant,
+}
+
+/// The lanes of every destination pod.
+pub struct Lanes {
+    producer: Arc<Producer>,
+    lanes: Mutex<HashMap<(String, u32), mpsc::UnboundedSender<Outgoing>>>,
+    /// Pushes queued or being sent, in all lanes.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Lanes {
+    pub fn new(producer: Producer) -> Self {
+        Self {
+            producer: Arc::new(producer),
+            lanes: Mutex::new(HashMap::new()),
+            queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Pushes queued or in flight.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Queues `envelope` for `topic` on its lane. Refused only when
+    /// [`CAPACITY`] pushes are waiting already.
+    pub fn push(&self, topic: &str, envelope: &Envelope) -> BackendResult<()> {
+        let json = serde_json::to_vec(envelope)
+            .map_err(|e| BackendError::Unavailable(format!("encoding a push: {e}")))?;
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= CAPACITY {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(BackendError::Unavailable(
+                "the bus outbox is full (broker away?)".into(),
+            ));
+        }
+        let out = Outgoing {
+            json,
+            key: key_of(envelope),
+            queued: Instant::now(),
+        };
+        let lane = lane_of(envelope);
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = lanes.entry((topic.to_owned(), lane)).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_lane(
+                Arc::clone(&self.producer),
+                topic.to_owned(),
+                lane,
+                rx,
+                Arc::clone(&self.queued),
+            ));
+            tx
+        });
+        if tx.send(out).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(BackendError::Unavailable("the bus is stopped".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Sends what waits in one lane, a batch at a time, until the lanes are dropped.
+async fn run_lane(
+    producer: Arc<Producer>,
+    topic: String,
+    lane: u32,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.json.len();
+        batch.push(first);
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = rx.try_recv() else { break };
+            bytes += next.json.len();
+            batch.push(next);
+        }
+        let n = batch.len();
+        send(&producer, &topic, lane, &mut batch).await;
+        batch.clear();
+        queued.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Sends one batch, retrying with backoff; drops what turns stale meanwhile.
+async fn send(producer: &Producer, topic: &str, lane: u32, batch: &mut Vec<Outgoing>) {
+    let mut pause = RETRY_FIRST;
+    let mut tries = 1u32;
+    loop {
+        let before = batch.len();
+        batch.retain(|o| o.queued.elapsed() + pause < STALE_AFTER || tries == 1);
+        if batch.len() < before {
+            warn!(
+                %topic, lane, tries, dropped = before - batch.len(),
+                "pushes given up; their messages stay in the recipients' inboxes"
+            );
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let keys = batch
+            .iter()
+            .filter_map(|o| o.key.clone())
+            .take(MAX_KEYS)
+            .collect();
+        match producer
+            .send_ordered(topic, lane, keys, encode(batch))
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                if tries == 1 {
+                    warn!(%topic, lane, error = %e, "push failed; retrying (the lane waits)");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// A batch on the wire: a JSON array of envelopes.
+fn encode(batch: &[Outgoing]) -> Vec<u8> {
+    let len = batch.iter().map(|o| o.json.len() + 1).sum::<usize>() + 2;
+    let mut body = Vec::with_capacity(len);
+    body.push(b'[');
+    for (i, o) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&o.json);
+    }
+    body.push(b']');
+    body
+}
+
+/// Reads a body: a batch, or a single envelope (as nodes before batching sent).
+pub fn decode(body: &[u8]) -> serde_json::Result<Vec<Envelope>> {
+    if body.first() == Some(&b'[') {
+        serde_json::from_slice(body)
+    } else {
+        serde_json::from_slice(body).map(|e| vec![e])
+    }
+}
+
+/// The message id of a chat message push, as the RocketMQ message key.
+fn key_of(envelope: &Envelope) -> Option<String> {
+    match envelope {
+        Envelope::ToUsers {
+            frame: ServerFrame::Message(m),
+            ..
+        } => Some(m.msg_id.to_string()),
+        _ => None,
+    }
+}
+
+/// The lane of an envelope: every push about one conversation (messages,
+/// receipts, typing) shares one; presence goes by user.
+pub fn lane_of(envelope: &Envelope) -> u32 {
+    let mut h = Fnv::new();
+    match envelope {
+        Envelope::ToUsers { frame, users, .. } => match conversation_of(frame) {
+            Some(ConversationId::Direct(a, b)) => {
+                h.write(b"dm:");
+                h.write(a.as_str().as_bytes());
+                h.write(b":");
+                h.write(b.as_str().as_bytes());
+            }
+            Some(ConversationId::Group(g)) => {
+                h.write(b"group:");
+                h.write(g.as_str().as_bytes());
+            }
+            None => h.write(users.first().map_or("", |u| u.as_str()).as_bytes()),
+        },
+        Envelope::Presence(p) => h.write(p.user.as_str().as_bytes()),
+    }
+    h.0 % LANES
+}
+
+fn conversation_of(frame: &ServerFrame) -> Option<&ConversationId> {
+    match frame {
+        ServerFrame::Message(m) => Some(&m.conversation),
+        ServerFrame::Sent { conversation, .. }
+        | ServerFrame::Delivered { conversation, .. }
+        | ServerFrame::Read { conversation, .. }
+        | ServerFrame::Typing { conversation, .. } => Some(conversation),
+        _ => None,
+    }
+}
+
+/// 32-bit FNV-1a: stable across processes and versions (unlike std's hasher),
+/// so every pod puts a conversation on the same lane and queue.
+struct Fnv(u32);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0x811c_9dc5)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u32::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0193);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::ids::UserId;
+    use crate::model::Presence;
+
+    fn typing(conversation: &str, to: &str) -> Envelope {
+        Envelope::ToUsers {
+            users: vec![UserId::parse(to).unwrap()],
+            except: None,
+            frame: ServerFrame::Typing {
+                conversation: ConversationId::parse(conversation).unwrap(),
+                user: UserId::parse("alice").unwrap(),
+                state: crate::protocol::TypingState::Start,
+            },
+            sent_at_us: 1,
+        }
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_lane_whoever_receives_it() {
+        let a = lane_of(&typing("group:g1", "bob"));
+        assert_eq!(a, lane_of(&typing("group:g1", "carol")));
+        assert!(a < LANES);
+        // FNV-1a of "group:g1" is fixed: a change here moves conversations
+        // between queues, which reorders them during a rolling update.
+        assert_eq!(a, 0xa92e_4aca % LANES);
+        let lanes: std::collections::HashSet<u32> = (0..64)
+            .map(|i| lane_of(&typing(&format!("group:g{i}"), "bob")))
+            .collect();
+        assert!(lanes.len() > LANES as usize / 2, "{lanes:?}");
+    }
+
+    #[test]
+    fn batches_and_single_envelopes_decode() {
+        let (a, b) = (typing("dm:alice:bob", "bob"), typing("group:g", "bob"));
+        let batch: Vec<Outgoing> = [&a, &b]
+            .iter()
+            .map(|e| Outgoing {
+                json: serde_json::to_vec(e).unwrap(),
+                key: None,
+                queued: Instant::now(),
+            })
+            .collect();
+        assert_eq!(decode(&encode(&batch)).unwrap(), vec![a.clone(), b]);
+        assert_eq!(decode(&serde_json::to_vec(&a).unwrap()).unwrap(), vec![a]);
+        assert!(decode(b"[{\"nope\":1}]").is_err());
+        assert!(decode(b"").is_err());
+        let p = Envelope::Presence(Presence {
+            user: UserId::parse("bob").unwrap(),
+            online: true,
+            devices: 1,
+            pods: vec![],
+            last_seen: None,
+        });
+        assert!(lane_of(&p) < LANES);
+    }
+}

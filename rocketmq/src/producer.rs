@@ -1,0 +1,211 @@
+//! A thin producer: sends to any queue of a topic, or to the queue of a lane,
+//! so that messages of one lane are stored, and then consumed, in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocketmq_client_rust::{ClientConfig, DefaultMQProducer, SendStatus};
+use rocketmq_model::common::message::message_queue::MessageQueue;
+use rocketmq_model::common::message::message_single::Message;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::{Error, Runtime, unique_instance_name};
+
+/// How long one send may take, retries included (RocketMQ's `sendMsgTimeout`).
+const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) fn client_config(namesrv: &str, role: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set_namesrv_addr(namesrv.into());
+    // One client instance (connections, heartbeats) per wrapper object, so two
+    // producers of the same group in one process do not clash.
+    config.set_instance_name(unique_instance_name(role).into());
+    config
+}
+
+/// After a failed send the producer is rebuilt, at most this often.
+const REBUILD_EVERY: Duration = Duration::from_secs(1);
+
+/// Sends messages. Cheap to share by reference; sends may run concurrently.
+///
+/// A send that fails at the transport (broker restarted, connection lost) rebuilds the
+/// underlying client and is tried once more: the client's own recovery keeps using its
+/// stale route and connections for about 30 s after a broker restart, while a new
+/// client sends as soon as the broker has registered with the name server again.
+pub struct Producer {
+    rt: Runtime,
+    namesrv: String,
+    group: String,
+    inner: Arc<RwLock<DefaultMQProducer>>,
+    /// When the client was last built (or rebuilt).
+    built_at: Mutex<std::time::Instant>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Starts a producer in producer group `group` (only a label for the broker; it need
+    /// not be provisioned) that finds brokers through the name server at `namesrv`.
+    pub async fn start(rt: &Runtime, namesrv: &str, group: &str) -> Result<Self, Error> {
+        let producer = Self::build(rt, namesrv, group).await?;
+        Ok(Self {
+            rt: rt.clone(),
+            namesrv: namesrv.to_owned(),
+            group: group.to_owned(),
+            inner: Arc::new(RwLock::new(producer)),
+            built_at: Mutex::new(std::time::Instant::now()),
+        })
+    }
+
+    async fn build(rt: &Runtime, namesrv: &str, group: &str) -> Result<DefaultMQProducer, Error> {
+        let mut producer = DefaultMQProducer::builder(rt.client())
+            .client_config(client_config(namesrv, "switchboard-producer"))
+            .producer_group(group)
+            .send_msg_timeout(u32::try_from(SEND_TIMEOUT.as_millis()).unwrap_or(u32::MAX))
+            .build();
+        let producer = rt
+            .run("producer start", async move {
+                producer.start().await.map(|()| producer)
+            })
+            .await?
+            .map_err(Error::client("producer start"))?;
+        Ok(producer)
+    }
+
+    /// Replaces the client with a new one unless that happened less than
+    /// [`REBUILD_EVERY`] ago (concurrent failures rebuild once). Returns whether it did.
+    async fn rebuild(&self) -> bool {
+        let mut built_at = self.built_at.lock().await;
+        if built_at.elapsed() < REBUILD_EVERY {
+            return false;
+        }
+        *built_at = std::time::Instant::now();
+        let Ok(fresh) = Self::build(&self.rt, &self.namesrv, &self.group).await else {
+            return false;
+        };
+        let inner = Arc::clone(&self.inner);
+        let _ = self
+            .rt
+            .run("producer rebuild", async move {
+                let mut old = std::mem::replace(&mut *inner.write().await, fresh);
+                old.shutdown().await;
+            })
+            .await;
+        tracing::info!(group = %self.group, "RocketMQ producer rebuilt after a failed send");
+        true
+    }
+
+    /// Sends `body` to `topic` with the message key `key` and waits until the broker has
+    /// stored it (status `SEND_OK`). The client retries another queue on failure within
+    /// 3 seconds in all. The topic must exist: brokers here do not create topics on first
+    /// use.
+    pub async fn send(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
+        match self.send_once(topic, key, body.clone()).await {
+            Err(Error::Client { .. }) if self.rebuild().await => {
+                self.send_once(topic, key, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
+        let message = Message::builder()
+            .topic(topic)
+            .key(key)
+            .body(body)
+            .build()
+            .map_err(|e| Error::InvalidName(format!("{topic}: {e}")))?;
+        let inner = Arc::clone(&self.inner);
+        let result = self
+            .rt
+            .run(
+                "send",
+                async move { inner.read().await.send(message).await },
+            )
+            .await?
+            .map_err(Error::client("send"))?;
+        Self::check_stored(topic, result.map(|r| r.send_status))
+    }
+
+    /// Sends `body` to the queue of `lane` in `topic` (queue `lane % queues`, in the
+    /// order the name server lists the topic's writable queues) and waits until the
+    /// broker has stored it. Messages sent one after the other to one lane are stored,
+    /// and consumed by an in-order [`crate::Consumer`], in that order, as long as the
+    /// topic's queue count does not change. No other queue is tried on failure (that
+    /// would break the order): the caller retries, and keeps later messages of the lane
+    /// waiting until then. `keys` are the message keys (searchable in the broker).
+    pub async fn send_ordered(
+        &self,
+        topic: &str,
+        lane: u32,
+        keys: Vec<String>,
+        body: Vec<u8>,
+    ) -> Result<(), Error> {
+        match self
+            .send_ordered_once(topic, lane, keys.clone(), body.clone())
+            .await
+        {
+            Err(Error::Client { .. }) if self.rebuild().await => {
+                self.send_ordered_once(topic, lane, keys, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_ordered_once(
+        &self,
+        topic: &str,
+        lane: u32,
+        keys: Vec<String>,
+        body: Vec<u8>,
+    ) -> Result<(), Error> {
+        let message = Message::builder()
+            .topic(topic)
+            .keys(keys)
+            .body(body)
+            .build()
+            .map_err(|e| Error::InvalidName(format!("{topic}: {e}")))?;
+        let inner = Arc::clone(&self.inner);
+        let result = self
+            .rt
+            .run("send ordered", async move {
+                let select = |queues: &[MessageQueue], _: &Message, lane: &u32| {
+                    let n = u32::try_from(queues.len()).ok().filter(|n| *n > 0)?;
+                    queues.get(usize::try_from(lane % n).ok()?).cloned()
+                };
+                inner
+                    .read()
+                    .await
+                    .send_with_selector(message, select, lane)
+                    .await
+            })
+            .await?
+            .map_err(Error::client("send"))?;
+        Self::check_stored(topic, result.map(|r| r.send_status))
+    }
+
+    fn check_stored(topic: &str, status: Option<SendStatus>) -> Result<(), Error> {
+        match status {
+            Some(SendStatus::SendOk) => Ok(()),
+            other => Err(Error::NotStored {
+                topic: topic.to_owned(),
+                status: other.map_or_else(|| "no result".to_owned(), |s| s.to_string()),
+            }),
+        }
+    }
+
+    /// Stops the producer. Sends still running fail.
+    pub async fn shutdown(self) {
+        let inner = Arc::clone(&self.inner);
+        let _ = self
+            .rt
+            .run("producer shutdown", async move {
+                inner.write().await.shutdown().await;
+            })
+            .await;
+    }
+}
