@@ -121,24 +121,37 @@ pub async fn receive_all(
                     // Nothing for now: keep the connection alive as a client must
                     // (silent for 3 heartbeats, the node closes it), then check
                     // `expect` again.
-                    client.send(json!({"type": "ping"})).await;
-                    continue;
+                    if client.try_send(json!({"type": "ping"})).await {
+                        continue;
+                    }
+                    None
                 }
-                Ok(None) => {
-                    r.reconnects += 1;
-                    pod = (pod + 1) % c.pods.len();
-                    continue 'conn;
-                }
-                Ok(Some(v)) => v,
+                Ok(v) => v,
+            };
+            // The connection ended (its pod was killed or stopped): next pod.
+            let Some(v) = v else {
+                r.reconnects += 1;
+                pod = (pod + 1) % c.pods.len();
+                continue 'conn;
             };
             match v["type"].as_str() {
                 Some("message") => {
                     let id = v["msg_id"].as_str().unwrap().to_owned();
-                    client.send(json!({"type": "ack", "msg_ids": [id]})).await;
+                    // An ack that cannot be written (the pod just died) is
+                    // lost with the connection: the message stays in the inbox
+                    // and comes again after the reconnect, as a duplicate.
+                    let acked = client
+                        .try_send(json!({"type": "ack", "msg_ids": [id.clone()]}))
+                        .await;
                     if r.ids.insert(id) {
                         r.last_at = Some(Instant::now());
                     } else {
                         r.redelivered += 1;
+                    }
+                    if !acked {
+                        r.reconnects += 1;
+                        pod = (pod + 1) % c.pods.len();
+                        continue 'conn;
                     }
                 }
                 Some("reconnect") => {
