@@ -116,7 +116,7 @@ pub async fn receive_all(
                 r.ids.len()
             );
             let frame = tokio::time::timeout(Duration::from_millis(500), client.next()).await;
-            let v: Value = match frame {
+            let v: Option<Value> = match frame {
                 Err(_) => {
                     // Nothing for now: keep the connection alive as a client must
                     // (silent for 3 heartbeats, the node closes it), then check
