@@ -104,31 +104,14 @@ impl Producer {
     /// 3 seconds in all. The topic must exist: brokers here do not create topics on first
     /// use.
     pub async fn send(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
-        match self.send_once(topic, key, body.clone()).await {
-            Err(Error::Client { .. }) if self.rebuild().await => {
-                self.send_once(topic, key, body).await
-            }
-            other => other,
-        }
-    }
-
-    async fn send_once(&self, topic: &str, key: &str, body: Vec<u8>) -> Result<(), Error> {
-        let message = Message::builder()
-            .topic(topic)
-            .key(key)
-            .body(body)
-            .build()
-            .map_err(|e| Error::InvalidName(format!("{topic}: {e}")))?;
-        let inner = Arc::clone(&self.inner);
-        let result = self
-            .rt
-            .run(
-                "send",
-                async move { inner.read().await.send(message).await },
-            )
-            .await?
-            .map_err(Error::client("send"))?;
-        Self::check_stored(topic, result.map(|r| r.send_status))
+        self.send_retrying(topic, None, || {
+            Message::builder()
+                .topic(topic)
+                .key(key)
+                .body(body.clone())
+                .build()
+        })
+        .await
     }
 
     /// Sends `body` to the queue of `lane` in `topic` (queue `lane % queues`, in the
@@ -145,43 +128,60 @@ impl Producer {
         keys: Vec<String>,
         body: Vec<u8>,
     ) -> Result<(), Error> {
-        match self
-            .send_ordered_once(topic, lane, keys.clone(), body.clone())
-            .await
-        {
+        self.send_retrying(topic, Some(lane), || {
+            Message::builder()
+                .topic(topic)
+                .keys(keys.clone())
+                .body(body.clone())
+                .build()
+        })
+        .await
+    }
+
+    /// Sends the message `build` makes; after a transport failure, rebuilds the
+    /// client (see [`Producer`]) and sends a fresh copy once more.
+    async fn send_retrying<B, E>(
+        &self,
+        topic: &str,
+        lane: Option<u32>,
+        build: B,
+    ) -> Result<(), Error>
+    where
+        B: Fn() -> Result<Message, E>,
+        E: std::fmt::Display,
+    {
+        let message = || build().map_err(|e| Error::InvalidName(format!("{topic}: {e}")));
+        match self.send_once(topic, lane, message()?).await {
             Err(Error::Client { .. }) if self.rebuild().await => {
-                self.send_ordered_once(topic, lane, keys, body).await
+                self.send_once(topic, lane, message()?).await
             }
             other => other,
         }
     }
 
-    async fn send_ordered_once(
+    /// One send: to any queue (the client picks and retries another), or to the
+    /// queue of `lane` (`lane % queues`, nothing else tried).
+    async fn send_once(
         &self,
         topic: &str,
-        lane: u32,
-        keys: Vec<String>,
-        body: Vec<u8>,
+        lane: Option<u32>,
+        message: Message,
     ) -> Result<(), Error> {
-        let message = Message::builder()
-            .topic(topic)
-            .keys(keys)
-            .body(body)
-            .build()
-            .map_err(|e| Error::InvalidName(format!("{topic}: {e}")))?;
         let inner = Arc::clone(&self.inner);
         let result = self
             .rt
-            .run("send ordered", async move {
-                let select = |queues: &[MessageQueue], _: &Message, lane: &u32| {
-                    let n = u32::try_from(queues.len()).ok().filter(|n| *n > 0)?;
-                    queues.get(usize::try_from(lane % n).ok()?).cloned()
-                };
-                inner
-                    .read()
-                    .await
-                    .send_with_selector(message, select, lane)
-                    .await
+            .run("send", async move {
+                let producer = inner.read().await;
+                match lane {
+                    None => producer.send(message).await,
+                    Some(lane) => {
+                        let select = |queues: &[MessageQueue], _: &Message, lane: &u32| {
+                            let n = u32::try_from(queues.len()).ok().filter(|n| *n > 0)?;
+                            queues.get(usize::try_from(lane % n).ok()?).cloned()
+                        };
+                        producer.send_with_selector(message, select, lane).await
+                    }
+                }
             })
             .await?
             .map_err(Error::client("send"))?;
