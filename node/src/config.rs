@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use switchboard_rocketmq::Credentials;
 use switchboard_settings::NodeSettings;
 
 pub use crate::secret::Secret;
@@ -71,6 +72,15 @@ pub struct Config {
     /// it in the group's dead-letter queue.
     #[arg(long, env = "SB_ROCKETMQ_RETRY_MAX", default_value_t = 3)]
     pub rocketmq_retry_max: u32,
+
+    /// RocketMQ ACL access key (the ACL 2.0 user name), for a broker that
+    /// enforces ACL; set together with SB_ROCKETMQ_SECRET_KEY.
+    #[arg(long, env = "SB_ROCKETMQ_ACCESS_KEY")]
+    pub rocketmq_access_key: Option<String>,
+
+    /// RocketMQ ACL secret key (the user's password). Never logged.
+    #[arg(long, env = "SB_ROCKETMQ_SECRET_KEY", hide_env_values = true)]
+    pub rocketmq_secret_key: Option<Secret>,
 
     /// HS256 secret for client JWTs (`sub` = user id, `exp` required). When
     /// set, clients must present `?token=` or `Authorization: Bearer`.
@@ -210,7 +220,21 @@ impl Config {
         if let Some(secret) = &self.jwt_secret {
             switchboard_settings::check_jwt_secret(secret.expose()).map_err(|e| e.to_string())?;
         }
+        self.rocketmq_credentials()?;
         self.settings().check().map_err(|e| e.to_string())
+    }
+
+    /// The RocketMQ ACL credentials: both keys or neither.
+    pub fn rocketmq_credentials(&self) -> Result<Option<Credentials>, String> {
+        match (&self.rocketmq_access_key, &self.rocketmq_secret_key) {
+            (None, None) => Ok(None),
+            (Some(access), Some(secret)) => Credentials::new(access, secret.expose())
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            _ => {
+                Err("set both SB_ROCKETMQ_ACCESS_KEY and SB_ROCKETMQ_SECRET_KEY, or neither".into())
+            }
+        }
     }
 
     /// Defaults, as if started with no flags and no environment: for tests.

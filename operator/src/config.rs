@@ -74,7 +74,86 @@ pub struct RunArgs {
     #[arg(long, env = "SB_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
 
+    /// RocketMQ ACL access key (ACL 2.0 user name) for the topic and group
+    /// administration, on every name server; set together with
+    /// SB_ROCKETMQ_SECRET_KEY when the brokers enforce ACL. The user must be allowed to
+    /// create and delete topics and groups (a super user).
+    #[arg(long, env = "SB_ROCKETMQ_ACCESS_KEY")]
+    pub rocketmq_access_key: Option<String>,
+
+    /// RocketMQ ACL secret key (the user's password). Never logged.
+    #[arg(long, env = "SB_ROCKETMQ_SECRET_KEY", hide_env_values = true)]
+    pub rocketmq_secret_key: Option<Hidden>,
+
     /// Log format.
     #[arg(long, env = "SB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// The RocketMQ ACL credentials of the admin calls: both keys or neither.
+    pub fn rocketmq_credentials(
+        &self,
+    ) -> Result<Option<switchboard_rocketmq::Credentials>, String> {
+        match (&self.rocketmq_access_key, &self.rocketmq_secret_key) {
+            (None, None) => Ok(None),
+            (Some(access), Some(secret)) => {
+                switchboard_rocketmq::Credentials::new(access, &secret.0)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            _ => {
+                Err("set both SB_ROCKETMQ_ACCESS_KEY and SB_ROCKETMQ_SECRET_KEY, or neither".into())
+            }
+        }
+    }
+}
+
+/// A value that `Debug` never shows (a secret in the arguments).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hidden(String);
+
+impl std::str::FromStr for Hidden {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        Cli::parse_from(["switchboard-operator"].iter().chain(extra)).run
+    }
+
+    #[test]
+    fn rocketmq_credentials_are_both_keys_or_none_and_the_secret_never_shows() {
+        assert!(args(&[]).rocketmq_credentials().unwrap().is_none());
+        let both = args(&[
+            "--rocketmq-access-key",
+            "ops",
+            "--rocketmq-secret-key",
+            "very-secret-91",
+        ]);
+        let c = both.rocketmq_credentials().unwrap().unwrap();
+        assert_eq!(c.access_key(), "ops");
+        assert!(!format!("{both:?} {c:?}").contains("very-secret-91"));
+        let half = args(&["--rocketmq-secret-key", "very-secret-91"]);
+        let e = half.rocketmq_credentials().unwrap_err();
+        assert!(
+            e.contains("SB_ROCKETMQ_ACCESS_KEY") && !e.contains("very-secret-91"),
+            "{e}"
+        );
+    }
 }

@@ -191,6 +191,8 @@ pub struct SecretKeyRef {
 
 /// RocketMQ settings.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.accessKeySecretRef) == has(self.secretKeySecretRef)")
+    .message("set both rocketmq.accessKeySecretRef and rocketmq.secretKeySecretRef, or neither"))]
 #[serde(rename_all = "camelCase")]
 pub struct RocketMqSpec {
     /// Name server address, `host:port` (several separated by `;`). The operator creates
@@ -210,6 +212,19 @@ pub struct RocketMqSpec {
     #[serde(default = "defaults::retry_max")]
     #[schemars(range(min = 0, max = 16))]
     pub retry_max_times: u32,
+
+    /// For brokers that enforce ACL: a key of a Secret holding the nodes' access key (the
+    /// ACL 2.0 user name). The user needs `Pub` on the cluster's topics and `Sub` on its
+    /// topics and groups. The operator never reads it: the pods get it as an environment
+    /// variable. (The operator's own topic administration signs with its
+    /// `SB_ROCKETMQ_ACCESS_KEY` / `SB_ROCKETMQ_SECRET_KEY`, chart value
+    /// `rocketmq.credentialsSecret`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_secret_ref: Option<SecretKeyRef>,
+
+    /// A key of a Secret holding the secret key (password) of `accessKeySecretRef`'s user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Client authentication.

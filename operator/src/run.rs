@@ -48,6 +48,9 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
+    let credentials = args
+        .rocketmq_credentials()
+        .map_err(|e| anyhow::anyhow!("RocketMQ credentials: {e}"))?;
     let rt =
         switchboard_rocketmq::Runtime::new().context("starting the RocketMQ client runtime")?;
     let identity = args
@@ -61,7 +64,7 @@ pub async fn run(args: RunArgs, metrics: Arc<Metrics>) -> anyhow::Result<()> {
             ..args.clone()
         },
         metrics.clone(),
-        Brokers::new(rt.clone()),
+        Brokers::new(rt.clone(), credentials),
     ));
 
     let result = if args.leader_election {

@@ -16,7 +16,7 @@ use rocketmq_protocol::protocol::subscription::subscription_group_config::Subscr
 use tokio::sync::RwLock;
 
 use crate::names::is_valid_name;
-use crate::{Error, Runtime, unique_instance_name};
+use crate::{Credentials, Error, Runtime, unique_instance_name};
 
 /// Broker id of a master in RocketMQ's broker tables.
 const MASTER_ID: u64 = 0;
@@ -61,11 +61,30 @@ impl Admin {
     /// separated by `;`). Connections are made lazily, so this succeeds even when the
     /// name server is down; the first call then fails.
     pub async fn connect(rt: &Runtime, namesrv: &str) -> Result<Self, Error> {
-        let mut admin = DefaultMQAdminExt::with_admin_ext_group_and_timeout(
-            rt.client(),
-            unique_instance_name("switchboard-admin"),
-            REQUEST_TIMEOUT,
-        );
+        Self::connect_as(rt, namesrv, None).await
+    }
+
+    /// [`Admin::connect`], signing every request with `credentials` (a broker with ACL
+    /// needs a user allowed to create and delete topics and groups: a super user).
+    pub async fn connect_as(
+        rt: &Runtime,
+        namesrv: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Self, Error> {
+        let group = unique_instance_name("switchboard-admin");
+        let mut admin = match credentials {
+            Some(c) => DefaultMQAdminExt::with_admin_ext_group_rpc_hook_and_timeout(
+                rt.client(),
+                group,
+                c.hook(),
+                REQUEST_TIMEOUT,
+            ),
+            None => DefaultMQAdminExt::with_admin_ext_group_and_timeout(
+                rt.client(),
+                group,
+                REQUEST_TIMEOUT,
+            ),
+        };
         admin
             .client_config_mut()
             .set_instance_name(unique_instance_name("switchboard-admin").into());

@@ -18,7 +18,7 @@ use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
 use tokio::sync::{Mutex, oneshot};
 
 use crate::producer::client_config;
-use crate::{Admin, Error, Runtime};
+use crate::{Admin, Credentials, Error, Runtime};
 
 /// RocketMQ's message property holding the keys.
 const PROPERTY_KEYS: &str = "KEYS";
@@ -50,6 +50,9 @@ pub struct ConsumerConfig {
     /// the `%RETRY%` topic, after the ones behind it: a handler that needs order must
     /// not fail for a reason that can pass (wait instead).
     pub in_order: bool,
+    /// ACL credentials to sign every request with (`None`: a broker without ACL). The
+    /// user needs `Sub` on the topic and the group.
+    pub credentials: Option<Credentials>,
 }
 
 /// One message handed to a consumer's handler.
@@ -176,7 +179,8 @@ impl Consumer {
         let max_reconsume_times = match config.max_reconsume_times {
             Some(n) => n,
             None => {
-                let admin = Admin::connect(rt, &config.namesrv).await?;
+                let admin =
+                    Admin::connect_as(rt, &config.namesrv, config.credentials.as_ref()).await?;
                 let found = admin.group_retry_max_times(&config.group).await;
                 admin.shutdown().await;
                 found?.ok_or_else(|| Error::MissingGroup(config.group.clone()))?
@@ -190,7 +194,7 @@ impl Consumer {
         // One consume worker: requests are taken from the client's FIFO in the
         // order each queue's pulls produced them, one at a time.
         let workers = if config.in_order { 1 } else { 20 };
-        let mut consumer = DefaultMQPushConsumer::builder(rt.client())
+        let mut builder = DefaultMQPushConsumer::builder(rt.client())
             .client_config(client_config(&config.namesrv, "switchboard-consumer"))
             .consumer_group(config.group.as_str())
             .message_model(MessageModel::Clustering)
@@ -200,8 +204,11 @@ impl Consumer {
             .consume_thread_min(workers)
             .consume_thread_max(if config.in_order { 1 } else { 64 })
             .max_reconsume_times(i32::try_from(max_reconsume_times).unwrap_or(i32::MAX))
-            .message_queue_listener(Some(listener))
-            .build();
+            .message_queue_listener(Some(listener));
+        if let Some(c) = &config.credentials {
+            builder = builder.rpc_hook(Some(c.hook()));
+        }
+        let mut consumer = builder.build();
         let topic = config.topic.clone();
         let consumer = rt
             .run("consumer start", async move {

@@ -55,6 +55,9 @@ pub enum Error {
         "the consumer holds no queue of topic {0} yet (no route, or the broker does not know the consumer)"
     )]
     NotAssigned(String),
+    /// ACL credentials that cannot be used (the reason never includes the secret key).
+    #[error("invalid RocketMQ credentials: {0}")]
+    Credentials(String),
 }
 
 impl Error {

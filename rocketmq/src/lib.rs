@@ -19,6 +19,7 @@
 //!     group: "demo-readers".into(),
 //!     max_reconsume_times: None, // the group's 3
 //!     in_order: false,
+//!     credentials: None, // or Some(Credentials::new("user", "password")?) on an ACL broker
 //! };
 //! let consumer = Consumer::start(&rt, config, |d| async move {
 //!     tracing::info!(key = ?d.key, len = d.body.len(), "received");
@@ -39,6 +40,7 @@
 
 mod admin;
 mod consumer;
+mod credentials;
 mod error;
 pub mod names;
 mod producer;
@@ -48,6 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use admin::Admin;
 pub use consumer::{Consumer, ConsumerConfig, Delivery};
+pub use credentials::Credentials;
 pub use error::Error;
 pub use producer::Producer;
 pub use runtime::Runtime;

@@ -9,7 +9,7 @@ use rocketmq_model::common::message::message_queue::MessageQueue;
 use rocketmq_model::common::message::message_single::Message;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::{Error, Runtime, unique_instance_name};
+use crate::{Credentials, Error, Runtime, unique_instance_name};
 
 /// How long one send may take, retries included (RocketMQ's `sendMsgTimeout`).
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,6 +36,7 @@ pub struct Producer {
     rt: Runtime,
     namesrv: String,
     group: String,
+    credentials: Option<Credentials>,
     inner: Arc<RwLock<DefaultMQProducer>>,
     /// When the client was last built (or rebuilt).
     built_at: Mutex<std::time::Instant>,
@@ -51,22 +52,42 @@ impl Producer {
     /// Starts a producer in producer group `group` (only a label for the broker; it need
     /// not be provisioned) that finds brokers through the name server at `namesrv`.
     pub async fn start(rt: &Runtime, namesrv: &str, group: &str) -> Result<Self, Error> {
-        let producer = Self::build(rt, namesrv, group).await?;
+        Self::start_as(rt, namesrv, group, None).await
+    }
+
+    /// [`Producer::start`], signing every request with `credentials` (a broker with
+    /// ACL: the user needs `Pub` on the topics it sends to).
+    pub async fn start_as(
+        rt: &Runtime,
+        namesrv: &str,
+        group: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, Error> {
+        let producer = Self::build(rt, namesrv, group, credentials.as_ref()).await?;
         Ok(Self {
             rt: rt.clone(),
             namesrv: namesrv.to_owned(),
             group: group.to_owned(),
+            credentials,
             inner: Arc::new(RwLock::new(producer)),
             built_at: Mutex::new(std::time::Instant::now()),
         })
     }
 
-    async fn build(rt: &Runtime, namesrv: &str, group: &str) -> Result<DefaultMQProducer, Error> {
-        let mut producer = DefaultMQProducer::builder(rt.client())
+    async fn build(
+        rt: &Runtime,
+        namesrv: &str,
+        group: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<DefaultMQProducer, Error> {
+        let mut builder = DefaultMQProducer::builder(rt.client())
             .client_config(client_config(namesrv, "switchboard-producer"))
             .producer_group(group)
-            .send_msg_timeout(u32::try_from(SEND_TIMEOUT.as_millis()).unwrap_or(u32::MAX))
-            .build();
+            .send_msg_timeout(u32::try_from(SEND_TIMEOUT.as_millis()).unwrap_or(u32::MAX));
+        if let Some(c) = credentials {
+            builder = builder.rpc_hook(c.hook());
+        }
+        let mut producer = builder.build();
         let producer = rt
             .run("producer start", async move {
                 producer.start().await.map(|()| producer)
@@ -84,7 +105,14 @@ impl Producer {
             return false;
         }
         *built_at = std::time::Instant::now();
-        let Ok(fresh) = Self::build(&self.rt, &self.namesrv, &self.group).await else {
+        let Ok(fresh) = Self::build(
+            &self.rt,
+            &self.namesrv,
+            &self.group,
+            self.credentials.as_ref(),
+        )
+        .await
+        else {
             return false;
         };
         let inner = Arc::clone(&self.inner);

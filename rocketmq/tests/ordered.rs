@@ -36,6 +36,7 @@ async fn an_in_order_consumer_hands_over_each_lane_in_send_order() {
             group: group.clone(),
             max_reconsume_times: None,
             in_order: true,
+            credentials: None,
         };
         let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {
             let text = String::from_utf8(d.body).map_err(|e| e.to_string())?;

@@ -54,9 +54,14 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
         store: Arc::new(super::redis::RedisStore::new(conn, keys, limits(cfg))),
         bus: match (&cfg.rocketmq_namesrv, &cfg.topic_prefix) {
             (Some(namesrv), Some(prefix)) => Arc::new(
-                super::rocketmq::RocketMqBus::start(namesrv, prefix, cfg.rocketmq_retry_max)
-                    .await
-                    .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?,
+                super::rocketmq::RocketMqBus::start(
+                    namesrv,
+                    prefix,
+                    cfg.rocketmq_retry_max,
+                    cfg.rocketmq_credentials()?,
+                )
+                .await
+                .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?,
             ),
             _ => Arc::new(MemoryBus::new()),
         },

@@ -100,6 +100,12 @@ pub(super) fn env(cc: &ChatCluster) -> Vec<EnvVar> {
     if let Some(r) = &s.auth.admin_token_secret_ref {
         env.push(secret("SB_ADMIN_TOKEN", r));
     }
+    if let Some(r) = &s.rocketmq.access_key_secret_ref {
+        env.push(secret("SB_ROCKETMQ_ACCESS_KEY", r));
+    }
+    if let Some(r) = &s.rocketmq.secret_key_secret_ref {
+        env.push(secret("SB_ROCKETMQ_SECRET_KEY", r));
+    }
     env
 }
 
@@ -177,6 +183,44 @@ mod tests {
             .unwrap();
         assert_eq!((jwt.name.as_str(), jwt.key.as_str()), ("jwt", "secret"));
         assert!(!node_config(&cc, &validate(&cc, "n").unwrap()).contains_key("SB_REDIS_URL"));
+    }
+
+    #[test]
+    fn rocketmq_credentials_come_from_their_secret_refs() {
+        let mut cc = sample();
+        let r = |key: &str| SecretKeyRef {
+            name: "rmq".into(),
+            key: key.into(),
+        };
+        cc.spec.rocketmq.access_key_secret_ref = Some(r("accessKey"));
+        cc.spec.rocketmq.secret_key_secret_ref = Some(r("secretKey"));
+        let env = env(&cc);
+        let from = |name: &str| {
+            let e = env.iter().find(|e| e.name == name).unwrap();
+            let s = e
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            (s.name.clone(), s.key.clone(), e.value.clone())
+        };
+        assert_eq!(
+            from("SB_ROCKETMQ_ACCESS_KEY"),
+            ("rmq".into(), "accessKey".into(), None)
+        );
+        assert_eq!(
+            from("SB_ROCKETMQ_SECRET_KEY"),
+            ("rmq".into(), "secretKey".into(), None)
+        );
+        let config = node_config(&cc, &validate(&cc, "n").unwrap());
+        assert!(
+            config.keys().all(|k| !k.starts_with("SB_ROCKETMQ_")
+                || k.ends_with("NAMESRV")
+                || k.ends_with("RETRY_MAX")),
+            "{config:?}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 use switchboard_rocketmq::names::Names;
-use switchboard_rocketmq::{Admin, Runtime};
+use switchboard_rocketmq::{Admin, Credentials, Runtime};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::Error;
@@ -58,6 +58,7 @@ impl Layout {
 #[derive(Debug)]
 pub struct Brokers {
     rt: Runtime,
+    credentials: Option<Credentials>,
     admins: Mutex<HashMap<String, Arc<Admin>>>,
     known: Mutex<Known>,
 }
@@ -72,9 +73,11 @@ enum Kind {
 }
 
 impl Brokers {
-    pub fn new(rt: Runtime) -> Self {
+    /// `credentials` sign every admin request, on every name server (brokers with ACL).
+    pub fn new(rt: Runtime, credentials: Option<Credentials>) -> Self {
         Self {
             rt,
+            credentials,
             admins: Mutex::default(),
             known: Mutex::default(),
         }
@@ -85,7 +88,7 @@ impl Brokers {
         if let Some(a) = admins.get(namesrv) {
             return Ok(a.clone());
         }
-        let a = Arc::new(Admin::connect(&self.rt, namesrv).await?);
+        let a = Arc::new(Admin::connect_as(&self.rt, namesrv, self.credentials.as_ref()).await?);
         admins.insert(namesrv.to_owned(), a.clone());
         Ok(a)
     }

@@ -8,6 +8,7 @@
 )]
 
 pub mod moving;
+pub mod own_deps;
 pub mod realpods;
 pub mod soak;
 pub mod traffic;
@@ -22,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use switchboard_rocketmq::names::Names;
-use switchboard_rocketmq::{Admin, Runtime};
+use switchboard_rocketmq::{Admin, Credentials, Runtime};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -121,6 +122,7 @@ pub struct Cluster {
     redis: String,
     drain_timeout: String,
     extra_env: Vec<(String, String)>,
+    credentials: Option<Credentials>,
 }
 
 impl Cluster {
@@ -158,6 +160,7 @@ impl Cluster {
             redis: env("SB_TEST_REDIS_URL"),
             drain_timeout: drain_timeout.into(),
             extra_env: Vec::new(),
+            credentials: None,
         }
     }
 
@@ -171,11 +174,26 @@ impl Cluster {
         self.redis = url.into();
     }
 
+    /// Points provisioning and the pods spawned from now on at another name server.
+    pub fn use_rocketmq(&mut self, namesrv: &str) {
+        self.namesrv = namesrv.into();
+    }
+
+    /// Signs provisioning with these ACL credentials, and gives them to the pods
+    /// spawned from now on (`SB_ROCKETMQ_ACCESS_KEY`, `SB_ROCKETMQ_SECRET_KEY`).
+    pub fn use_rocketmq_credentials(&mut self, access_key: &str, secret_key: &str) {
+        self.credentials = Some(Credentials::new(access_key, secret_key).unwrap());
+        self.set_env("SB_ROCKETMQ_ACCESS_KEY", access_key);
+        self.set_env("SB_ROCKETMQ_SECRET_KEY", secret_key);
+    }
+
     /// Creates the topics and groups of ordinals `0..n` (with the project's
     /// own provisioning code, as the operator does).
     pub async fn provision(&self, n: u32) {
         let rt = Runtime::new().unwrap();
-        let admin = Admin::connect(&rt, &self.namesrv).await.unwrap();
+        let admin = Admin::connect_as(&rt, &self.namesrv, self.credentials.as_ref())
+            .await
+            .unwrap();
         let names = Names::new(&self.prefix);
         for i in 0..n {
             admin.ensure_topic(&names.node_topic(i), 4).await.unwrap();

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use switchboard_rocketmq::names::Names;
-use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Producer, Runtime};
+use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Credentials, Producer, Runtime};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -60,6 +60,7 @@ pub struct RocketMqBus {
     namesrv: String,
     names: Names,
     retry_max: u32,
+    credentials: Option<Credentials>,
     lanes: Lanes,
     consumer: Mutex<Option<Consumer>>,
 }
@@ -76,10 +77,17 @@ impl std::fmt::Debug for RocketMqBus {
 impl RocketMqBus {
     /// Starts the producer. Topics and groups are not created here: they
     /// belong to the operator.
-    pub async fn start(namesrv: &str, prefix: &str, retry_max: u32) -> BackendResult<Self> {
+    /// `credentials` sign every request (a broker with ACL).
+    pub async fn start(
+        namesrv: &str,
+        prefix: &str,
+        retry_max: u32,
+        credentials: Option<Credentials>,
+    ) -> BackendResult<Self> {
         let rt = Runtime::new().map_err(unavailable)?;
         let names = Names::new(prefix);
-        let producer = Producer::start(&rt, namesrv, &format!("{prefix}-producer"))
+        let group = format!("{prefix}-producer");
+        let producer = Producer::start_as(&rt, namesrv, &group, credentials.clone())
             .await
             .map_err(unavailable)?;
         Ok(Self {
@@ -87,6 +95,7 @@ impl RocketMqBus {
             namesrv: namesrv.to_owned(),
             names,
             retry_max,
+            credentials,
             lanes: Lanes::new(producer),
             consumer: Mutex::new(None),
         })
@@ -144,7 +153,7 @@ impl Bus for RocketMqBus {
         );
         // A consumer of a group that was never created starts fine and then
         // receives nothing: refuse to start instead, so the pod stays not-ready.
-        let admin = Admin::connect(&self.rt, &self.namesrv)
+        let admin = Admin::connect_as(&self.rt, &self.namesrv, self.credentials.as_ref())
             .await
             .map_err(unavailable)?;
         let exists = async {
@@ -170,6 +179,7 @@ impl Bus for RocketMqBus {
             group,
             max_reconsume_times: Some(self.retry_max),
             in_order: true,
+            credentials: self.credentials.clone(),
         };
         // The handler runs right on the client's (blocking) consume thread: handing
         // every push to the node's runtime and waiting for it there cost a thread

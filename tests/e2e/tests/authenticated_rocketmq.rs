@@ -1,0 +1,137 @@
+//! RocketMQ with ACL 2.0 (every request authenticated and authorized), as production
+//! runs it: the broker refuses unsigned and wrongly signed admin calls; provisioning
+//! (the operator's admin calls) and release nodes work with the right credentials,
+//! across pods; a node with a wrong secret key stays not ready and says why, one with
+//! half the credentials refuses to start; the secret key is never printed, at debug
+//! level, nor in metrics.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use switchboard_e2e::own_deps::OwnDeps;
+use switchboard_e2e::{Cluster, node_bin, wait_ready};
+use switchboard_rocketmq::{Admin, Credentials, Runtime};
+
+const USER: &str = "sbadmin";
+const PASSWORD: &str = "rmq-acl-pw-5d1e9b7c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_provisioning_work_on_a_broker_with_acl_and_never_print_the_secret() {
+    let deps = OwnDeps::start(&["--acl", &format!("{USER}:{PASSWORD}")]);
+    let namesrv = deps.get("SB_TEST_ROCKETMQ_NAMESRV").to_owned();
+
+    // The broker enforces ACL: no signature, or a wrong one, creates nothing.
+    let rt = Runtime::new().unwrap();
+    let wrong = Credentials::new(USER, "not-the-password").unwrap();
+    for (what, creds) in [("unsigned", None), ("wrong secret key", Some(&wrong))] {
+        let admin = Admin::connect_as(&rt, &namesrv, creds).await.unwrap();
+        let refused = admin.ensure_topic("sb-acl-probe", 1).await;
+        let e = refused.expect_err(what).to_string();
+        assert!(!e.contains(PASSWORD), "{what}: {e}");
+        eprintln!("{what}: refused: {e}");
+        admin.shutdown().await;
+    }
+    let right = Credentials::new(USER, PASSWORD).unwrap();
+    let admin = Admin::connect_as(&rt, &namesrv, Some(&right))
+        .await
+        .unwrap();
+    assert!(!admin.topic_exists("sb-acl-probe").await.unwrap());
+    admin.shutdown().await;
+    rt.shutdown().await;
+
+    // Provisioning and two nodes with the right credentials: a message across pods.
+    let mut c = Cluster::new("acl", "1s");
+    c.use_redis(deps.get("SB_TEST_REDIS_URL"));
+    c.use_rocketmq(&namesrv);
+    c.use_rocketmq_credentials(USER, PASSWORD);
+    c.set_env("SB_LOG", "debug");
+    c.provision(3).await;
+    c.pods.push(c.spawn(0));
+    c.pods.push(c.spawn(1));
+    for p in &c.pods {
+        wait_ready(p).await;
+    }
+    let mut ana = c.pod(0).connect("ana").await;
+    let mut ben = c.pod(1).connect("ben").await;
+    let sent = ana.say("ben", "acl-1", "signed all the way").await;
+    let got = ben.expect("message").await;
+    assert_eq!(
+        (got["msg_id"].clone(), got["content"].as_str()),
+        (sent["msg_id"].clone(), Some("signed all the way"))
+    );
+    for p in &c.pods {
+        let (_, metrics) = p.get("/metrics").await;
+        assert!(
+            !metrics.to_string().contains(PASSWORD),
+            "{} metrics",
+            p.name
+        );
+        let log = p.log().join("\n");
+        assert!(log.contains("DEBUG"), "the log is at debug level");
+        assert!(
+            !log.contains(PASSWORD),
+            "{} printed the secret key:\n{log}",
+            p.name
+        );
+    }
+
+    // A wrong secret key: the node starts but its bus subscription is refused, so it
+    // stays not ready, and its log says so.
+    let mut bad = Cluster::new("acl", "1s");
+    bad.use_redis(deps.get("SB_TEST_REDIS_URL"));
+    bad.use_rocketmq(&namesrv);
+    bad.use_rocketmq_credentials(USER, "wrong-secret-key-42");
+    bad.set_env("SB_LOG", "debug");
+    let pod = bad.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, body) = pod.get("/readyz").await;
+        assert_eq!(st, 503, "ready with a wrong secret key: {body}");
+        if body["checks"]["bus"] == "failing"
+            && pod
+                .log()
+                .iter()
+                .any(|l| l.contains("cannot subscribe to the bus"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{body}\n{}",
+            pod.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pod.get("/readyz").await.0, 503, "still not ready");
+    let log = pod.log().join("\n");
+    assert!(
+        !log.contains("wrong-secret-key-42"),
+        "printed the secret key:\n{log}"
+    );
+
+    // Half the credentials: a clear error at start, no secret in it.
+    let out = Command::new(node_bin())
+        .env_clear()
+        .env("SB_LISTEN", "127.0.0.1:0")
+        .env("POD_NAME", "sb-0")
+        .env("SB_JWT_SECRET", switchboard_e2e::SECRET)
+        .env("SB_REDIS_URL", deps.get("SB_TEST_REDIS_URL"))
+        .env("SB_ROCKETMQ_NAMESRV", &namesrv)
+        .env("SB_TOPIC_PREFIX", "acl-half")
+        .env("SB_ROCKETMQ_SECRET_KEY", PASSWORD)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "started with a secret key alone:\n{text}"
+    );
+    assert!(text.contains("SB_ROCKETMQ_ACCESS_KEY"), "{text}");
+    assert!(!text.contains(PASSWORD), "printed the secret key:\n{text}");
+}
