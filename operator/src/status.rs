@@ -223,6 +223,18 @@ pub fn next(input: Input<'_>) -> ChatClusterStatus {
     st
 }
 
+/// The old status with `provisioned` recorded and nothing else changed: written after
+/// new topics were created and before the StatefulSet may start their pods, so that the
+/// status never shows a pod without its topic.
+pub fn recorded(old: Option<&ChatClusterStatus>, provisioned: Provisioned) -> ChatClusterStatus {
+    let mut st = old.cloned().unwrap_or_default();
+    st.topics = provisioned.topics;
+    st.groups = provisioned.groups;
+    st.queues_per_topic = Some(provisioned.queues_per_topic);
+    st.retry_max_times = Some(provisioned.retry_max_times);
+    st
+}
+
 /// The condition of type `type_`, if set.
 pub fn condition<'a>(st: &'a ChatClusterStatus, type_: &str) -> Option<&'a Condition> {
     st.conditions.iter().find(|c| c.type_ == type_)
@@ -325,5 +337,25 @@ mod tests {
         ));
         assert_eq!(st.phase.as_deref(), Some("Invalid"));
         assert_eq!(condition(&st, types::READY).unwrap().reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn recording_new_topics_changes_nothing_else() {
+        let first = next(input(None, applied(3, 3), 10));
+        let st = recorded(
+            Some(&first),
+            Provisioned {
+                topics: vec!["t".into(), "t2".into()],
+                groups: vec!["g".into()],
+                queues_per_topic: 8,
+                retry_max_times: 3,
+            },
+        );
+        assert_eq!(st.topics, vec!["t".to_owned(), "t2".to_owned()]);
+        assert_eq!(st.queues_per_topic, Some(8));
+        assert_eq!(
+            (st.phase.clone(), st.conditions.clone(), st.ready_replicas),
+            (first.phase.clone(), first.conditions.clone(), 3)
+        );
     }
 }

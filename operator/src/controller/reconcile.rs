@@ -194,6 +194,20 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
         }
     }
 
+    // The status records the new topics before the StatefulSet may run their pods (a
+    // reader of the status never sees a pod whose topic it does not list).
+    let recorded = recorded_ordinals(&cc, &layout);
+    if (0..desired).any(|o| !recorded.contains(&o)) {
+        let ordinals: BTreeSet<u32> = (0..desired).chain(recorded).collect();
+        let provisioned = status::Provisioned {
+            topics: layout.topics(ordinals.iter().copied()),
+            groups: layout.groups(ordinals.iter().copied()),
+            queues_per_topic: layout.queues,
+            retry_max_times: layout.retry_max,
+        };
+        write_status(ctx, &cc, status::recorded(cc.status.as_ref(), provisioned)).await?;
+    }
+
     // 2. The Kubernetes objects, in a fixed order. No `..`: an object nobody applies
     //    does not compile.
     let Built {

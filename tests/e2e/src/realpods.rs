@@ -17,6 +17,19 @@ use switchboard_kubetest::{Forward, RealCluster, RealOptions};
 
 use crate::{ADMIN_TOKEN, SECRET};
 
+/// `helm install` of the chart with its defaults, waiting for the operator.
+pub const INSTALL: &[&str] = &[
+    "install",
+    "switchboard",
+    "charts/switchboard",
+    "--namespace",
+    SYSTEM_NS,
+    "--create-namespace",
+    "--wait",
+    "--timeout",
+    "180s",
+];
+
 /// The chart's release namespace.
 pub const SYSTEM_NS: &str = "switchboard-system";
 /// The namespace of the test's ChatClusters.
@@ -103,26 +116,14 @@ impl Card {
         .unwrap();
         eprintln!("real-pod cluster up in {:?}", rc.started_in());
         let t = Instant::now();
-        let mut helm = rc.helm();
-        helm.current_dir(repo()).args([
-            "install",
-            "switchboard",
-            "charts/switchboard",
-            "--namespace",
-            SYSTEM_NS,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "180s",
-        ]);
-        run(helm, None);
-        let install_took = t.elapsed();
-        eprintln!("helm install --wait: {install_took:?}");
-        let card = Self {
+        let mut card = Self {
             rc,
             forwards: Mutex::new(HashMap::new()),
-            install_took,
+            install_took: Duration::ZERO,
         };
+        card.helm(INSTALL);
+        card.install_took = t.elapsed();
+        eprintln!("helm install --wait: {:?}", card.install_took);
         card.kubectl(&["create", "namespace", CHAT_NS]);
         card.kubectl(&[
             "-n",
@@ -143,6 +144,13 @@ impl Card {
             &format!("--from-literal=token={ADMIN_TOKEN}"),
         ]);
         card
+    }
+
+    /// `helm ARGS` from the repository root (the chart is `charts/switchboard`).
+    pub fn helm(&self, args: &[&str]) -> String {
+        let mut cmd = self.rc.helm();
+        cmd.current_dir(repo()).args(args);
+        run(cmd, None)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {

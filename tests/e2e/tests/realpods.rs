@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchboard_e2e::Client;
 use switchboard_e2e::moving::Stream;
-use switchboard_e2e::realpods::{CHAT_NS, Card, SYSTEM_NS, wait_for};
+use switchboard_e2e::realpods::{CHAT_NS, Card, INSTALL, SYSTEM_NS, wait_for};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -163,6 +163,10 @@ async fn scale(card: &Card, n: usize) -> Vec<(String, String)> {
         "only the remaining pods exist",
         Duration::from_secs(180),
         || {
+            // The status before and after the pod list: a new topic is recorded before
+            // its pod is created, a removed one after its pod is gone, so a listed pod
+            // has its topic in one of the two whichever way the cluster is scaling.
+            let before = card.get_json(&["-n", CHAT_NS, "chatcluster", "chat"])?;
             let all = card.get_json(&[
                 "-n",
                 CHAT_NS,
@@ -172,6 +176,10 @@ async fn scale(card: &Card, n: usize) -> Vec<(String, String)> {
             ])?;
             let cc = card.get_json(&["-n", CHAT_NS, "chatcluster", "chat"])?;
             let topics = node_topics(&cc);
+            let seen: Vec<String> = node_topics(&before)
+                .into_iter()
+                .chain(topics.clone())
+                .collect();
             let names: Vec<&str> = all["items"]
                 .as_array()?
                 .iter()
@@ -180,10 +188,9 @@ async fn scale(card: &Card, n: usize) -> Vec<(String, String)> {
             for name in &names {
                 let ordinal = name.rsplit('-').next().unwrap();
                 assert!(
-                    topics
-                        .iter()
+                    seen.iter()
                         .any(|t| t.ends_with(&format!("-node-{ordinal}"))),
-                    "{name} exists without its topic: {topics:?}"
+                    "{name} exists without its topic: {seen:?}"
                 );
             }
             (names.len() == n && topics.len() == n).then_some(())
@@ -345,6 +352,106 @@ async fn rollouts_forced_deletes_and_a_killed_operator_lose_nothing() {
         owned_versions(&card),
         versions,
         "written again after the takeover"
+    );
+
+    // helm upgrade (a changed value): the operator Deployment rolls, the new pod takes
+    // the Lease and, finding everything right, writes nothing.
+    let t = Instant::now();
+    card.helm(&[
+        "upgrade",
+        "switchboard",
+        "charts/switchboard",
+        "--namespace",
+        SYSTEM_NS,
+        "--reuse-values",
+        "--set",
+        "concurrency=8",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    let upgraded = wait_for(
+        "an operator pod of the upgrade holds the Lease",
+        Duration::from_secs(120),
+        || {
+            let lease = card.get_json(&["-n", SYSTEM_NS, "lease", "switchboard"])?;
+            let holder = lease["spec"]["holderIdentity"].as_str()?.to_owned();
+            let pod = card.get_json(&["-n", SYSTEM_NS, "pod", &holder])?;
+            let env = pod["spec"]["containers"][0]["env"].as_array()?.clone();
+            env.iter()
+                .any(|e| e["name"] == "SB_CONCURRENCY" && e["value"] == "8")
+                .then_some(holder)
+        },
+    )
+    .await;
+    eprintln!("helm upgrade -> {upgraded} leads after {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        owned_versions(&card),
+        versions,
+        "written again after the upgrade"
+    );
+
+    // helm uninstall: the operator goes; the CRD (Helm never deletes what the chart's
+    // crds/ installed), the ChatCluster and its pods stay and serve.
+    card.helm(&[
+        "uninstall",
+        "switchboard",
+        "--namespace",
+        SYSTEM_NS,
+        "--wait",
+    ]);
+    wait_for("the operator pods gone", Duration::from_secs(60), || {
+        let ops = card.get_json(&["-n", SYSTEM_NS, "pods"])?;
+        ops["items"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        card.get_json(&["crd", "chatclusters.switchboard.dev"])
+            .is_some()
+    );
+    card.wait_ready("chat", 3, Duration::from_secs(30)).await;
+    let mut ana = Client::try_connect(svc, "ana-unmanaged")
+        .await
+        .expect("connect");
+    let mut ben = Client::try_connect(svc, "ben-unmanaged")
+        .await
+        .expect("connect");
+    let sent = ana.say("ben-unmanaged", "u1", "no operator").await;
+    assert_eq!(ben.expect("message").await["msg_id"], sent["msg_id"]);
+    ana.close().await;
+    ben.close().await;
+
+    // Deleted while no operator runs, the ChatCluster waits on its finalizer; the next
+    // operator (helm install again) deletes its topics and lets it go.
+    card.kubectl(&[
+        "-n",
+        CHAT_NS,
+        "delete",
+        "chatcluster",
+        "chat",
+        "--wait=false",
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cc = card
+        .get_json(&["-n", CHAT_NS, "chatcluster", "chat"])
+        .unwrap();
+    assert!(cc["metadata"]["deletionTimestamp"].is_string(), "{cc}");
+    let t = Instant::now();
+    card.helm(INSTALL);
+    wait_for("the ChatCluster deleted", Duration::from_secs(180), || {
+        card.get_json(&["-n", CHAT_NS, "chatcluster", "chat"])
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "helm install again -> the pending delete finished in {:?}",
+        t.elapsed()
+    );
+    assert!(
+        card.get_json(&["-n", CHAT_NS, "statefulset", "chat"])
+            .is_none()
     );
 
     // A spec the nodes would refuse never gets a pod: the apiserver refuses it.
