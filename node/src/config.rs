@@ -226,15 +226,11 @@ impl Config {
 
     /// The RocketMQ ACL credentials: both keys or neither.
     pub fn rocketmq_credentials(&self) -> Result<Option<Credentials>, String> {
-        match (&self.rocketmq_access_key, &self.rocketmq_secret_key) {
-            (None, None) => Ok(None),
-            (Some(access), Some(secret)) => Credentials::new(access, secret.expose())
-                .map(Some)
-                .map_err(|e| e.to_string()),
-            _ => {
-                Err("set both SB_ROCKETMQ_ACCESS_KEY and SB_ROCKETMQ_SECRET_KEY, or neither".into())
-            }
-        }
+        Credentials::from_parts(
+            self.rocketmq_access_key.as_deref(),
+            self.rocketmq_secret_key.as_ref().map(Secret::expose),
+        )
+        .map_err(|e| format!("SB_ROCKETMQ_ACCESS_KEY / SB_ROCKETMQ_SECRET_KEY: {e}"))
     }
 
     /// Defaults, as if started with no flags and no environment: for tests.

@@ -95,17 +95,11 @@ impl RunArgs {
     pub fn rocketmq_credentials(
         &self,
     ) -> Result<Option<switchboard_rocketmq::Credentials>, String> {
-        match (&self.rocketmq_access_key, &self.rocketmq_secret_key) {
-            (None, None) => Ok(None),
-            (Some(access), Some(secret)) => {
-                switchboard_rocketmq::Credentials::new(access, &secret.0)
-                    .map(Some)
-                    .map_err(|e| e.to_string())
-            }
-            _ => {
-                Err("set both SB_ROCKETMQ_ACCESS_KEY and SB_ROCKETMQ_SECRET_KEY, or neither".into())
-            }
-        }
+        switchboard_rocketmq::Credentials::from_parts(
+            self.rocketmq_access_key.as_deref(),
+            self.rocketmq_secret_key.as_ref().map(|s| s.0.as_str()),
+        )
+        .map_err(|e| format!("SB_ROCKETMQ_ACCESS_KEY / SB_ROCKETMQ_SECRET_KEY: {e}"))
     }
 }
 

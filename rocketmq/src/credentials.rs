@@ -35,6 +35,23 @@ impl Credentials {
         })
     }
 
+    /// Credentials from configuration, where either key may be missing: both or neither.
+    pub fn from_parts(
+        access_key: Option<&str>,
+        secret_key: Option<&str>,
+    ) -> Result<Option<Self>, Error> {
+        match (access_key, secret_key) {
+            (None, None) => Ok(None),
+            (Some(access), Some(secret)) => Self::new(access, secret).map(Some),
+            (Some(_), None) => Err(Error::Credentials(
+                "an access key without its secret key: set both or neither".into(),
+            )),
+            (None, Some(_)) => Err(Error::Credentials(
+                "a secret key without its access key: set both or neither".into(),
+            )),
+        }
+    }
+
     /// The access key (the ACL user name).
     pub fn access_key(&self) -> &str {
         &self.access_key
@@ -70,6 +87,22 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(shown.contains("chat-node"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn from_parts_takes_both_keys_or_neither() {
+        assert_eq!(Credentials::from_parts(None, None).unwrap(), None);
+        let c = Credentials::from_parts(Some("a"), Some("b"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.access_key(), "a");
+        for (a, s) in [(Some("a"), None), (None, Some("secret-b"))] {
+            let e = Credentials::from_parts(a, s).unwrap_err().to_string();
+            assert!(
+                e.contains("both or neither") && !e.contains("secret-b"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -12,19 +12,19 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { T, bubbles, delay, eventually, jwt, status, transcript } from './lib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '..', '..');
 const NODE_BIN = process.env.SB_NODE_BIN || path.join(REPO, 'target', 'debug', 'switchboard-node');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const ARTIFACTS = path.join(HERE, 'artifacts');
-const T = 10_000; // how long any single expectation may take to come true
 
 let nodeLog = [];     // output lines of every node, for failure messages
 let baseUrl = '';
@@ -106,39 +106,7 @@ function upgradeResponse(url, path) {
   });
 }
 
-/** An HS256 JWT for `sub`, valid for 10 minutes. */
-function jwt(sub, secret) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + 600 })}`;
-  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
-
 // ---- helpers ---------------------------------------------------------------
-
-/** Resolves with `value` after `ms`, without keeping the process alive. */
-function delay(ms, value) {
-  return new Promise((resolve) => setTimeout(resolve, ms, value).unref());
-}
-
-/** Polls `fn` until it returns a truthy value; fails after `timeout` ms. */
-async function eventually(what, fn, timeout = T) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) {
-      const detail = last instanceof Error ? last.message : JSON.stringify(last);
-      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${detail})`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function newPage(context, name) {
   const page = await context.newPage();
@@ -156,31 +124,8 @@ async function signIn(page, user, { url = baseUrl, token } = {}) {
   assert.equal(await page.getByTestId('me').textContent(), user);
 }
 
-/** Waits for the connection status badge to show `state`. */
-function status(page, state) {
-  return page.locator(`[data-testid="status"][data-state="${state}"]`).waitFor({ timeout: T });
-}
-
-/** Message bubbles containing `text`, optionally only those from `from`. */
-function bubbles(page, text, from) {
-  const sel = from ? `[data-testid="message"][data-from="${from}"]` : '[data-testid="message"]';
-  return page.locator(sel, { hasText: text });
-}
-
 async function bubbleStatus(page, text, state) {
   await page.locator(`[data-testid="message"][data-status="${state}"]`, { hasText: text }).waitFor({ timeout: T });
-}
-
-/** Every bubble of the open conversation, in display order. */
-function transcript(page) {
-  return page.locator('[data-testid="message"]').evaluateAll((els) =>
-    els.map((e) => ({
-      from: e.dataset.from,
-      seq: Number(e.dataset.seq),
-      id: e.dataset.msgId,
-      status: e.dataset.status,
-      text: e.querySelector('.text').textContent,
-    })));
 }
 
 /** Records every data-status change of message bubbles, from now on. */

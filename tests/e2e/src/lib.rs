@@ -179,10 +179,14 @@ impl Cluster {
         self.namesrv = namesrv.into();
     }
 
-    /// Signs provisioning with these ACL credentials, and gives them to the pods
-    /// spawned from now on (`SB_ROCKETMQ_ACCESS_KEY`, `SB_ROCKETMQ_SECRET_KEY`).
-    pub fn use_rocketmq_credentials(&mut self, access_key: &str, secret_key: &str) {
+    /// Signs provisioning with these ACL credentials (the operator's).
+    pub fn provision_as(&mut self, access_key: &str, secret_key: &str) {
         self.credentials = Some(Credentials::new(access_key, secret_key).unwrap());
+    }
+
+    /// Gives the pods spawned from now on these ACL credentials
+    /// (`SB_ROCKETMQ_ACCESS_KEY`, `SB_ROCKETMQ_SECRET_KEY`).
+    pub fn sign_pods_as(&mut self, access_key: &str, secret_key: &str) {
         self.set_env("SB_ROCKETMQ_ACCESS_KEY", access_key);
         self.set_env("SB_ROCKETMQ_SECRET_KEY", secret_key);
     }

@@ -34,6 +34,21 @@ impl OwnDeps {
         Self { env }
     }
 
+    /// Runs `scripts/deps ARGS` on this set (e.g. `add-user`); panics when it fails.
+    pub fn run(&self, args: &[&str]) {
+        let out = Command::new("bash")
+            .arg(script())
+            .args(args)
+            .env("SB_DEPS_DIR", self.get("SB_DEPS_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run scripts/deps: {e}"));
+        assert!(
+            out.status.success(),
+            "scripts/deps {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// One of the variables `start` exported (`SB_TEST_ROCKETMQ_NAMESRV`, ...).
     pub fn get(&self, name: &str) -> &str {
         self.env

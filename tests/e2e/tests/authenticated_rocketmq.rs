@@ -15,6 +15,9 @@ use switchboard_rocketmq::{Admin, Credentials, Runtime};
 
 const USER: &str = "sbadmin";
 const PASSWORD: &str = "rmq-acl-pw-5d1e9b7c";
+/// The nodes' normal user.
+const NODE_USER: &str = "chatnode";
+const NODE_PASSWORD: &str = "node-acl-pw-3f8a2c6d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_and_provisioning_work_on_a_broker_with_acl_and_never_print_the_secret() {
@@ -40,13 +43,34 @@ async fn nodes_and_provisioning_work_on_a_broker_with_acl_and_never_print_the_se
     admin.shutdown().await;
     rt.shutdown().await;
 
-    // Provisioning and two nodes with the right credentials: a message across pods.
+    // Provisioning as the super user; the nodes as a normal user allowed what the docs
+    // say a node needs on the cluster's topics and groups, and nothing else.
     let mut c = Cluster::new("acl", "1s");
     c.use_redis(deps.get("SB_TEST_REDIS_URL"));
     c.use_rocketmq(&namesrv);
-    c.use_rocketmq_credentials(USER, PASSWORD);
+    c.provision_as(USER, PASSWORD);
+    c.sign_pods_as(NODE_USER, NODE_PASSWORD);
     c.set_env("SB_LOG", "debug");
     c.provision(3).await;
+    let p = c.prefix.clone();
+    deps.run(&[
+        "add-user",
+        &format!("{NODE_USER}:{NODE_PASSWORD}"),
+        &format!("Topic:{p}*,Group:{p}*"),
+        "Pub,Sub,Get",
+    ]);
+    let rt = Runtime::new().unwrap();
+    let node_user = Credentials::new(NODE_USER, NODE_PASSWORD).unwrap();
+    let admin = Admin::connect_as(&rt, &namesrv, Some(&node_user))
+        .await
+        .unwrap();
+    let e = admin
+        .ensure_topic(&format!("{p}-not-for-nodes"), 1)
+        .await
+        .expect_err("the nodes' user created a topic");
+    eprintln!("the nodes' user creating a topic: refused: {e}");
+    admin.shutdown().await;
+    rt.shutdown().await;
     c.pods.push(c.spawn(0));
     c.pods.push(c.spawn(1));
     for p in &c.pods {
@@ -62,28 +86,22 @@ async fn nodes_and_provisioning_work_on_a_broker_with_acl_and_never_print_the_se
     );
     for p in &c.pods {
         let (_, metrics) = p.get("/metrics").await;
-        assert!(
-            !metrics.to_string().contains(PASSWORD),
-            "{} metrics",
-            p.name
-        );
         let log = p.log().join("\n");
         assert!(log.contains("DEBUG"), "the log is at debug level");
-        assert!(
-            !log.contains(PASSWORD),
-            "{} printed the secret key:\n{log}",
-            p.name
-        );
+        for secret in [PASSWORD, NODE_PASSWORD] {
+            assert!(!metrics.to_string().contains(secret), "{} metrics", p.name);
+            assert!(
+                !log.contains(secret),
+                "{} printed a secret key:\n{log}",
+                p.name
+            );
+        }
     }
 
-    // A wrong secret key: the node starts but its bus subscription is refused, so it
-    // stays not ready, and its log says so.
-    let mut bad = Cluster::new("acl", "1s");
-    bad.use_redis(deps.get("SB_TEST_REDIS_URL"));
-    bad.use_rocketmq(&namesrv);
-    bad.use_rocketmq_credentials(USER, "wrong-secret-key-42");
-    bad.set_env("SB_LOG", "debug");
-    let pod = bad.spawn(2);
+    // A wrong secret key (ordinal 2 is provisioned): the node starts but its bus
+    // subscription is refused, so it stays not ready, and its log says so.
+    c.sign_pods_as(NODE_USER, "wrong-secret-key-42");
+    let pod = c.spawn(2);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (st, body) = pod.get("/readyz").await;

@@ -106,6 +106,23 @@ async fn the_card_on_real_pods() {
         c.close().await;
     }
 
+    // The web page in chromium through the client Service, signed in with JWTs: two
+    // users on different pods chat (tests/browser/cluster.mjs).
+    let t = Instant::now();
+    let browser = std::process::Command::new("node")
+        .args(["--test", "tests/browser/cluster.mjs"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .env("SB_BROWSER_URL", format!("http://{svc}"))
+        .env("SB_BROWSER_JWT_SECRET", switchboard_e2e::SECRET)
+        .env("SB_BROWSER_ADMIN_TOKEN", switchboard_e2e::ADMIN_TOKEN)
+        .status()
+        .expect("node (Node.js) runs the browser test");
+    assert!(
+        browser.success(),
+        "the web page through the client Service: {browser}"
+    );
+    eprintln!("the web page through the client Service: {:?}", t.elapsed());
+
     // Scale by editing replicas, 3 -> 5 -> 2, under continuous traffic through the
     // client Service: nothing acknowledged is lost, clients of removed pods reconnect
     // elsewhere, a pod's topic outlives the pod.
