@@ -94,7 +94,12 @@ impl Env {
 
     /// Starts the operator binary as the chart's ServiceAccount.
     pub fn operator(&self, identity: &str) -> Operator {
-        Operator::spawn(&self.sa_kubeconfig, self.cp.dir(), identity)
+        self.operator_with(identity, &[])
+    }
+
+    /// [`Env::operator`] with more environment variables.
+    pub fn operator_with(&self, identity: &str, extra: &[(&str, &str)]) -> Operator {
+        Operator::spawn(&self.sa_kubeconfig, self.cp.dir(), identity, extra)
     }
 
     /// `kubectl` as cluster admin; panics with its stderr on failure.
@@ -268,7 +273,7 @@ pub struct Operator {
 }
 
 impl Operator {
-    pub fn spawn(kubeconfig: &Path, dir: &Path, identity: &str) -> Self {
+    pub fn spawn(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[(&str, &str)]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
@@ -283,6 +288,7 @@ impl Operator {
             .env("SB_NODE_IMAGE", "ghcr.io/switchboard-dev/switchboard-node:test")
             .env("SB_CLEANUP_TIMEOUT", "10m")
             .env("RUST_LOG", "info,switchboard_operator=debug,kube=warn,rocketmq=warn,rocketmq_client_rust=warn,rocketmq_remoting=warn")
+            .envs(extra.iter().copied())
             .arg("run")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
