@@ -30,6 +30,8 @@ pub struct Applied {
     pub rolled_out: bool,
     /// Ordinals beyond `desired` whose topic waits for the pod to be gone.
     pub pending_removal: Vec<u32>,
+    /// `pod: why it last exited` for each pod whose node is not ready after a failed run.
+    pub failing: Vec<String>,
 }
 
 /// The topics and groups of the cluster and the settings they were made with.
@@ -174,7 +176,17 @@ pub fn next(input: Input<'_>) -> ChatClusterStatus {
                 } else {
                     "NotAllReady"
                 },
-                format!("{}/{} ready, {} updated", a.ready, a.desired, a.updated),
+                if a.failing.is_empty() {
+                    format!("{}/{} ready, {} updated", a.ready, a.desired, a.updated)
+                } else {
+                    format!(
+                        "{}/{} ready, {} updated; last exit of {}",
+                        a.ready,
+                        a.desired,
+                        a.updated,
+                        a.failing.join("; ")
+                    )
+                },
             );
             let (progressing, reason, msg) = if a.replicas != a.desired {
                 (
@@ -260,6 +272,7 @@ mod tests {
             updated: desired,
             rolled_out: true,
             pending_removal: vec![],
+            failing: vec![],
         })
     }
 
@@ -337,6 +350,24 @@ mod tests {
         ));
         assert_eq!(st.phase.as_deref(), Some("Invalid"));
         assert_eq!(condition(&st, types::READY).unwrap().reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn nodes_that_fail_to_start_say_why_in_nodes_ready() {
+        let mut a = match applied(3, 2) {
+            Outcome::Applied(a) => a,
+            _ => unreachable!(),
+        };
+        a.failing = vec!["chat-2: SB_JWT_SECRET: must be at least 16 bytes".into()];
+        let st = next(input(None, Outcome::Applied(a), 10));
+        let c = condition(&st, types::NODES_READY).unwrap();
+        assert_eq!(c.status, "False");
+        assert!(
+            c.message
+                .ends_with("last exit of chat-2: SB_JWT_SECRET: must be at least 16 bytes"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

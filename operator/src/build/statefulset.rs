@@ -127,6 +127,9 @@ fn container(cc: &ChatCluster, r: &Resolved) -> Container {
             ..ContainerPort::default()
         }]),
         env: Some(config::env(cc)),
+        // A node that refuses to start prints why last: the kubelet keeps the end of
+        // its log as the termination message, which the operator puts in the status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: s.redis.ca_secret_ref.as_ref().map(|_| {
             vec![VolumeMount {
                 name: REDIS_CA_VOLUME.into(),
@@ -279,6 +282,10 @@ mod tests {
         assert_eq!(pod.termination_grace_period_seconds, Some(40));
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("node:1"));
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
         let path = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
         assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
         assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));

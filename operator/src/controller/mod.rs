@@ -2,6 +2,7 @@
 //! for each, behind a leader Lease.
 
 pub mod apply;
+mod pods;
 mod reconcile;
 pub mod topics;
 

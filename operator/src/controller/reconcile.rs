@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
@@ -42,19 +42,6 @@ fn layout(cc: &ChatCluster, prefix: &str) -> Layout {
         queues: cc.spec.rocketmq.queues_per_topic,
         retry_max: cc.spec.rocketmq.retry_max_times,
     }
-}
-
-/// Ordinals of the cluster's pods that exist (also those being deleted).
-async fn pod_ordinals(ctx: &Context, ns: &str, name: &str) -> Result<BTreeSet<u32>, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let list = pods
-        .list_metadata(&ListParams::default().labels(&selector_string(name)))
-        .await?;
-    Ok(list
-        .items
-        .iter()
-        .filter_map(|p| names::ordinal(name, p.metadata.name.as_deref()?))
-        .collect())
 }
 
 /// Ordinals whose topic the status records.
@@ -302,7 +289,8 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
     }
 
     // 3. Topics of ordinals scaled away, once their pod is gone.
-    let running = pod_ordinals(ctx, &ns, &name).await?;
+    let pods = super::pods::list(ctx, &ns, &name).await?;
+    let running = &pods.ordinals;
     let beyond: BTreeSet<u32> = recorded_ordinals(&cc, &layout)
         .into_iter()
         .chain(running.iter().copied())
@@ -348,6 +336,7 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
         updated: sts_status.updated_replicas.unwrap_or(0),
         rolled_out: sts_status.observed_generation >= sts.metadata.generation,
         pending_removal: pending,
+        failing: pods.failing,
     };
     let mut input = status_input(&cc, Outcome::Applied(applied));
     input.topic_prefix = Some(resolved.topic_prefix.clone());
@@ -390,7 +379,7 @@ pub(super) async fn cleanup_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Resu
             &ctx.metrics,
         )
         .await?;
-        let running = pod_ordinals(ctx, &ns, &name).await?;
+        let running = super::pods::list(ctx, &ns, &name).await?.ordinals;
         if !running.is_empty() {
             return Err(Error::PodsRemain(
                 running.iter().map(|o| format!("{name}-{o}")).collect(),

@@ -494,4 +494,47 @@ async fn rollouts_forced_deletes_and_a_killed_operator_lose_nothing() {
         card.get_json(&["-n", CHAT_NS, "statefulset", "bad"])
             .is_none()
     );
+
+    // What the cluster cannot check, a Secret's content (a JWT secret under 16 bytes):
+    // the pod exits, and the ChatCluster's NodesReady condition says why.
+    card.kubectl(&[
+        "-n",
+        CHAT_NS,
+        "create",
+        "secret",
+        "generic",
+        "chat-jwt-short",
+        "--from-literal=secret=short",
+    ]);
+    card.apply(
+        &card
+            .chat_cluster("short", 1)
+            .replace("name: chat-jwt,", "name: chat-jwt-short,"),
+    );
+    let t = Instant::now();
+    let why = wait_for(
+        "NodesReady says why the pod exits",
+        Duration::from_secs(120),
+        || {
+            let cc = card.get_json(&["-n", CHAT_NS, "chatcluster", "short"])?;
+            let c = cc["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "NodesReady")?
+                .clone();
+            let msg = c["message"].as_str()?.to_owned();
+            (c["status"] == "False" && msg.contains("at least 16 bytes")).then_some(msg)
+        },
+    )
+    .await;
+    eprintln!("a short JWT secret, shown after {:?}: {why}", t.elapsed());
+    assert!(why.contains("short-0: "), "{why}");
+    card.kubectl(&[
+        "-n",
+        CHAT_NS,
+        "delete",
+        "chatcluster",
+        "short",
+        "--wait=false",
+    ]);
 }
