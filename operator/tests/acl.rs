@@ -18,9 +18,11 @@ const PASSWORD: &str = "op-acl-pw-8e41b0c7d2";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_signs_its_topic_administration_on_an_acl_broker() {
+    // The control plane first: it picks free ports and binds them a few seconds later,
+    // and a broker starting meanwhile (its outgoing connections) once took one of them.
+    let env = Env::start().await;
     let deps = OwnDeps::start(&["--acl", &format!("{USER}:{PASSWORD}")]);
     let acl_namesrv = deps.get("SB_TEST_ROCKETMQ_NAMESRV").to_owned();
-    let env = Env::start().await;
     let ns = env.cp.namespace("acl").await.unwrap();
     env.jwt_secret(&ns);
     let yaml = env
