@@ -31,6 +31,11 @@ pub struct ClusterArgs {
     /// RocketMQ name server for the cluster (`scripts/deps start` exports it).
     #[arg(long, env = "SB_TEST_ROCKETMQ_NAMESRV")]
     pub rocketmq_namesrv: Option<String>,
+
+    /// Whether the nodes publish the business event streams (`SB_EVENTS`),
+    /// to measure what the events' outbox and relay cost.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub events: bool,
 }
 
 /// The topics and groups this run created, deleted at the end.
@@ -91,6 +96,7 @@ impl Nodes {
                 ("SB_TOPIC_PREFIX", prefix.clone()),
                 // The loadgen connects with `?userId=`, as on a standalone node.
                 ("SB_DEV_AUTH", "true".to_owned()),
+                ("SB_EVENTS", cluster.events.to_string()),
             ]
             .map(|(k, v)| (k.to_owned(), v));
             match Target::spawn(target, &env).await {
@@ -194,7 +200,20 @@ async fn provision(
     let rt = Runtime::new()?;
     let admin = Admin::connect(&rt, namesrv).await?;
     let mut result = Ok(());
+    for topic in names.shared_topics() {
+        result = if create {
+            admin.ensure_topic(&topic, QUEUES).await
+        } else {
+            admin.delete_topic(&topic).await
+        };
+        if result.is_err() {
+            break;
+        }
+    }
     for i in 0..nodes {
+        if result.is_err() {
+            break;
+        }
         let (topic, group) = (names.node_topic(i), names.node_group(i));
         result = if create {
             match admin.ensure_topic(&topic, QUEUES).await {

@@ -82,6 +82,18 @@ pub struct Config {
     #[arg(long, env = "SB_ROCKETMQ_SECRET_KEY", hide_env_values = true)]
     pub rocketmq_secret_key: Option<Secret>,
 
+    /// Publish the business event streams (`<prefix>-events`,
+    /// `<prefix>-cluster-events`) through a transactional outbox in Redis.
+    /// Needs Redis and RocketMQ; ignored otherwise.
+    #[arg(long, env = "SB_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events: bool,
+
+    /// Event outbox entries (one per accepted message) that may wait for
+    /// RocketMQ, all shards together; past that, sends are refused with
+    /// `unavailable` rather than events dropped.
+    #[arg(long, env = "SB_EVENTS_OUTBOX_LIMIT", default_value_t = 160_000)]
+    pub events_outbox_limit: usize,
+
     /// HS256 secret for client JWTs (`sub` = user id, `exp` required). When
     /// set, clients must present `?token=` or `Authorization: Bearer`.
     #[arg(long, env = "SB_JWT_SECRET", hide_env_values = true)]
@@ -231,6 +243,14 @@ impl Config {
             self.rocketmq_secret_key.as_ref().map(Secret::expose),
         )
         .map_err(|e| format!("SB_ROCKETMQ_ACCESS_KEY / SB_ROCKETMQ_SECRET_KEY: {e}"))
+    }
+
+    /// The outbox limit of one shard (the limit is checked per shard, in the
+    /// same script that appends).
+    pub fn events_outbox_per_shard(&self) -> usize {
+        self.events_outbox_limit
+            .div_ceil(crate::backend::outbox::SHARDS as usize)
+            .max(1)
     }
 
     /// Defaults, as if started with no flags and no environment: for tests.

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod hub;
 pub mod ids;
@@ -57,12 +58,25 @@ pub async fn run(
     let bus = tokio::spawn(node.clone().run_bus_subscription());
     let heartbeat = tokio::spawn(node.clone().run_heartbeat());
     let repush = tokio::spawn(node.clone().run_repush());
+    let relay = node.backends().relay.clone().map(|relay| {
+        let task = tokio::spawn(relay.clone().run(node.metrics.events.clone()));
+        (relay, task)
+    });
     let drainer = node.clone();
     let header_timeout = node.cfg.http_header_timeout;
     let result = serve::serve(listener, app(node), header_timeout, async move {
         shutdown.await;
+        // The outbox is durable: the relay gives its shards to the other pods
+        // now instead of flushing, and has finished its pass by the time the
+        // drain is over.
+        if let Some((relay, _)) = &relay {
+            relay.stop();
+        }
         // HTTP stays up while draining, so /readyz can say 503.
         drainer.drain().await;
+        if let Some((_, task)) = relay {
+            let _ = tokio::time::timeout(switchboard_settings::CLOSE_BUDGET, task).await;
+        }
     })
     .await;
     heartbeat.abort();

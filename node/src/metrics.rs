@@ -28,6 +28,19 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub stream: &'static str,
+}
+
+/// The event relay's metrics (handles into the node's registry).
+#[derive(Debug, Clone, Default)]
+pub struct EventMetrics {
+    pub published: Family<StreamLabel, Counter>,
+    pub relay_failures: Counter,
+    pub outbox_depth: Gauge,
+}
+
 /// All metrics of a node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +57,7 @@ pub struct Metrics {
     pub repushed: Counter,
     /// Live tokio tasks, sampled at each scrape (a leak shows as growth).
     pub runtime_tasks: Gauge,
+    pub events: EventMetrics,
     registry: Registry,
 }
 
@@ -63,6 +77,7 @@ impl Metrics {
             backend_errors: Counter::default(),
             repushed: Counter::default(),
             runtime_tasks: Gauge::default(),
+            events: EventMetrics::default(),
             registry: Registry::with_prefix("switchboard"),
         };
         m.register()
@@ -129,6 +144,21 @@ impl Metrics {
             "runtime_tasks",
             "Live tokio tasks when scraped",
             self.runtime_tasks.clone(),
+        );
+        r.register(
+            "events_published",
+            "Records published to the business streams, by stream (events, cluster_events)",
+            self.events.published.clone(),
+        );
+        r.register(
+            "events_relay_failures",
+            "Event relay passes that failed (RocketMQ or Redis away); retried",
+            self.events.relay_failures.clone(),
+        );
+        r.register(
+            "events_outbox_depth",
+            "Outbox entries waiting to be relayed, all shards (refreshed every 2 s)",
+            self.events.outbox_depth.clone(),
         );
         self
     }

@@ -1,6 +1,6 @@
 //! A thin push consumer, concurrent or in order.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ use crate::{Admin, Credentials, Error, Runtime};
 
 /// RocketMQ's message property holding the keys.
 const PROPERTY_KEYS: &str = "KEYS";
+/// RocketMQ's message property holding the tag.
+const PROPERTY_TAGS: &str = "TAGS";
 
 /// What a [`Consumer`] reads and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,11 @@ pub struct Delivery {
     pub topic: String,
     /// The message key given to [`Producer::send`].
     pub key: Option<String>,
+    /// The message's tag, if it has one.
+    pub tag: Option<String>,
+    /// Every property of the message: the user properties a producer set and
+    /// RocketMQ's own (`KEYS`, `TAGS`, ...).
+    pub properties: BTreeMap<String, String>,
     /// The message body.
     pub body: Vec<u8>,
     /// RocketMQ's message id.
@@ -76,6 +83,12 @@ impl Delivery {
         Self {
             topic: msg.topic().to_string(),
             key: msg.properties().get(PROPERTY_KEYS).map(|k| k.to_string()),
+            tag: msg.properties().get(PROPERTY_TAGS).map(|t| t.to_string()),
+            properties: msg
+                .properties()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: msg.body().map(|b| b.to_vec()).unwrap_or_default(),
             msg_id: msg.msg_id().to_string(),
             reconsume_times: u32::try_from(msg.reconsume_times()).unwrap_or(0),

@@ -52,7 +52,7 @@ pub use admin::Admin;
 pub use consumer::{Consumer, ConsumerConfig, Delivery};
 pub use credentials::Credentials;
 pub use error::Error;
-pub use producer::Producer;
+pub use producer::{Producer, Record};
 pub use runtime::Runtime;
 
 /// A client instance name unique in this machine: RocketMQ identifies a client by IP

@@ -23,6 +23,18 @@ pub(crate) fn client_config(namesrv: &str, role: &str) -> ClientConfig {
     config
 }
 
+/// A message with a tag and user properties, for [`Producer::send_record`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// The tag consumers filter on (`TAG_A||TAG_B`).
+    pub tag: Option<String>,
+    /// The message keys (searchable in the broker; consumers dedup by them).
+    pub keys: Vec<String>,
+    /// User properties. Names RocketMQ reserves (`KEYS`, `TAGS`, ...) are refused.
+    pub properties: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
 /// After a failed send the producer is rebuilt, at most this often.
 const REBUILD_EVERY: Duration = Duration::from_secs(1);
 
@@ -162,6 +174,25 @@ impl Producer {
                 .keys(keys.clone())
                 .body(body.clone())
                 .build()
+        })
+        .await
+    }
+
+    /// Sends `record` to the queue of `lane` in `topic`, as [`Producer::send_ordered`]
+    /// does, with its tag and user properties.
+    pub async fn send_record(&self, topic: &str, lane: u32, record: &Record) -> Result<(), Error> {
+        self.send_retrying(topic, Some(lane), || {
+            let mut builder = Message::builder()
+                .topic(topic)
+                .keys(record.keys.clone())
+                .body(record.body.clone());
+            if let Some(tag) = &record.tag {
+                builder = builder.tags(tag.as_str());
+            }
+            for (name, value) in &record.properties {
+                builder = builder.raw_property(name.as_str(), value.as_str())?;
+            }
+            builder.build()
         })
         .await
     }

@@ -8,6 +8,7 @@
 #[doc(hidden)]
 pub mod contract;
 pub mod memory;
+pub mod outbox;
 pub mod redis;
 pub mod rocketmq;
 pub mod select;
@@ -232,4 +233,7 @@ pub struct Backends {
     pub registry: Arc<dyn Registry>,
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn Bus>,
+    /// The relay of the business event streams (Redis and RocketMQ with
+    /// `SB_EVENTS` on), run by [`crate::run`].
+    pub relay: Option<Arc<crate::events::relay::Relay>>,
 }

@@ -20,6 +20,7 @@
 //!   inboxes, deleted when the last recipient acks.
 //! - `Kinbox:<user>` sorted set msg id -> insertion order.
 //! - `Kdedup:<user>:<client_msg_id>` message JSON, TTL = dedup TTL.
+//! - `Koutbox:<shard>` streams and their leases: see [`super::outbox`].
 //! - `Kgroups` set of group ids; `Kgroup:<g>` set of members;
 //!   `Kugroups:<user>` set of the user's groups.
 
@@ -397,6 +398,9 @@ pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
     limits: StoreLimits,
+    /// Entries one outbox shard may hold (`None`: no event outbox), and the
+    /// pod name recorded with each entry.
+    outbox: Option<(usize, String)>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -414,13 +418,20 @@ impl std::fmt::Debug for RedisStore {
 /// JSON string its quotes would be escaped), and `seq` is serialized before
 /// any user-controlled field.
 const APPEND: &str = r#"
--- KEYS: seq, hist, order, msg:<id>, dedup (or the order key again when none), inbox:<r1>...
--- ARGV: json, has_dedup (0/1), dedup ttl ms, history limit, inbox limit, is_group (0/1)
+-- KEYS: seq, hist, order, msg:<id>, dedup (or the order key again when none), inbox:<r1>...,
+--       then with an outbox: its shard stream, the 1:1 recipient's conns (or the stream again)
+-- ARGV: json, has_dedup (0/1), dedup ttl ms, history limit, inbox limit, is_group (0/1), msg id,
+--       outbox shard limit (0 = no outbox), pod
 if ARGV[2] == '1' then
   local prev = redis.call('GET', KEYS[5])
   if prev then return {'dup', prev} end
 end
+local outbox = tonumber(ARGV[8]) > 0
 local ninbox = #KEYS - 5
+if outbox then
+  ninbox = ninbox - 2
+  if redis.call('XLEN', KEYS[#KEYS - 1]) >= tonumber(ARGV[8]) then return {'outbox'} end
+end
 local limit = tonumber(ARGV[5])
 if ARGV[6] == '0' then
   for i = 1, ninbox do
@@ -448,6 +459,11 @@ if refs > 0 then
 end
 if ARGV[2] == '1' then
   redis.call('SET', KEYS[5], json, 'PX', ARGV[3])
+end
+if outbox then
+  local off = '0'
+  if ARGV[6] == '0' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then off = '1' end
+  redis.call('XADD', KEYS[#KEYS - 1], '*', 'k', 'msg', 'm', json, 'off', off, 'pod', ARGV[9])
 end
 return reply
 "#;
@@ -566,7 +582,20 @@ fn parse_msg(json: &str) -> BackendResult<Arc<ChatMessage>> {
 
 impl RedisStore {
     pub fn new(conn: ConnectionManager, keys: Keys, limits: StoreLimits) -> Self {
-        Self { conn, keys, limits }
+        Self {
+            conn,
+            keys,
+            limits,
+            outbox: None,
+        }
+    }
+
+    /// Records an event outbox entry with every message appended
+    /// ([`super::outbox`]); past `per_shard` waiting entries in a shard,
+    /// `append` fails with `Unavailable` instead of dropping events.
+    pub fn with_outbox(mut self, per_shard: usize, pod: &str) -> Self {
+        self.outbox = Some((per_shard.max(1), pod.to_owned()));
+        self
     }
 
     fn conv_keys(&self, c: &ConversationId) -> (String, String) {
@@ -651,13 +680,23 @@ impl MessageStore for RedisStore {
         for r in recipients {
             inv.key(format!("{}inbox:{r}", k.prefix()));
         }
+        if self.outbox.is_some() {
+            let stream = super::outbox::stream_key(k, super::outbox::shard_of(&msg.conversation));
+            let conns = match &msg.to {
+                Some(to) => format!("{}conns:{to}", k.prefix()),
+                None => stream.clone(),
+            };
+            inv.key(stream).key(conns);
+        }
         inv.arg(&json)
             .arg(if dedup.is_some() { "1" } else { "0" })
             .arg(self.limits.dedup_ttl.as_millis() as u64)
             .arg(self.limits.history_limit)
             .arg(self.limits.inbox_limit)
             .arg(if msg.group.is_some() { "1" } else { "0" })
-            .arg(msg.msg_id.0.to_string());
+            .arg(msg.msg_id.0.to_string())
+            .arg(self.outbox.as_ref().map_or(0, |(limit, _)| *limit))
+            .arg(self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str()));
         let mut conn = self.conn.clone();
         let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         let index = |s: &String| {
@@ -672,6 +711,9 @@ impl MessageStore for RedisStore {
                 duplicate: true,
                 inbox_skipped: Vec::new(),
             }),
+            Some("outbox") => Err(BackendError::Unavailable(
+                "the event outbox is full (RocketMQ away?)".into(),
+            )),
             Some("full") => Err(BackendError::InboxFull(
                 reply
                     .get(1)

@@ -24,6 +24,7 @@ pub fn in_memory(cfg: &Config) -> Backends {
         registry: Arc::new(MemoryRegistry::new()),
         store: Arc::new(MemoryStore::new(limits(cfg))),
         bus: Arc::new(MemoryBus::new()),
+        relay: None,
     }
 }
 
@@ -44,27 +45,44 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
         .await
         .map_err(|e| format!("cannot connect to Redis: {}", redact(&e.to_string(), url)))?;
     let keys = super::redis::Keys::new(cfg.namespace(), &cfg.cluster_name);
+    let mut store = super::redis::RedisStore::new(conn.clone(), keys.clone(), limits(cfg));
+    let (bus, relay): (Arc<dyn super::Bus>, _) = match (&cfg.rocketmq_namesrv, &cfg.topic_prefix) {
+        (Some(namesrv), Some(prefix)) => {
+            let credentials = cfg.rocketmq_credentials()?;
+            let bus = super::rocketmq::RocketMqBus::start(
+                namesrv,
+                prefix,
+                cfg.rocketmq_retry_max,
+                credentials.clone(),
+            )
+            .await
+            .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?;
+            let relay = if cfg.events {
+                store = store.with_outbox(cfg.events_outbox_per_shard(), &cfg.pod_name);
+                let outbox =
+                    super::outbox::RedisOutbox::new(conn.clone(), keys.clone(), &cfg.pod_name);
+                let relay =
+                    crate::events::relay::Relay::start(outbox, namesrv, prefix, credentials)
+                        .await
+                        .map_err(|e| format!("cannot start the event relay's producer: {e}"))?;
+                Some(Arc::new(relay))
+            } else {
+                None
+            };
+            (Arc::new(bus), relay)
+        }
+        _ => (Arc::new(MemoryBus::new()), None),
+    };
     Ok(Backends {
         registry: Arc::new(super::redis::RedisRegistry::new(
-            conn.clone(),
-            keys.clone(),
+            conn,
+            keys,
             cfg.presence_ttl,
             cfg.heartbeat_interval,
         )),
-        store: Arc::new(super::redis::RedisStore::new(conn, keys, limits(cfg))),
-        bus: match (&cfg.rocketmq_namesrv, &cfg.topic_prefix) {
-            (Some(namesrv), Some(prefix)) => Arc::new(
-                super::rocketmq::RocketMqBus::start(
-                    namesrv,
-                    prefix,
-                    cfg.rocketmq_retry_max,
-                    cfg.rocketmq_credentials()?,
-                )
-                .await
-                .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?,
-            ),
-            _ => Arc::new(MemoryBus::new()),
-        },
+        store: Arc::new(store),
+        bus,
+        relay,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod moving;
 pub mod own_deps;
 pub mod realpods;
 pub mod soak;
+pub mod tap;
 pub mod traffic;
 
 use std::io::{BufRead, BufReader};
@@ -169,6 +170,16 @@ impl Cluster {
         self.extra_env.push((name.into(), value.into()));
     }
 
+    /// The Redis URL the pods use.
+    pub fn redis_url(&self) -> &str {
+        &self.redis
+    }
+
+    /// The RocketMQ name server the pods use.
+    pub fn namesrv(&self) -> &str {
+        &self.namesrv
+    }
+
     /// Points the pods spawned from now on at another Redis.
     pub fn use_redis(&mut self, url: &str) {
         self.redis = url.into();
@@ -191,14 +202,18 @@ impl Cluster {
         self.set_env("SB_ROCKETMQ_SECRET_KEY", secret_key);
     }
 
-    /// Creates the topics and groups of ordinals `0..n` (with the project's
-    /// own provisioning code, as the operator does).
+    /// Creates the shared topics (events, cluster events, ...) and the topics
+    /// and groups of ordinals `0..n` (with the project's own provisioning
+    /// code, as the operator does).
     pub async fn provision(&self, n: u32) {
         let rt = Runtime::new().unwrap();
         let admin = Admin::connect_as(&rt, &self.namesrv, self.credentials.as_ref())
             .await
             .unwrap();
         let names = Names::new(&self.prefix);
+        for topic in names.shared_topics() {
+            admin.ensure_topic(&topic, 4).await.unwrap();
+        }
         for i in 0..n {
             admin.ensure_topic(&names.node_topic(i), 4).await.unwrap();
             admin.ensure_group(&names.node_group(i), 3).await.unwrap();

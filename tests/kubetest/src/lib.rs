@@ -67,6 +67,16 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
+impl Error {
+    /// A process exited because its port was taken between picking and binding it.
+    pub fn is_port_clash(&self) -> bool {
+        matches!(self, Error::Exited { log, .. } if log.contains("address already in use"))
+    }
+}
+
+/// How many times [`ControlPlane::start_with`] tries when a port was taken.
+const START_ATTEMPTS: u32 = 3;
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -108,7 +118,24 @@ impl ControlPlane {
         Self::start_with(Options::default()).await
     }
 
+    /// Starts a control plane. The ports are picked free just before each process
+    /// binds them; when another process takes one in between (CI runs several
+    /// control planes and brokers at once), that start is thrown away and retried
+    /// with new ports, at most [`START_ATTEMPTS`] times.
     pub async fn start_with(options: Options) -> Result<Self, Error> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(options.clone()).await {
+                Err(e) if e.is_port_clash() && attempt < START_ATTEMPTS => {
+                    eprintln!("control plane start {attempt}: a port was taken, retrying: {e}");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(options: Options) -> Result<Self, Error> {
         let began = Instant::now();
         let bin = binaries()?;
         let (dir, keep_dir) = match options.dir {

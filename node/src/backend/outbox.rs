@@ -1,0 +1,196 @@
+//! The event outbox in Redis: what the message store records, in the same
+//! atomic step as the message, for the event relay to publish.
+//!
+//! Layout (`K` = the cluster's key prefix):
+//! - `Koutbox:<shard>` stream, one per shard (`shard = FNV-1a(conversation)
+//!   % SHARDS`), entries `{k: "msg", m: <message JSON>, off: "0"|"1", pod}`.
+//!   `off` is 1 when a 1:1 message's recipient had no live connection in the
+//!   registry at that moment (same script, same instant).
+//! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
+//!   relay per shard at a time keeps a conversation's events in order, and a
+//!   dead pod's shards pass to a survivor when its lease expires.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::redis::Keys;
+use super::{BackendError, BackendResult};
+use crate::ids::ConversationId;
+use crate::model::ChatMessage;
+
+/// Streams the outbox is split into. Fixed: changing it would move
+/// conversations between shards while entries wait in the old one.
+pub const SHARDS: u32 = 16;
+
+/// The outbox shard of a conversation.
+pub fn shard_of(conversation: &ConversationId) -> u32 {
+    switchboard_events::lane(&conversation.to_string()) % SHARDS
+}
+
+pub(super) fn stream_key(keys: &Keys, shard: u32) -> String {
+    format!("{}outbox:{shard}", keys.prefix())
+}
+
+fn lease_key(keys: &Keys, shard: u32) -> String {
+    format!("{}outbox:{shard}:lease", keys.prefix())
+}
+
+/// One entry read from the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub shard: u32,
+    /// The stream entry id, for [`RedisOutbox::remove`].
+    pub id: String,
+    /// The stored message, with its `seq`.
+    pub msg: ChatMessage,
+    /// A 1:1 message whose recipient had no live connection.
+    pub offline: bool,
+    /// The pod that accepted the message.
+    pub pod: String,
+}
+
+/// Renews this pod's leases, takes free ones, and reads the oldest entries of
+/// every shard it holds, in one round trip.
+const TAKE: &str = r#"
+-- KEYS: lease 0, stream 0, lease 1, stream 1, ...
+-- ARGV: pod, lease ttl ms, entries per shard
+-- Returns flat: shard, id, message JSON, off, pod, ...
+local out = {}
+for i = 1, #KEYS, 2 do
+  local holder = redis.call('GET', KEYS[i])
+  local mine = holder == ARGV[1]
+  if mine then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  elseif not holder then
+    mine = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) and true or false
+  end
+  if mine then
+    local entries = redis.call('XRANGE', KEYS[i + 1], '-', '+', 'COUNT', ARGV[3])
+    for _, e in ipairs(entries) do
+      local f = {}
+      for j = 1, #e[2], 2 do f[e[2][j]] = e[2][j + 1] end
+      table.insert(out, tostring((i - 1) / 2))
+      table.insert(out, e[1])
+      table.insert(out, f['m'] or '')
+      table.insert(out, f['off'] or '0')
+      table.insert(out, f['pod'] or '')
+    end
+  end
+end
+return out
+"#;
+
+/// Deletes this pod's leases (on a graceful stop).
+const RELEASE: &str = r#"
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
+return 0
+"#;
+
+static TAKE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+
+/// The relay's side of the outbox.
+#[derive(Clone)]
+pub struct RedisOutbox {
+    conn: ConnectionManager,
+    keys: Keys,
+    pod: String,
+}
+
+impl std::fmt::Debug for RedisOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOutbox")
+            .field("keys", &self.keys)
+            .field("pod", &self.pod)
+            .finish()
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}
+
+impl RedisOutbox {
+    pub fn new(conn: ConnectionManager, keys: Keys, pod: &str) -> Self {
+        Self {
+            conn,
+            keys,
+            pod: pod.to_owned(),
+        }
+    }
+
+    /// Holds (or takes) the lease of every shard it can for `lease`, and
+    /// returns up to `per_shard` of the oldest entries of each shard held, in
+    /// stream order per shard.
+    pub async fn take(&self, lease: Duration, per_shard: usize) -> BackendResult<Vec<OutboxEntry>> {
+        let mut inv = TAKE_SCRIPT.prepare_invoke();
+        for shard in 0..SHARDS {
+            inv.key(lease_key(&self.keys, shard))
+                .key(stream_key(&self.keys, shard));
+        }
+        inv.arg(&self.pod)
+            .arg(lease.as_millis() as u64)
+            .arg(per_shard);
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let mut entries = Vec::with_capacity(flat.len() / 5);
+        for chunk in flat.chunks_exact(5) {
+            let msg = serde_json::from_str(&chunk[2]).map_err(|e| {
+                BackendError::Unavailable(format!("outbox entry {}: {e}", chunk[1]))
+            })?;
+            entries.push(OutboxEntry {
+                shard: chunk[0].parse().unwrap_or(0),
+                id: chunk[1].clone(),
+                msg,
+                offline: chunk[3] == "1",
+                pod: chunk[4].clone(),
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Removes relayed entries of `shard`.
+    pub async fn remove(&self, shard: u32, ids: &[String]) -> BackendResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("XDEL")
+            .arg(stream_key(&self.keys, shard))
+            .arg(ids)
+            .query_async::<u64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// Gives up this pod's leases, so another pod takes the shards at once.
+    pub async fn release(&self) -> BackendResult<()> {
+        let mut inv = RELEASE_SCRIPT.prepare_invoke();
+        for shard in 0..SHARDS {
+            inv.key(lease_key(&self.keys, shard));
+        }
+        inv.arg(&self.pod);
+        let mut conn = self.conn.clone();
+        inv.invoke_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// Entries waiting in all shards.
+    pub async fn depth(&self) -> BackendResult<u64> {
+        let mut pipe = redis::pipe();
+        for shard in 0..SHARDS {
+            pipe.cmd("XLEN").arg(stream_key(&self.keys, shard));
+        }
+        let mut conn = self.conn.clone();
+        let lens: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(lens.iter().sum())
+    }
+}

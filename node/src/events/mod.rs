@@ -1,0 +1,189 @@
+//! The business streams: every accepted message becomes records on
+//! `PREFIX-events` (seed 000) and `PREFIX-cluster-events` (seed 001), through
+//! the transactional outbox the message store fills
+//! ([`crate::backend::outbox`]) and the [`relay::Relay`] that publishes it.
+//! `docs/integration.md` is the consumers' contract.
+
+pub mod relay;
+
+use switchboard_events::{
+    C2cMsg, ClusterEvent, ClusterEventType, Event, EventType, GroupMsg, PROPERTY_EVENT_TYPE,
+    PROPERTY_USER_ID, msg_format, rfc3339_millis,
+};
+use switchboard_rocketmq::Record;
+
+use crate::backend::outbox::OutboxEntry;
+
+/// Which stream a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// `PREFIX-events`.
+    Events,
+    /// `PREFIX-cluster-events`.
+    ClusterEvents,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::ClusterEvents => "cluster_events",
+        }
+    }
+}
+
+/// The records of one outbox entry, in publishing order: `message_sent`,
+/// then `C2C_SEND_MSG` (or `GROUP_SEND_MSG`), then `C2C_OFF_LINE_MSG` when
+/// the recipient was offline. Each has a key unique to it
+/// (`<msg id>:<type>`) and the message id as a second key.
+pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
+    let msg = &entry.msg;
+    let msg_id = msg.msg_id.to_string();
+    let event = Event {
+        user_id: msg.from.to_string(),
+        message: msg.content.clone(),
+        timestamp: rfc3339_millis(msg.ts),
+        kind: EventType::MessageSent,
+        msg_id: Some(msg_id.clone()),
+        conversation: Some(msg.conversation.to_string()),
+        seq: Some(msg.seq),
+        to_user_id: msg.to.as_ref().map(ToString::to_string),
+        group_id: msg.group.as_ref().map(ToString::to_string),
+        pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
+    };
+    let mut out = vec![(
+        Stream::Events,
+        record(
+            EventType::MessageSent.as_str(),
+            &msg_id,
+            vec![
+                (
+                    PROPERTY_EVENT_TYPE.into(),
+                    EventType::MessageSent.as_str().into(),
+                ),
+                (PROPERTY_USER_ID.into(), event.user_id.clone()),
+            ],
+            &event,
+        ),
+    )];
+    let client_msg_id = msg.client_msg_id.clone().unwrap_or_default();
+    let chat_id = msg
+        .chat_id
+        .clone()
+        .unwrap_or_else(|| msg.conversation.to_string());
+    let mut cluster = |kind: ClusterEventType, data: serde_json::Result<ClusterEvent>| {
+        if let Ok(envelope) = data {
+            out.push((
+                Stream::ClusterEvents,
+                record(kind.tag(), &msg_id, Vec::new(), &envelope),
+            ));
+        }
+    };
+    match (&msg.to, &msg.group) {
+        (Some(to), _) => {
+            let mut data = C2cMsg {
+                client_msg_id,
+                msg_id: msg_id.clone(),
+                from_user_id: msg.from.to_string(),
+                to_user_id: to.to_string(),
+                chat_id,
+                msg_content: msg.content.clone(),
+                msg_format: msg_format::TEXT,
+                msg_create_time: msg.ts,
+                msg_status: None,
+            };
+            let send = ClusterEventType::C2cSendMsg;
+            cluster(send, ClusterEvent::new(send, &data));
+            if entry.offline {
+                data.msg_status = Some(1);
+                let off = ClusterEventType::C2cOffLineMsg;
+                cluster(off, ClusterEvent::new(off, &data));
+            }
+        }
+        (None, Some(group)) => {
+            let data = GroupMsg {
+                client_msg_id,
+                msg_id: msg_id.clone(),
+                from_user_id: msg.from.to_string(),
+                group_id: group.to_string(),
+                chat_id,
+                msg_content: msg.content.clone(),
+                msg_format: msg_format::TEXT,
+                msg_create_time: msg.ts,
+            };
+            let send = ClusterEventType::GroupSendMsg;
+            cluster(send, ClusterEvent::new(send, &data));
+        }
+        (None, None) => {}
+    }
+    out
+}
+
+fn record<T: serde::Serialize>(
+    tag: &str,
+    msg_id: &str,
+    properties: Vec<(String, String)>,
+    body: &T,
+) -> Record {
+    Record {
+        tag: Some(tag.to_owned()),
+        keys: vec![format!("{msg_id}:{tag}"), msg_id.to_owned()],
+        properties,
+        // Serializing these plain structs cannot fail.
+        body: serde_json::to_vec(body).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ConversationId, MsgId, UserId};
+    use crate::model::ChatMessage;
+
+    fn entry(offline: bool) -> OutboxEntry {
+        let (a, b) = (
+            UserId::parse("alice").unwrap(),
+            UserId::parse("bob").unwrap(),
+        );
+        OutboxEntry {
+            shard: 0,
+            id: "1-0".into(),
+            msg: ChatMessage {
+                msg_id: MsgId(42),
+                conversation: ConversationId::direct(&a, &b),
+                seq: 3,
+                from: a,
+                to: Some(b),
+                group: None,
+                content: "hi".into(),
+                ts: 1_704_110_400_000,
+                client_msg_id: Some("c1".into()),
+                chat_id: None,
+            },
+            offline,
+            pod: "chat-0".into(),
+        }
+    }
+
+    #[test]
+    fn an_offline_direct_message_makes_three_records_in_order() {
+        let recs = records(&entry(true));
+        let tags: Vec<_> = recs.iter().map(|(_, r)| r.tag.clone().unwrap()).collect();
+        assert_eq!(tags, ["message_sent", "C2C_SEND", "C2C_OFFLINE"]);
+        let event: Event = serde_json::from_slice(&recs[0].1.body).unwrap();
+        assert_eq!(event.timestamp, "2024-01-01T12:00:00.000Z");
+        assert_eq!(event.seq, Some(3));
+        assert_eq!(recs[0].1.keys, ["42:message_sent", "42"]);
+        let off: ClusterEvent = serde_json::from_slice(&recs[2].1.body).unwrap();
+        let data: C2cMsg = off.parse_data().unwrap();
+        assert_eq!(
+            (data.msg_status, data.chat_id.as_str()),
+            (Some(1), "dm:alice:bob")
+        );
+    }
+
+    #[test]
+    fn an_online_direct_message_has_no_offline_record() {
+        assert_eq!(records(&entry(false)).len(), 2);
+    }
+}

@@ -1,0 +1,315 @@
+//! The business streams on real Redis and real RocketMQ, read by an
+//! independent consumer: every record's tag, keys, properties and JSON; one
+//! conversation's order under concurrent senders on two pods; and the
+//! outbox's promise that a pod killed right after `sent` loses no event.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard_e2e::Cluster;
+use switchboard_e2e::tap::Tap;
+use switchboard_events::{C2cMsg, ClusterEvent, ClusterEventType, Event, EventType, GroupMsg};
+use switchboard_rocketmq::Delivery;
+use switchboard_rocketmq::names::Names;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn with_tag<'a>(seen: &'a [Delivery], tag: &str) -> Vec<&'a Delivery> {
+    seen.iter()
+        .filter(|d| d.tag.as_deref() == Some(tag))
+        .collect()
+}
+
+fn cluster_event(d: &Delivery) -> ClusterEvent {
+    serde_json::from_slice(&d.body).unwrap()
+}
+
+async fn taps(c: &Cluster) -> (Tap, Tap) {
+    let names = Names::new(&c.prefix);
+    (
+        Tap::start(c.namesrv(), &names.events_topic()).await,
+        Tap::start(c.namesrv(), &names.cluster_events_topic()).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
+    let c = Cluster::start("events", 2).await;
+    let (events, cluster) = taps(&c).await;
+    let mut ana = c.pod(0).connect("ana").await;
+    let _ben = c.pod(1).connect("ben").await;
+
+    // ben is online (on the other pod); cy has never connected.
+    let to_ben = ana.say("ben", "c-ben", "hello ben").await;
+    let to_cy = ana.say("cy", "c-cy", "hello cy").await;
+    let (st, _) = switchboard_e2e::http_post(
+        c.pod(0).addr,
+        "/api/v1/groups",
+        &json!({"id": "crew", "members": ["ana", "ben"]}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    ana.send(
+        json!({"type": "send", "client_msg_id": "c-g", "group": "crew", "content": "hi crew"}),
+    )
+    .await;
+    let to_crew = ana.expect("sent").await;
+    let id = |v: &serde_json::Value| v["msg_id"].as_str().unwrap().to_owned();
+
+    let seen = events
+        .wait_until(WAIT, "3 message_sent", |s| {
+            with_tag(s, "message_sent").len() >= 3
+        })
+        .await;
+    let sent = with_tag(&seen, "message_sent");
+    for d in &sent {
+        assert_eq!(
+            d.properties.get("event_type").map(String::as_str),
+            Some("message_sent")
+        );
+        assert_eq!(d.properties.get("user_id").map(String::as_str), Some("ana"));
+    }
+    // Records of different conversations may arrive in any order.
+    let to_ben_record = sent
+        .iter()
+        .find(|d| serde_json::from_slice::<Event>(&d.body).unwrap().msg_id == Some(id(&to_ben)))
+        .expect("message_sent of the message to ben");
+    let first: Event = serde_json::from_slice(&to_ben_record.body).unwrap();
+    assert_eq!(first.kind, EventType::MessageSent);
+    assert_eq!(
+        (
+            first.user_id.as_str(),
+            first.message.as_str(),
+            first.msg_id.clone()
+        ),
+        ("ana", "hello ben", Some(id(&to_ben)))
+    );
+    assert_eq!(first.to_user_id.as_deref(), Some("ben"));
+    assert_eq!(first.conversation.as_deref(), Some("dm:ana:ben"));
+    assert_eq!(first.pod.as_deref(), Some("sb-0"));
+    assert!(
+        first.timestamp.ends_with('Z') && first.timestamp.len() == 24,
+        "{}",
+        first.timestamp
+    );
+    // The seed's four fields come first, in its order.
+    let body = String::from_utf8(to_ben_record.body.clone()).unwrap();
+    assert!(
+        body.starts_with(r#"{"user_id":"ana","message":"hello ben","timestamp":""#),
+        "{body}"
+    );
+    assert_eq!(
+        to_ben_record.key.as_deref(),
+        Some(&*format!("{}:message_sent {}", id(&to_ben), id(&to_ben)))
+    );
+
+    let seen = cluster
+        .wait_until(WAIT, "the C2C and group records", |s| {
+            with_tag(s, "C2C_SEND").len() >= 2
+                && !with_tag(s, "C2C_OFFLINE").is_empty()
+                && !with_tag(s, "GROUP_SEND").is_empty()
+        })
+        .await;
+    let sends: BTreeMap<String, C2cMsg> = with_tag(&seen, "C2C_SEND")
+        .into_iter()
+        .map(|d| {
+            let e = cluster_event(d);
+            assert_eq!(e.cluster_event_type, ClusterEventType::C2cSendMsg);
+            let data: C2cMsg = e.parse_data().unwrap();
+            (data.msg_id.clone(), data)
+        })
+        .collect();
+    let ben_msg = &sends[&id(&to_ben)];
+    assert_eq!(
+        (
+            ben_msg.client_msg_id.as_str(),
+            ben_msg.from_user_id.as_str(),
+            ben_msg.to_user_id.as_str()
+        ),
+        ("c-ben", "ana", "ben")
+    );
+    assert_eq!((ben_msg.msg_format, ben_msg.msg_status), (1, None));
+    assert_eq!(ben_msg.msg_content, "hello ben");
+    assert!(sends.contains_key(&id(&to_cy)));
+    // Only cy was offline.
+    let offline = with_tag(&seen, "C2C_OFFLINE");
+    assert_eq!(offline.len(), 1, "{offline:?}");
+    let off = cluster_event(offline[0]);
+    assert_eq!(off.cluster_event_type, ClusterEventType::C2cOffLineMsg);
+    let off: C2cMsg = off.parse_data().unwrap();
+    assert_eq!(
+        (off.msg_id, off.to_user_id, off.msg_status),
+        (id(&to_cy), "cy".into(), Some(1))
+    );
+    // `data` is a string holding seed 001's names.
+    let raw: serde_json::Value = serde_json::from_slice(&offline[0].body).unwrap();
+    let data: serde_json::Value = serde_json::from_str(raw["data"].as_str().unwrap()).unwrap();
+    for field in [
+        "clientMsgId",
+        "msgId",
+        "fromUserId",
+        "toUserId",
+        "chatId",
+        "msgContent",
+        "msgFormat",
+        "msgCreateTime",
+        "msgStatus",
+    ] {
+        assert!(data.get(field).is_some(), "{field} missing in {data}");
+    }
+    let group: GroupMsg = cluster_event(with_tag(&seen, "GROUP_SEND")[0])
+        .parse_data()
+        .unwrap();
+    assert_eq!(
+        (group.msg_id, group.group_id),
+        (id(&to_crew), "crew".into())
+    );
+
+    // A resend of an accepted message is a duplicate: no second event.
+    let again = ana.say("ben", "c-ben", "hello ben").await;
+    assert_eq!(again["msg_id"], to_ben["msg_id"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(with_tag(&events.seen(), "message_sent").len(), 3);
+    events.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_conversation_keeps_its_order_with_senders_on_two_pods() {
+    const EACH: usize = 60;
+    let c = Cluster::start("events-order", 2).await;
+    let (events, cluster) = taps(&c).await;
+    let mut ana = c.pod(0).connect("ana").await;
+    let mut ben = c.pod(1).connect("ben").await;
+    tokio::join!(
+        async {
+            for i in 0..EACH {
+                ana.send(json!({"type": "send", "client_msg_id": format!("a{i}"), "to": "ben", "content": format!("a{i}")}))
+                    .await;
+            }
+        },
+        async {
+            for i in 0..EACH {
+                ben.send(json!({"type": "send", "client_msg_id": format!("b{i}"), "to": "ana", "content": format!("b{i}")}))
+                    .await;
+            }
+        }
+    );
+    for tap in [&events, &cluster] {
+        let tag = if tap.topic.ends_with("-cluster-events") {
+            "C2C_SEND"
+        } else {
+            "message_sent"
+        };
+        let seen = tap
+            .wait_until(WAIT, "every message", |s| {
+                with_tag(s, tag)
+                    .iter()
+                    .filter_map(|d| d.key.clone())
+                    .collect::<HashSet<_>>()
+                    .len()
+                    >= 2 * EACH
+            })
+            .await;
+        // In arrival order, first copies only (delivery is at least once),
+        // the conversation's seq never goes back.
+        let mut keys = HashSet::new();
+        let mut last = 0;
+        for d in with_tag(&seen, tag) {
+            if !keys.insert(d.key.clone()) {
+                continue;
+            }
+            let seq = if tag == "message_sent" {
+                serde_json::from_slice::<Event>(&d.body)
+                    .unwrap()
+                    .seq
+                    .unwrap()
+            } else {
+                // C2C records carry no seq: the msg id is per pod, so map it
+                // through the events stream's records.
+                let data: C2cMsg = cluster_event(d).parse_data().unwrap();
+                seq_of(&events.seen(), &data.msg_id)
+            };
+            assert!(seq > last, "{}: seq {seq} after {last}", tap.topic);
+            last = seq;
+        }
+        assert_eq!(last, 2 * EACH as u64);
+    }
+    events.stop().await;
+    cluster.stop().await;
+}
+
+fn seq_of(events: &[Delivery], msg_id: &str) -> u64 {
+    events
+        .iter()
+        .filter_map(|d| serde_json::from_slice::<Event>(&d.body).ok())
+        .find(|e| e.msg_id.as_deref() == Some(msg_id))
+        .and_then(|e| e.seq)
+        .unwrap_or_else(|| panic!("no message_sent for {msg_id}"))
+}
+
+/// The outbox outlives the pod that accepted the message: while a "dead pod"
+/// holds every shard's lease (as one killed mid-relay does), sb-0 accepts
+/// messages and is killed with SIGKILL; nothing is published until the lease
+/// expires, then sb-1 takes the shards and publishes every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_killed_right_after_sent_loses_no_event() {
+    let mut c = Cluster::start("events-kill", 2).await;
+    let (events, cluster) = taps(&c).await;
+    let lease_ms = 6_000;
+    {
+        let client = redis::Client::open(c.redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for shard in 0..16 {
+            let key = format!("sb:{{e2e/{}}}:outbox:{shard}:lease", c.name);
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg("sb-gone")
+                .arg("PX")
+                .arg(lease_ms)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let leased_at = std::time::Instant::now();
+    let mut ana = c.pod(0).connect("ana").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(ana.say("ben", &format!("k{i}"), "before the kill").await["msg_id"].clone());
+    }
+    c.pods[0].kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        leased_at.elapsed() < Duration::from_millis(lease_ms) && events.seen().is_empty(),
+        "published while another pod held the leases: {:?}",
+        events.seen()
+    );
+    let seen = events
+        .wait_until(WAIT, "the killed pod's events", |s| {
+            with_tag(s, "message_sent").len() >= 5
+        })
+        .await;
+    let got: HashSet<String> = with_tag(&seen, "message_sent")
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<Event>(&d.body)
+                .unwrap()
+                .msg_id
+                .unwrap()
+        })
+        .collect();
+    for id in &ids {
+        assert!(got.contains(id.as_str().unwrap()), "{id} missing");
+    }
+    assert!(leased_at.elapsed() >= Duration::from_millis(lease_ms));
+    cluster
+        .wait_until(WAIT, "the killed pod's C2C records", |s| {
+            with_tag(s, "C2C_SEND").len() >= 5
+        })
+        .await;
+    events.stop().await;
+    cluster.stop().await;
+}
