@@ -36,6 +36,10 @@ pub use config::Config;
 pub use http::app;
 pub use node::Node;
 
+/// How long a stopping node waits for the event relay to finish its pass
+/// after the drain (it was asked to stop when the drain began).
+const RELAY_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves `node` on `listener` until `shutdown` resolves, then drains: the
 /// node turns not-ready, tells clients to reconnect, waits up to the drain
 /// timeout, closes what is left and returns.
@@ -74,8 +78,16 @@ pub async fn run(
         }
         // HTTP stays up while draining, so /readyz can say 503.
         drainer.drain().await;
-        if let Some((_, task)) = relay {
-            let _ = tokio::time::timeout(switchboard_settings::CLOSE_BUDGET, task).await;
+        if let Some((_, mut task)) = relay {
+            // Stuck on a broker that is away: abort. The entry it was sending
+            // stays in the outbox (deleted only after publishing), and its
+            // leases expire for the other pods to take.
+            if tokio::time::timeout(RELAY_STOP_WAIT, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     })
     .await;

@@ -10,6 +10,7 @@ pub mod contract;
 pub mod memory;
 pub mod outbox;
 pub mod redis;
+mod redis_lua;
 pub mod rocketmq;
 pub mod select;
 

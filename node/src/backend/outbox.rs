@@ -5,7 +5,10 @@
 //! - `Koutbox:<shard>` stream, one per shard (`shard = FNV-1a(conversation)
 //!   % SHARDS`), entries `{k: "msg", m: <message JSON>, off: "0"|"1", pod}`.
 //!   `off` is 1 when a 1:1 message's recipient had no live connection in the
-//!   registry at that moment (same script, same instant).
+//!   registry at that moment (same script, same instant). The registry's
+//!   scripts add `{k: "join"|"leave", m: <user>, off: <ms>, pod}` to shard
+//!   [`PRESENCE_SHARD`] when a user's first connection in the cluster
+//!   arrives or its last one goes (a dead pod's reaped ones included).
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
 //!   dead pod's shards pass to a survivor when its lease expires.
@@ -26,6 +29,11 @@ use crate::model::ChatMessage;
 pub const SHARDS: u32 = 16;
 
 /// The outbox shard of a conversation.
+/// The shard of every join and leave entry (one stream keeps one user's
+/// joins and leaves in order).
+pub const PRESENCE_SHARD: u32 = 0;
+
+/// The shard of a conversation.
 pub fn shard_of(conversation: &ConversationId) -> u32 {
     switchboard_events::lane(&conversation.to_string()) % SHARDS
 }
@@ -44,12 +52,35 @@ pub struct OutboxEntry {
     pub shard: u32,
     /// The stream entry id, for [`RedisOutbox::remove`].
     pub id: String,
-    /// The stored message, with its `seq`.
-    pub msg: ChatMessage,
-    /// A 1:1 message whose recipient had no live connection.
-    pub offline: bool,
-    /// The pod that accepted the message.
+    pub what: Recorded,
+    /// The pod that accepted the message, or held the connection.
     pub pod: String,
+}
+
+/// What an outbox entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Message {
+        /// The stored message, with its `seq`.
+        msg: ChatMessage,
+        /// A 1:1 message whose recipient had no live connection.
+        offline: bool,
+    },
+    /// A user's first connection in the cluster.
+    Join { user: String, at_ms: i64 },
+    /// A user's last connection in the cluster is gone.
+    Leave { user: String, at_ms: i64 },
+}
+
+impl OutboxEntry {
+    /// The stream whose queue the entry's records go to: the conversation, or
+    /// the user for joins and leaves.
+    pub fn lane_key(&self) -> String {
+        match &self.what {
+            Recorded::Message { msg, .. } => msg.conversation.to_string(),
+            Recorded::Join { user, .. } | Recorded::Leave { user, .. } => user.clone(),
+        }
+    }
 }
 
 /// Renews this pod's leases, takes free ones, and reads the oldest entries of
@@ -57,7 +88,7 @@ pub struct OutboxEntry {
 const TAKE: &str = r#"
 -- KEYS: lease 0, stream 0, lease 1, stream 1, ...
 -- ARGV: pod, lease ttl ms, entries per shard
--- Returns flat: shard, id, message JSON, off, pod, ...
+-- Returns flat: shard, id, kind, m, off, pod, ...
 local out = {}
 for i = 1, #KEYS, 2 do
   local holder = redis.call('GET', KEYS[i])
@@ -74,6 +105,7 @@ for i = 1, #KEYS, 2 do
       for j = 1, #e[2], 2 do f[e[2][j]] = e[2][j + 1] end
       table.insert(out, tostring((i - 1) / 2))
       table.insert(out, e[1])
+      table.insert(out, f['k'] or 'msg')
       table.insert(out, f['m'] or '')
       table.insert(out, f['off'] or '0')
       table.insert(out, f['pod'] or '')
@@ -138,17 +170,33 @@ impl RedisOutbox {
             .arg(per_shard);
         let mut conn = self.conn.clone();
         let flat: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-        let mut entries = Vec::with_capacity(flat.len() / 5);
-        for chunk in flat.chunks_exact(5) {
-            let msg = serde_json::from_str(&chunk[2]).map_err(|e| {
-                BackendError::Unavailable(format!("outbox entry {}: {e}", chunk[1]))
-            })?;
+        let mut entries = Vec::with_capacity(flat.len() / 6);
+        for chunk in flat.chunks_exact(6) {
+            let [shard, id, kind, m, off, pod] = chunk else {
+                continue;
+            };
+            let at_ms = || off.parse().unwrap_or(0);
+            let what = match kind.as_str() {
+                "join" => Recorded::Join {
+                    user: m.clone(),
+                    at_ms: at_ms(),
+                },
+                "leave" => Recorded::Leave {
+                    user: m.clone(),
+                    at_ms: at_ms(),
+                },
+                _ => Recorded::Message {
+                    msg: serde_json::from_str(m).map_err(|e| {
+                        BackendError::Unavailable(format!("outbox entry {id}: {e}"))
+                    })?,
+                    offline: off == "1",
+                },
+            };
             entries.push(OutboxEntry {
-                shard: chunk[0].parse().unwrap_or(0),
-                id: chunk[1].clone(),
-                msg,
-                offline: chunk[3] == "1",
-                pod: chunk[4].clone(),
+                shard: shard.parse().unwrap_or(0),
+                id: id.clone(),
+                what,
+                pod: pod.clone(),
             });
         }
         Ok(entries)

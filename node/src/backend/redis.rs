@@ -25,7 +25,7 @@
 //!   `Kugroups:<user>` set of the user's groups.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,6 +33,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::memory::StoreLimits;
+use super::redis_lua::{
+    ACK_SCRIPT, ADD_MEMBERS_SCRIPT, APPEND_SCRIPT, CREATE_GROUP_SCRIPT, DELETE_GROUP_SCRIPT,
+    FORGET_POD_SCRIPT, HISTORY_SCRIPT, INBOX_SCRIPT, REGISTER_SCRIPT, REMOVE_MEMBER_SCRIPT,
+    UNREGISTER_SCRIPT,
+};
 use super::{
     Appended, BackendError, BackendResult, ConnectionInfo, HistoryPage, HistoryQuery, MessageStore,
     Registry,
@@ -100,6 +105,8 @@ pub struct RedisRegistry {
     keys: Keys,
     presence_ttl: Duration,
     pod_ttl: Duration,
+    /// Records joins and leaves in the event outbox.
+    outbox: bool,
 }
 
 impl std::fmt::Debug for RedisRegistry {
@@ -109,59 +116,6 @@ impl std::fmt::Debug for RedisRegistry {
             .finish()
     }
 }
-
-const REGISTER: &str = r#"
--- KEYS: conns:<user>, podconns:<pod>, online, lastseen, pod:<pod>
--- ARGV: conn id, pod, user, now ms, presence ttl ms
-local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
--- Keep the pod's connection count current between heartbeats (only while
--- the pod key lives: recreating an expired one would resurrect a dead pod).
-if added == 1 and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'conns', 1) end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('SADD', KEYS[2], ARGV[3] .. ' ' .. ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
-if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then return 1 end
-return 0
-"#;
-
-const UNREGISTER: &str = r#"
--- KEYS: conns:<user>, podconns:<pod>, online, lastseen, pod:<pod>
--- ARGV: conn id, user, now ms
-redis.call('SREM', KEYS[2], ARGV[2] .. ' ' .. ARGV[1])
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-if removed == 0 then return 0 end
-if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'conns', -1) end
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-if redis.call('HLEN', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[3], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-/// Removes every entry of one pod. Returns the users that went offline.
-const FORGET_POD: &str = r#"
--- KEYS: podconns:<pod>, online, lastseen, pods, pod:<pod>
--- ARGV: key prefix, now ms
-local offline = {}
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local sp = string.find(member, ' ', 1, true)
-  local user = string.sub(member, 1, sp - 1)
-  local conn = string.sub(member, sp + 1)
-  local ck = ARGV[1] .. 'conns:' .. user
-  if redis.call('HDEL', ck, conn) == 1 then
-    redis.call('HSET', KEYS[3], user, ARGV[2])
-    if redis.call('HLEN', ck) == 0 then
-      redis.call('ZREM', KEYS[2], user)
-      table.insert(offline, user)
-    end
-  end
-end
-redis.call('DEL', KEYS[1], KEYS[5])
-redis.call('SREM', KEYS[4], ARGV[3])
-return offline
-"#;
 
 impl RedisRegistry {
     pub fn new(
@@ -175,7 +129,24 @@ impl RedisRegistry {
             keys,
             presence_ttl,
             pod_ttl: heartbeat * 3,
+            outbox: false,
         }
+    }
+
+    /// Records a user's first connection and last disconnection (a dead
+    /// pod's included) in the event outbox ([`super::outbox`]). These entries
+    /// are never refused: refusing a connection for want of an event would
+    /// be worse, and there is at most one per connect and disconnect.
+    pub fn with_outbox(mut self) -> Self {
+        self.outbox = true;
+        self
+    }
+
+    /// The outbox key a registry script takes last, when joins and leaves are
+    /// recorded.
+    fn outbox_key(&self) -> Option<String> {
+        self.outbox
+            .then(|| super::outbox::stream_key(&self.keys, super::outbox::PRESENCE_SHARD))
     }
 
     fn ms(d: Duration) -> u64 {
@@ -208,12 +179,16 @@ impl Registry for RedisRegistry {
     async fn register(&self, c: &ConnectionInfo) -> BackendResult<bool> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        let first: i64 = REGISTER_SCRIPT
-            .key(format!("{}conns:{}", k.prefix(), c.user))
+        let mut inv = REGISTER_SCRIPT.prepare_invoke();
+        inv.key(format!("{}conns:{}", k.prefix(), c.user))
             .key(format!("{}podconns:{}", k.prefix(), c.pod))
             .key(format!("{}online", k.prefix()))
             .key(format!("{}lastseen", k.prefix()))
-            .key(format!("{}pod:{}", k.prefix(), c.pod))
+            .key(format!("{}pod:{}", k.prefix(), c.pod));
+        if let Some(key) = self.outbox_key() {
+            inv.key(key);
+        }
+        let first: i64 = inv
             .arg(&c.conn_id)
             .arg(&c.pod)
             .arg(c.user.as_str())
@@ -228,15 +203,20 @@ impl Registry for RedisRegistry {
     async fn unregister(&self, c: &ConnectionInfo) -> BackendResult<bool> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        let last: i64 = UNREGISTER_SCRIPT
-            .key(format!("{}conns:{}", k.prefix(), c.user))
+        let mut inv = UNREGISTER_SCRIPT.prepare_invoke();
+        inv.key(format!("{}conns:{}", k.prefix(), c.user))
             .key(format!("{}podconns:{}", k.prefix(), c.pod))
             .key(format!("{}online", k.prefix()))
             .key(format!("{}lastseen", k.prefix()))
-            .key(format!("{}pod:{}", k.prefix(), c.pod))
+            .key(format!("{}pod:{}", k.prefix(), c.pod));
+        if let Some(key) = self.outbox_key() {
+            inv.key(key);
+        }
+        let last: i64 = inv
             .arg(&c.conn_id)
             .arg(c.user.as_str())
             .arg(now_millis())
+            .arg(&c.pod)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -316,13 +296,16 @@ impl Registry for RedisRegistry {
     async fn forget_pod(&self, pod: &str) -> BackendResult<Vec<UserId>> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        FORGET_POD_SCRIPT
-            .key(format!("{}podconns:{pod}", k.prefix()))
+        let mut inv = FORGET_POD_SCRIPT.prepare_invoke();
+        inv.key(format!("{}podconns:{pod}", k.prefix()))
             .key(format!("{}online", k.prefix()))
             .key(format!("{}lastseen", k.prefix()))
             .key(format!("{}pods", k.prefix()))
-            .key(format!("{}pod:{pod}", k.prefix()))
-            .arg(k.prefix())
+            .key(format!("{}pod:{pod}", k.prefix()));
+        if let Some(key) = self.outbox_key() {
+            inv.key(key);
+        }
+        inv.arg(k.prefix())
             .arg(now_millis())
             .arg(pod)
             .invoke_async::<Vec<String>>(&mut conn)
@@ -410,169 +393,6 @@ impl std::fmt::Debug for RedisStore {
             .finish()
     }
 }
-
-/// The atomic append: dedup check, seq, history, inboxes, dedup key.
-///
-/// The message arrives serialized with `"seq":0`; the script splices in the
-/// real seq. That literal can only occur once as JSON structure (inside a
-/// JSON string its quotes would be escaped), and `seq` is serialized before
-/// any user-controlled field.
-const APPEND: &str = r#"
--- KEYS: seq, hist, order, msg:<id>, dedup (or the order key again when none), inbox:<r1>...,
---       then with an outbox: its shard stream, the 1:1 recipient's conns (or the stream again)
--- ARGV: json, has_dedup (0/1), dedup ttl ms, history limit, inbox limit, is_group (0/1), msg id,
---       outbox shard limit (0 = no outbox), pod
-if ARGV[2] == '1' then
-  local prev = redis.call('GET', KEYS[5])
-  if prev then return {'dup', prev} end
-end
-local outbox = tonumber(ARGV[8]) > 0
-local ninbox = #KEYS - 5
-if outbox then
-  ninbox = ninbox - 2
-  if redis.call('XLEN', KEYS[#KEYS - 1]) >= tonumber(ARGV[8]) then return {'outbox'} end
-end
-local limit = tonumber(ARGV[5])
-if ARGV[6] == '0' then
-  for i = 1, ninbox do
-    if redis.call('ZCARD', KEYS[5 + i]) >= limit then return {'full', tostring(i)} end
-  end
-end
-local seq = redis.call('INCR', KEYS[1])
-local at = string.find(ARGV[1], '"seq":0', 1, true)
-local json = string.sub(ARGV[1], 1, at - 1) .. '"seq":' .. seq .. string.sub(ARGV[1], at + 7)
-redis.call('RPUSH', KEYS[2], json)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
-local reply = {'ok', json}
-local refs = 0
-for i = 1, ninbox do
-  if redis.call('ZCARD', KEYS[5 + i]) >= limit then
-    table.insert(reply, tostring(i))
-  else
-    local order = redis.call('INCR', KEYS[3])
-    redis.call('ZADD', KEYS[5 + i], order, ARGV[7])
-    refs = refs + 1
-  end
-end
-if refs > 0 then
-  redis.call('HSET', KEYS[4], 'b', json, 'r', refs)
-end
-if ARGV[2] == '1' then
-  redis.call('SET', KEYS[5], json, 'PX', ARGV[3])
-end
-if outbox then
-  local off = '0'
-  if ARGV[6] == '0' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then off = '1' end
-  redis.call('XADD', KEYS[#KEYS - 1], '*', 'k', 'msg', 'm', json, 'off', off, 'pod', ARGV[9])
-end
-return reply
-"#;
-
-const HISTORY: &str = r#"
--- KEYS: seq, hist   ARGV: before ('' = none), after ('' = none), limit
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-local len = redis.call('LLEN', KEYS[2])
-local first = last - len + 1
-local limit = tonumber(ARGV[3])
-local lo, hi, more
-if ARGV[2] ~= '' then
-  lo = math.min(math.max(tonumber(ARGV[2]) + 1, first) - first, len)
-  hi = math.min(lo + limit, len)
-  more = hi < len
-else
-  local e = len
-  if ARGV[1] ~= '' then e = math.min(math.max(tonumber(ARGV[1]) - first, 0), len) end
-  lo = math.max(e - limit, 0)
-  hi = e
-  more = lo > 0
-end
-local out = {more and '1' or '0'}
-if hi > lo then
-  for _, m in ipairs(redis.call('LRANGE', KEYS[2], lo, hi - 1)) do table.insert(out, m) end
-end
-return out
-"#;
-
-const INBOX: &str = r#"
--- KEYS: inbox:<user>   ARGV: key prefix, limit
-local out = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
-  local b = redis.call('HGET', ARGV[1] .. 'msg:' .. id, 'b')
-  if b then table.insert(out, b) end
-end
-return out
-"#;
-
-const ACK: &str = r#"
--- KEYS: inbox:<user>   ARGV: key prefix, msg ids...
-local out = {}
-for i = 2, #ARGV do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    local mk = ARGV[1] .. 'msg:' .. ARGV[i]
-    local b = redis.call('HGET', mk, 'b')
-    if b then table.insert(out, b) end
-    if redis.call('HINCRBY', mk, 'r', -1) <= 0 then redis.call('DEL', mk) end
-  end
-end
-return out
-"#;
-
-const CREATE_GROUP: &str = r#"
--- KEYS: groups, group:<g>, ugroups:<m>...   ARGV: group id, max members, members...
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 'exists' end
-if #ARGV - 2 > tonumber(ARGV[2]) then return 'full' end
-redis.call('SADD', KEYS[1], ARGV[1])
-for i = 3, #ARGV do
-  redis.call('SADD', KEYS[2], ARGV[i])
-  redis.call('SADD', KEYS[i], ARGV[1])
-end
-return 'ok'
-"#;
-
-const ADD_MEMBERS: &str = r#"
--- KEYS: groups, group:<g>, ugroups:<m>...   ARGV: group id, max members, members...
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'missing' end
-local new = 0
-for i = 3, #ARGV do
-  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then new = new + 1 end
-end
-if redis.call('SCARD', KEYS[2]) + new > tonumber(ARGV[2]) then return 'full' end
-for i = 3, #ARGV do
-  redis.call('SADD', KEYS[2], ARGV[i])
-  redis.call('SADD', KEYS[i], ARGV[1])
-end
-return 'ok'
-"#;
-
-const REMOVE_MEMBER: &str = r#"
--- KEYS: groups, group:<g>, ugroups:<user>   ARGV: group id, user
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'missing' end
-redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('SREM', KEYS[3], ARGV[1])
-return 'ok'
-"#;
-
-const DELETE_GROUP: &str = r#"
--- KEYS: groups, group:<g>   ARGV: group id, key prefix
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  redis.call('SREM', ARGV[2] .. 'ugroups:' .. m, ARGV[1])
-end
-redis.call('DEL', KEYS[2])
-return 1
-"#;
-
-static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTER));
-static UNREGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNREGISTER));
-static FORGET_POD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_POD));
-static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
-static HISTORY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY));
-static INBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INBOX));
-static ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACK));
-static CREATE_GROUP_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE_GROUP));
-static ADD_MEMBERS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_MEMBERS));
-static REMOVE_MEMBER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_MEMBER));
-static DELETE_GROUP_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_GROUP));
 
 fn parse_msg(json: &str) -> BackendResult<Arc<ChatMessage>> {
     serde_json::from_str(json)

@@ -46,6 +46,12 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
         .map_err(|e| format!("cannot connect to Redis: {}", redact(&e.to_string(), url)))?;
     let keys = super::redis::Keys::new(cfg.namespace(), &cfg.cluster_name);
     let mut store = super::redis::RedisStore::new(conn.clone(), keys.clone(), limits(cfg));
+    let mut registry = super::redis::RedisRegistry::new(
+        conn.clone(),
+        keys.clone(),
+        cfg.presence_ttl,
+        cfg.heartbeat_interval,
+    );
     let (bus, relay): (Arc<dyn super::Bus>, _) = match (&cfg.rocketmq_namesrv, &cfg.topic_prefix) {
         (Some(namesrv), Some(prefix)) => {
             let credentials = cfg.rocketmq_credentials()?;
@@ -59,6 +65,7 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
             .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?;
             let relay = if cfg.events {
                 store = store.with_outbox(cfg.events_outbox_per_shard(), &cfg.pod_name);
+                registry = registry.with_outbox();
                 let outbox =
                     super::outbox::RedisOutbox::new(conn.clone(), keys.clone(), &cfg.pod_name);
                 let relay =
@@ -74,12 +81,7 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
         _ => (Arc::new(MemoryBus::new()), None),
     };
     Ok(Backends {
-        registry: Arc::new(super::redis::RedisRegistry::new(
-            conn,
-            keys,
-            cfg.presence_ttl,
-            cfg.heartbeat_interval,
-        )),
+        registry: Arc::new(registry),
         store: Arc::new(store),
         bus,
         relay,

@@ -12,7 +12,8 @@ use switchboard_events::{
 };
 use switchboard_rocketmq::Record;
 
-use crate::backend::outbox::OutboxEntry;
+use crate::backend::outbox::{OutboxEntry, Recorded};
+use crate::model::ChatMessage;
 
 /// Which stream a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,12 +33,56 @@ impl Stream {
     }
 }
 
-/// The records of one outbox entry, in publishing order: `message_sent`,
-/// then `C2C_SEND_MSG` (or `GROUP_SEND_MSG`), then `C2C_OFF_LINE_MSG` when
-/// the recipient was offline. Each has a key unique to it
-/// (`<msg id>:<type>`) and the message id as a second key.
+/// The records of one outbox entry, in publishing order.
 pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
-    let msg = &entry.msg;
+    match &entry.what {
+        Recorded::Message { msg, offline } => message_records(msg, *offline, &entry.pod),
+        Recorded::Join { user, at_ms } => {
+            vec![presence_record(EventType::UserJoin, user, *at_ms, entry)]
+        }
+        Recorded::Leave { user, at_ms } => {
+            vec![presence_record(EventType::UserLeave, user, *at_ms, entry)]
+        }
+    }
+}
+
+/// `user_join` / `user_leave`: keys `<user>:<type>:<outbox entry id>`
+/// (unique) and the user id.
+fn presence_record(
+    kind: EventType,
+    user: &str,
+    at_ms: i64,
+    entry: &OutboxEntry,
+) -> (Stream, Record) {
+    let event = Event {
+        user_id: user.to_owned(),
+        message: String::new(),
+        timestamp: rfc3339_millis(at_ms),
+        kind,
+        msg_id: None,
+        conversation: None,
+        seq: None,
+        to_user_id: None,
+        group_id: None,
+        pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
+    };
+    let mut rec = record(
+        kind.as_str(),
+        user,
+        vec![
+            (PROPERTY_EVENT_TYPE.into(), kind.as_str().into()),
+            (PROPERTY_USER_ID.into(), user.to_owned()),
+        ],
+        &event,
+    );
+    rec.keys[0] = format!("{user}:{}:{}", kind.as_str(), entry.id);
+    (Stream::Events, rec)
+}
+
+/// `message_sent`, then `C2C_SEND_MSG` (or `GROUP_SEND_MSG`), then
+/// `C2C_OFF_LINE_MSG` when the recipient was offline. Each has a key unique
+/// to it (`<msg id>:<tag>`) and the message id as a second key.
+fn message_records(msg: &ChatMessage, offline: bool, pod: &str) -> Vec<(Stream, Record)> {
     let msg_id = msg.msg_id.to_string();
     let event = Event {
         user_id: msg.from.to_string(),
@@ -49,7 +94,7 @@ pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
         seq: Some(msg.seq),
         to_user_id: msg.to.as_ref().map(ToString::to_string),
         group_id: msg.group.as_ref().map(ToString::to_string),
-        pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
+        pod: Some(pod.to_owned()).filter(|p| !p.is_empty()),
     };
     let mut out = vec![(
         Stream::Events,
@@ -94,7 +139,7 @@ pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
             };
             let send = ClusterEventType::C2cSendMsg;
             cluster(send, ClusterEvent::new(send, &data));
-            if entry.offline {
+            if offline {
                 data.msg_status = Some(1);
                 let off = ClusterEventType::C2cOffLineMsg;
                 cluster(off, ClusterEvent::new(off, &data));
@@ -138,29 +183,28 @@ fn record<T: serde::Serialize>(
 mod tests {
     use super::*;
     use crate::ids::{ConversationId, MsgId, UserId};
-    use crate::model::ChatMessage;
 
     fn entry(offline: bool) -> OutboxEntry {
         let (a, b) = (
             UserId::parse("alice").unwrap(),
             UserId::parse("bob").unwrap(),
         );
+        let msg = ChatMessage {
+            msg_id: MsgId(42),
+            conversation: ConversationId::direct(&a, &b),
+            seq: 3,
+            from: a,
+            to: Some(b),
+            group: None,
+            content: "hi".into(),
+            ts: 1_704_110_400_000,
+            client_msg_id: Some("c1".into()),
+            chat_id: None,
+        };
         OutboxEntry {
             shard: 0,
             id: "1-0".into(),
-            msg: ChatMessage {
-                msg_id: MsgId(42),
-                conversation: ConversationId::direct(&a, &b),
-                seq: 3,
-                from: a,
-                to: Some(b),
-                group: None,
-                content: "hi".into(),
-                ts: 1_704_110_400_000,
-                client_msg_id: Some("c1".into()),
-                chat_id: None,
-            },
-            offline,
+            what: Recorded::Message { msg, offline },
             pod: "chat-0".into(),
         }
     }
@@ -185,5 +229,27 @@ mod tests {
     #[test]
     fn an_online_direct_message_has_no_offline_record() {
         assert_eq!(records(&entry(false)).len(), 2);
+    }
+
+    #[test]
+    fn a_leave_is_one_event_keyed_by_user_and_entry() {
+        let leave = OutboxEntry {
+            shard: 0,
+            id: "7-1".into(),
+            what: Recorded::Leave {
+                user: "bob".into(),
+                at_ms: 0,
+            },
+            pod: "chat-1".into(),
+        };
+        let recs = records(&leave);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].1.keys, ["bob:user_leave:7-1", "bob"]);
+        let event: Event = serde_json::from_slice(&recs[0].1.body).unwrap();
+        assert_eq!(
+            (event.kind, event.message.as_str()),
+            (EventType::UserLeave, "")
+        );
+        assert_eq!(event.pod.as_deref(), Some("chat-1"));
     }
 }

@@ -154,7 +154,7 @@ impl Relay {
         let mut done = Vec::with_capacity(entries.len());
         let mut failed = None;
         'entries: for entry in &entries {
-            let lane = switchboard_events::lane(&entry.msg.conversation.to_string());
+            let lane = switchboard_events::lane(&entry.lane_key());
             for (stream, record) in records(entry) {
                 let topic = match stream {
                     Stream::Events => &self.events_topic,

@@ -39,7 +39,7 @@ async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
     let c = Cluster::start("events", 2).await;
     let (events, cluster) = taps(&c).await;
     let mut ana = c.pod(0).connect("ana").await;
-    let _ben = c.pod(1).connect("ben").await;
+    let ben = c.pod(1).connect("ben").await;
 
     // ben is online (on the other pod); cy has never connected.
     let to_ben = ana.say("ben", "c-ben", "hello ben").await;
@@ -170,8 +170,49 @@ async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
     // A resend of an accepted message is a duplicate: no second event.
     let again = ana.say("ben", "c-ben", "hello ben").await;
     assert_eq!(again["msg_id"], to_ben["msg_id"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(with_tag(&events.seen(), "message_sent").len(), 3);
+
+    // Joins (first connection in the cluster), and a leave when the last
+    // one goes; a second device joins nothing.
+    let ana2 = c.pod(1).connect("ana").await;
+    ben.close().await;
+    let seen = events
+        .wait_until(WAIT, "ben's user_leave", |s| {
+            !with_tag(s, "user_leave").is_empty()
+        })
+        .await;
+    assert_eq!(
+        with_tag(&seen, "message_sent").len(),
+        3,
+        "the duplicate published nothing"
+    );
+    let presence = |tag: &str| -> Vec<(String, Option<String>)> {
+        with_tag(&seen, tag)
+            .iter()
+            .map(|d| {
+                assert_eq!(
+                    d.properties.get("event_type").map(String::as_str),
+                    Some(tag)
+                );
+                let e: Event = serde_json::from_slice(&d.body).unwrap();
+                assert_eq!(d.properties.get("user_id"), Some(&e.user_id));
+                (e.user_id, e.pod)
+            })
+            .collect()
+    };
+    let mut joins = presence("user_join");
+    joins.sort();
+    assert_eq!(
+        joins,
+        [
+            ("ana".into(), Some("sb-0".into())),
+            ("ben".into(), Some("sb-1".into()))
+        ]
+    );
+    assert_eq!(
+        presence("user_leave"),
+        [("ben".into(), Some("sb-1".into()))]
+    );
+    drop(ana2);
     events.stop().await;
     cluster.stop().await;
 }
@@ -304,6 +345,17 @@ async fn a_pod_killed_right_after_sent_loses_no_event() {
     for id in &ids {
         assert!(got.contains(id.as_str().unwrap()), "{id} missing");
     }
+    // sb-1 reaps the dead pod (3 missed heartbeats): ana left, from sb-0.
+    let seen = events
+        .wait_until(WAIT, "ana's user_leave", |s| {
+            !with_tag(s, "user_leave").is_empty()
+        })
+        .await;
+    let leave: Event = serde_json::from_slice(&with_tag(&seen, "user_leave")[0].body).unwrap();
+    assert_eq!(
+        (leave.user_id.as_str(), leave.pod.as_deref()),
+        ("ana", Some("sb-0"))
+    );
     assert!(leased_at.elapsed() >= Duration::from_millis(lease_ms));
     cluster
         .wait_until(WAIT, "the killed pod's C2C records", |s| {

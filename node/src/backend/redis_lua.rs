@@ -1,0 +1,236 @@
+//! The Lua scripts of the Redis backends ([`super::redis`]): every update
+//! that touches several keys is one script, which Redis runs atomically.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+const REGISTER: &str = r#"
+-- KEYS: conns:<user>, podconns:<pod>, online, lastseen, pod:<pod>[, outbox presence stream]
+-- ARGV: conn id, pod, user, now ms, presence ttl ms
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+-- Keep the pod's connection count current between heartbeats (only while
+-- the pod key lives: recreating an expired one would resurrect a dead pod).
+if added == 1 and redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'conns', 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[3] .. ' ' .. ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then
+  if KEYS[6] then
+    redis.call('XADD', KEYS[6], '*', 'k', 'join', 'm', ARGV[3], 'off', ARGV[4], 'pod', ARGV[2])
+  end
+  return 1
+end
+return 0
+"#;
+
+const UNREGISTER: &str = r#"
+-- KEYS: conns:<user>, podconns:<pod>, online, lastseen, pod:<pod>[, outbox presence stream]
+-- ARGV: conn id, user, now ms, pod
+redis.call('SREM', KEYS[2], ARGV[2] .. ' ' .. ARGV[1])
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 0 then return 0 end
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'conns', -1) end
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  if KEYS[6] then
+    redis.call('XADD', KEYS[6], '*', 'k', 'leave', 'm', ARGV[2], 'off', ARGV[3], 'pod', ARGV[4])
+  end
+  return 1
+end
+return 0
+"#;
+
+/// Removes every entry of one pod. Returns the users that went offline.
+const FORGET_POD: &str = r#"
+-- KEYS: podconns:<pod>, online, lastseen, pods, pod:<pod>[, outbox presence stream]
+-- ARGV: key prefix, now ms, pod
+local offline = {}
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local sp = string.find(member, ' ', 1, true)
+  local user = string.sub(member, 1, sp - 1)
+  local conn = string.sub(member, sp + 1)
+  local ck = ARGV[1] .. 'conns:' .. user
+  if redis.call('HDEL', ck, conn) == 1 then
+    redis.call('HSET', KEYS[3], user, ARGV[2])
+    if redis.call('HLEN', ck) == 0 then
+      redis.call('ZREM', KEYS[2], user)
+      table.insert(offline, user)
+      if KEYS[6] then
+        redis.call('XADD', KEYS[6], '*', 'k', 'leave', 'm', user, 'off', ARGV[2], 'pod', ARGV[3])
+      end
+    end
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('SREM', KEYS[4], ARGV[3])
+return offline
+"#;
+
+/// The atomic append: dedup check, seq, history, inboxes, dedup key.
+///
+/// The message arrives serialized with `"seq":0`; the script splices in the
+/// real seq. That literal can only occur once as JSON structure (inside a
+/// JSON string its quotes would be escaped), and `seq` is serialized before
+/// any user-controlled field.
+const APPEND: &str = r#"
+-- KEYS: seq, hist, order, msg:<id>, dedup (or the order key again when none), inbox:<r1>...,
+--       then with an outbox: its shard stream, the 1:1 recipient's conns (or the stream again)
+-- ARGV: json, has_dedup (0/1), dedup ttl ms, history limit, inbox limit, is_group (0/1), msg id,
+--       outbox shard limit (0 = no outbox), pod
+if ARGV[2] == '1' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then return {'dup', prev} end
+end
+local outbox = tonumber(ARGV[8]) > 0
+local ninbox = #KEYS - 5
+if outbox then
+  ninbox = ninbox - 2
+  if redis.call('XLEN', KEYS[#KEYS - 1]) >= tonumber(ARGV[8]) then return {'outbox'} end
+end
+local limit = tonumber(ARGV[5])
+if ARGV[6] == '0' then
+  for i = 1, ninbox do
+    if redis.call('ZCARD', KEYS[5 + i]) >= limit then return {'full', tostring(i)} end
+  end
+end
+local seq = redis.call('INCR', KEYS[1])
+local at = string.find(ARGV[1], '"seq":0', 1, true)
+local json = string.sub(ARGV[1], 1, at - 1) .. '"seq":' .. seq .. string.sub(ARGV[1], at + 7)
+redis.call('RPUSH', KEYS[2], json)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+local reply = {'ok', json}
+local refs = 0
+for i = 1, ninbox do
+  if redis.call('ZCARD', KEYS[5 + i]) >= limit then
+    table.insert(reply, tostring(i))
+  else
+    local order = redis.call('INCR', KEYS[3])
+    redis.call('ZADD', KEYS[5 + i], order, ARGV[7])
+    refs = refs + 1
+  end
+end
+if refs > 0 then
+  redis.call('HSET', KEYS[4], 'b', json, 'r', refs)
+end
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[5], json, 'PX', ARGV[3])
+end
+if outbox then
+  local off = '0'
+  if ARGV[6] == '0' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then off = '1' end
+  redis.call('XADD', KEYS[#KEYS - 1], '*', 'k', 'msg', 'm', json, 'off', off, 'pod', ARGV[9])
+end
+return reply
+"#;
+
+const HISTORY: &str = r#"
+-- KEYS: seq, hist   ARGV: before ('' = none), after ('' = none), limit
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local len = redis.call('LLEN', KEYS[2])
+local first = last - len + 1
+local limit = tonumber(ARGV[3])
+local lo, hi, more
+if ARGV[2] ~= '' then
+  lo = math.min(math.max(tonumber(ARGV[2]) + 1, first) - first, len)
+  hi = math.min(lo + limit, len)
+  more = hi < len
+else
+  local e = len
+  if ARGV[1] ~= '' then e = math.min(math.max(tonumber(ARGV[1]) - first, 0), len) end
+  lo = math.max(e - limit, 0)
+  hi = e
+  more = lo > 0
+end
+local out = {more and '1' or '0'}
+if hi > lo then
+  for _, m in ipairs(redis.call('LRANGE', KEYS[2], lo, hi - 1)) do table.insert(out, m) end
+end
+return out
+"#;
+
+const INBOX: &str = r#"
+-- KEYS: inbox:<user>   ARGV: key prefix, limit
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  local b = redis.call('HGET', ARGV[1] .. 'msg:' .. id, 'b')
+  if b then table.insert(out, b) end
+end
+return out
+"#;
+
+const ACK: &str = r#"
+-- KEYS: inbox:<user>   ARGV: key prefix, msg ids...
+local out = {}
+for i = 2, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    local mk = ARGV[1] .. 'msg:' .. ARGV[i]
+    local b = redis.call('HGET', mk, 'b')
+    if b then table.insert(out, b) end
+    if redis.call('HINCRBY', mk, 'r', -1) <= 0 then redis.call('DEL', mk) end
+  end
+end
+return out
+"#;
+
+const CREATE_GROUP: &str = r#"
+-- KEYS: groups, group:<g>, ugroups:<m>...   ARGV: group id, max members, members...
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 'exists' end
+if #ARGV - 2 > tonumber(ARGV[2]) then return 'full' end
+redis.call('SADD', KEYS[1], ARGV[1])
+for i = 3, #ARGV do
+  redis.call('SADD', KEYS[2], ARGV[i])
+  redis.call('SADD', KEYS[i], ARGV[1])
+end
+return 'ok'
+"#;
+
+const ADD_MEMBERS: &str = r#"
+-- KEYS: groups, group:<g>, ugroups:<m>...   ARGV: group id, max members, members...
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+local new = 0
+for i = 3, #ARGV do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then new = new + 1 end
+end
+if redis.call('SCARD', KEYS[2]) + new > tonumber(ARGV[2]) then return 'full' end
+for i = 3, #ARGV do
+  redis.call('SADD', KEYS[2], ARGV[i])
+  redis.call('SADD', KEYS[i], ARGV[1])
+end
+return 'ok'
+"#;
+
+const REMOVE_MEMBER: &str = r#"
+-- KEYS: groups, group:<g>, ugroups:<user>   ARGV: group id, user
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'missing' end
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 'ok'
+"#;
+
+const DELETE_GROUP: &str = r#"
+-- KEYS: groups, group:<g>   ARGV: group id, key prefix
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('SREM', ARGV[2] .. 'ugroups:' .. m, ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+return 1
+"#;
+
+pub(super) static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTER));
+pub(super) static UNREGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNREGISTER));
+pub(super) static FORGET_POD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_POD));
+pub(super) static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
+pub(super) static HISTORY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY));
+pub(super) static INBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INBOX));
+pub(super) static ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACK));
+pub(super) static CREATE_GROUP_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(CREATE_GROUP));
+pub(super) static ADD_MEMBERS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_MEMBERS));
+pub(super) static REMOVE_MEMBER_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(REMOVE_MEMBER));
+pub(super) static DELETE_GROUP_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(DELETE_GROUP));
