@@ -8,7 +8,10 @@
 //!   registry at that moment (same script, same instant). The registry's
 //!   scripts add `{k: "join"|"leave", m: <user>, off: <ms>, pod}` to shard
 //!   [`PRESENCE_SHARD`] when a user's first connection in the cluster
-//!   arrives or its last one goes (a dead pod's reaped ones included).
+//!   arrives or its last one goes (a dead pod's reaped ones included). The
+//!   ack script adds `{k: "ack", m: <message JSON>, pod}` when the recipient
+//!   of a 1:1 message acks it, to the shard the message went to (its
+//!   `Kmsg:<id>` hash remembers it as `s`), so the ack follows the message.
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
 //!   dead pod's shards pass to a survivor when its lease expires.
@@ -66,6 +69,8 @@ pub enum Recorded {
         /// A 1:1 message whose recipient had no live connection.
         offline: bool,
     },
+    /// The recipient of a 1:1 message acknowledged it.
+    Ack { msg: ChatMessage },
     /// A user's first connection in the cluster.
     Join { user: String, at_ms: i64 },
     /// A user's last connection in the cluster is gone.
@@ -77,7 +82,7 @@ impl OutboxEntry {
     /// the user for joins and leaves.
     pub fn lane_key(&self) -> String {
         match &self.what {
-            Recorded::Message { msg, .. } => msg.conversation.to_string(),
+            Recorded::Message { msg, .. } | Recorded::Ack { msg } => msg.conversation.to_string(),
             Recorded::Join { user, .. } | Recorded::Leave { user, .. } => user.clone(),
         }
     }
@@ -184,6 +189,11 @@ impl RedisOutbox {
                 "leave" => Recorded::Leave {
                     user: m.clone(),
                     at_ms: at_ms(),
+                },
+                "ack" => Recorded::Ack {
+                    msg: serde_json::from_str(m).map_err(|e| {
+                        BackendError::Unavailable(format!("outbox entry {id}: {e}"))
+                    })?,
                 },
                 _ => Recorded::Message {
                     msg: serde_json::from_str(m).map_err(|e| {

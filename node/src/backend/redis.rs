@@ -609,7 +609,8 @@ impl MessageStore for RedisStore {
     async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>> {
         let mut inv = ACK_SCRIPT.prepare_invoke();
         inv.key(format!("{}inbox:{user}", self.keys.prefix()))
-            .arg(self.keys.prefix());
+            .arg(self.keys.prefix())
+            .arg(self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str()));
         for id in msg_ids {
             inv.arg(id.0.to_string());
         }

@@ -114,6 +114,8 @@ for i = 1, ninbox do
 end
 if refs > 0 then
   redis.call('HSET', KEYS[4], 'b', json, 'r', refs)
+  -- A 1:1 message remembers its outbox shard: its ack is recorded there, after it.
+  if outbox and ARGV[6] == '0' then redis.call('HSET', KEYS[4], 's', KEYS[#KEYS - 1]) end
 end
 if ARGV[2] == '1' then
   redis.call('SET', KEYS[5], json, 'PX', ARGV[3])
@@ -162,13 +164,15 @@ return out
 "#;
 
 const ACK: &str = r#"
--- KEYS: inbox:<user>   ARGV: key prefix, msg ids...
+-- KEYS: inbox:<user>   ARGV: key prefix, pod, msg ids...
 local out = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     local mk = ARGV[1] .. 'msg:' .. ARGV[i]
     local b = redis.call('HGET', mk, 'b')
     if b then table.insert(out, b) end
+    local s = redis.call('HGET', mk, 's')
+    if b and s then redis.call('XADD', s, '*', 'k', 'ack', 'm', b, 'off', '0', 'pod', ARGV[2]) end
     if redis.call('HINCRBY', mk, 'r', -1) <= 0 then redis.call('DEL', mk) end
   end
 end

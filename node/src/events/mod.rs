@@ -37,6 +37,7 @@ impl Stream {
 pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
     match &entry.what {
         Recorded::Message { msg, offline } => message_records(msg, *offline, &entry.pod),
+        Recorded::Ack { msg } => ack_records(msg),
         Recorded::Join { user, at_ms } => {
             vec![presence_record(EventType::UserJoin, user, *at_ms, entry)]
         }
@@ -77,6 +78,42 @@ fn presence_record(
     );
     rec.keys[0] = format!("{user}:{}:{}", kind.as_str(), entry.id);
     (Stream::Events, rec)
+}
+
+/// `C2C_CLIENT_RECEIVED_ACK` with the acked message's data, key
+/// `<msg id>:C2C_ACK`.
+fn ack_records(msg: &ChatMessage) -> Vec<(Stream, Record)> {
+    let (Some(to), None) = (&msg.to, &msg.group) else {
+        return Vec::new();
+    };
+    let kind = ClusterEventType::C2cClientReceivedAck;
+    let data = c2c_data(msg, to.as_str());
+    ClusterEvent::new(kind, &data)
+        .map(|envelope| {
+            vec![(
+                Stream::ClusterEvents,
+                record(kind.tag(), &msg.msg_id.to_string(), Vec::new(), &envelope),
+            )]
+        })
+        .unwrap_or_default()
+}
+
+/// Seed 001's message fields of a 1:1 message.
+fn c2c_data(msg: &ChatMessage, to: &str) -> C2cMsg {
+    C2cMsg {
+        client_msg_id: msg.client_msg_id.clone().unwrap_or_default(),
+        msg_id: msg.msg_id.to_string(),
+        from_user_id: msg.from.to_string(),
+        to_user_id: to.to_owned(),
+        chat_id: msg
+            .chat_id
+            .clone()
+            .unwrap_or_else(|| msg.conversation.to_string()),
+        msg_content: msg.content.clone(),
+        msg_format: msg_format::TEXT,
+        msg_create_time: msg.ts,
+        msg_status: None,
+    }
 }
 
 /// `message_sent`, then `C2C_SEND_MSG` (or `GROUP_SEND_MSG`), then
@@ -126,17 +163,7 @@ fn message_records(msg: &ChatMessage, offline: bool, pod: &str) -> Vec<(Stream, 
     };
     match (&msg.to, &msg.group) {
         (Some(to), _) => {
-            let mut data = C2cMsg {
-                client_msg_id,
-                msg_id: msg_id.clone(),
-                from_user_id: msg.from.to_string(),
-                to_user_id: to.to_string(),
-                chat_id,
-                msg_content: msg.content.clone(),
-                msg_format: msg_format::TEXT,
-                msg_create_time: msg.ts,
-                msg_status: None,
-            };
+            let mut data = c2c_data(msg, to.as_str());
             let send = ClusterEventType::C2cSendMsg;
             cluster(send, ClusterEvent::new(send, &data));
             if offline {

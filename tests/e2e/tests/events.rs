@@ -39,7 +39,7 @@ async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
     let c = Cluster::start("events", 2).await;
     let (events, cluster) = taps(&c).await;
     let mut ana = c.pod(0).connect("ana").await;
-    let ben = c.pod(1).connect("ben").await;
+    let mut ben = c.pod(1).connect("ben").await;
 
     // ben is online (on the other pod); cy has never connected.
     let to_ben = ana.say("ben", "c-ben", "hello ben").await;
@@ -170,6 +170,42 @@ async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
     // A resend of an accepted message is a duplicate: no second event.
     let again = ana.say("ben", "c-ben", "hello ben").await;
     assert_eq!(again["msg_id"], to_ben["msg_id"]);
+
+    // ben acks the message: C2C_CLIENT_RECEIVED_ACK, after its C2C_SEND.
+    // (Pushes of different conversations are not ordered between them.)
+    let m = loop {
+        let m = ben.expect("message").await;
+        if m["msg_id"] == to_ben["msg_id"] {
+            break m;
+        }
+    };
+    ben.send(json!({"type": "ack", "msg_ids": [m["msg_id"]]}))
+        .await;
+    let seen = cluster
+        .wait_until(WAIT, "C2C_ACK", |s| !with_tag(s, "C2C_ACK").is_empty())
+        .await;
+    let ack_at = seen
+        .iter()
+        .position(|d| d.tag.as_deref() == Some("C2C_ACK"))
+        .unwrap();
+    let ack = cluster_event(&seen[ack_at]);
+    assert_eq!(
+        ack.cluster_event_type,
+        ClusterEventType::C2cClientReceivedAck
+    );
+    let acked: C2cMsg = ack.parse_data().unwrap();
+    assert_eq!(
+        (acked.msg_id.clone(), acked.to_user_id.as_str()),
+        (id(&to_ben), "ben")
+    );
+    let send_at = seen
+        .iter()
+        .position(|d| {
+            d.tag.as_deref() == Some("C2C_SEND")
+                && cluster_event(d).parse_data::<C2cMsg>().unwrap().msg_id == acked.msg_id
+        })
+        .unwrap();
+    assert!(send_at < ack_at, "the ack was read before its message");
 
     // Joins (first connection in the cluster), and a leave when the last
     // one goes; a second device joins nothing.
