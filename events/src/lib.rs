@@ -10,8 +10,9 @@
 //!   `{"clusterEventType", "data"}`, `data` a JSON *string* of [`C2cMsg`] or
 //!   [`GroupMsg`]. Tag from [`ClusterEventType::tag`].
 //!
-//! Records about one conversation keep their order on each topic (one queue per
-//! conversation, chosen by [`lane`]).
+//! Records about one conversation keep their order on each topic: they go to
+//! queue `shard % queues`, where `shard = lane(conversation) % 16` (see
+//! [`lane`]); joins and leaves go to shard 0.
 
 use serde::{Deserialize, Serialize};
 
@@ -227,8 +228,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
-/// The queue index (before `% queues`) that records of `conversation` go to
-/// on both topics, so that one conversation's records keep their order.
+/// FNV-1a (32 bits) of a conversation id: `lane(conversation) % 16` is the
+/// conversation's outbox shard, and its records go to queue `shard % queues`
+/// of both topics (with 1, 2, 4, 8 or 16 queues that is `lane % queues`).
 pub fn lane(conversation: &str) -> u32 {
     // FNV-1a, 32 bits: stable across releases and languages.
     let mut h: u32 = 0x811c_9dc5;

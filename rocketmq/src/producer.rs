@@ -1,6 +1,7 @@
 //! A thin producer: sends to any queue of a topic, or to the queue of a lane,
 //! so that messages of one lane are stored, and then consumed, in order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,25 @@ pub struct Record {
     pub body: Vec<u8>,
 }
 
+fn build_record(topic: &str, record: &Record) -> Result<Message, String> {
+    let mut builder = Message::builder()
+        .topic(topic)
+        .keys(record.keys.clone())
+        .body(record.body.clone());
+    if let Some(tag) = &record.tag {
+        builder = builder.tags(tag.as_str());
+    }
+    for (name, value) in &record.properties {
+        builder = builder
+            .raw_property(name.as_str(), value.as_str())
+            .map_err(|e| e.to_string())?;
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// How long [`Producer::send_batch`] uses a topic's queue list before reading it again.
+const QUEUES_TTL: Duration = Duration::from_secs(30);
+
 /// After a failed send the producer is rebuilt, at most this often.
 const REBUILD_EVERY: Duration = Duration::from_secs(1);
 
@@ -52,6 +72,9 @@ pub struct Producer {
     inner: Arc<RwLock<DefaultMQProducer>>,
     /// When the client was last built (or rebuilt).
     built_at: Mutex<std::time::Instant>,
+    /// The sorted writable queues of the topics [`Producer::send_batch`] sent to,
+    /// and when they were read from the name server.
+    queues: Mutex<HashMap<String, (std::time::Instant, Vec<MessageQueue>)>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -83,6 +106,7 @@ impl Producer {
             credentials,
             inner: Arc::new(RwLock::new(producer)),
             built_at: Mutex::new(std::time::Instant::now()),
+            queues: Mutex::new(HashMap::new()),
         })
     }
 
@@ -181,20 +205,99 @@ impl Producer {
     /// Sends `record` to the queue of `lane` in `topic`, as [`Producer::send_ordered`]
     /// does, with its tag and user properties.
     pub async fn send_record(&self, topic: &str, lane: u32, record: &Record) -> Result<(), Error> {
-        self.send_retrying(topic, Some(lane), || {
-            let mut builder = Message::builder()
-                .topic(topic)
-                .keys(record.keys.clone())
-                .body(record.body.clone());
-            if let Some(tag) = &record.tag {
-                builder = builder.tags(tag.as_str());
+        self.send_retrying(topic, Some(lane), || build_record(topic, record))
+            .await
+    }
+
+    /// Sends `records` as one batch to one queue of `topic`: queue `lane % queues`
+    /// of the topic's writable queues sorted by broker name and queue id (the same
+    /// queue from every producer), and waits until the broker has stored them. The
+    /// records of a batch are stored, and consumed in order, in the order given;
+    /// each keeps its own tag, keys and properties. A transport failure rebuilds the
+    /// client and tries once more, as [`Producer::send`] does. The whole batch must
+    /// fit the broker's message size limit (4 MiB by default).
+    pub async fn send_batch(
+        &self,
+        topic: &str,
+        lane: u32,
+        records: &[Record],
+    ) -> Result<(), Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self.send_batch_once(topic, lane, records).await {
+            Err(Error::Client { .. }) if self.rebuild().await => {
+                self.send_batch_once(topic, lane, records).await
             }
-            for (name, value) in &record.properties {
-                builder = builder.raw_property(name.as_str(), value.as_str())?;
-            }
-            builder.build()
-        })
-        .await
+            other => other,
+        }
+    }
+
+    async fn send_batch_once(
+        &self,
+        topic: &str,
+        lane: u32,
+        records: &[Record],
+    ) -> Result<(), Error> {
+        let mut messages = Vec::with_capacity(records.len());
+        for record in records {
+            messages.push(
+                build_record(topic, record)
+                    .map_err(|e| Error::InvalidName(format!("{topic}: {e}")))?,
+            );
+        }
+        let queues = self.queues_of(topic).await?;
+        let n = u32::try_from(queues.len()).unwrap_or(0).max(1);
+        let Some(queue) = usize::try_from(lane % n)
+            .ok()
+            .and_then(|i| queues.get(i).cloned())
+        else {
+            return Self::check_stored(topic, None);
+        };
+        let inner = Arc::clone(&self.inner);
+        let result = self
+            .rt
+            .run("send batch", async move {
+                let producer = inner.read().await;
+                producer.send_batch_to_queue(messages, queue).await
+            })
+            .await?
+            .map_err(Error::client("send batch"));
+        if result.is_err() {
+            // The route may have changed (broker restarted elsewhere): read it again.
+            self.queues.lock().await.remove(topic);
+        }
+        Self::check_stored(topic, Some(result?.send_status))
+    }
+
+    /// The writable queues of `topic`, sorted; read from the name server at most
+    /// every [`QUEUES_TTL`].
+    async fn queues_of(&self, topic: &str) -> Result<Vec<MessageQueue>, Error> {
+        let mut cache = self.queues.lock().await;
+        if let Some((at, queues)) = cache.get(topic)
+            && at.elapsed() < QUEUES_TTL
+        {
+            return Ok(queues.clone());
+        }
+        let inner = Arc::clone(&self.inner);
+        let topic_owned = topic.to_owned();
+        let mut queues = self
+            .rt
+            .run("fetch queues", async move {
+                inner
+                    .write()
+                    .await
+                    .fetch_publish_message_queues(&topic_owned)
+                    .await
+            })
+            .await?
+            .map_err(Error::client("fetch queues"))?;
+        queues.sort();
+        cache.insert(
+            topic.to_owned(),
+            (std::time::Instant::now(), queues.clone()),
+        );
+        Ok(queues)
     }
 
     /// Sends the message `build` makes; after a transport failure, rebuilds the

@@ -1,6 +1,6 @@
 //! Lanes keep their order end to end: what `Producer::send_ordered` sends to one
 //! lane, an in-order `Consumer` hands over in that order, on the real broker of
-//! `scripts/deps start` (SB_TEST_ROCKETMQ_NAMESRV).
+//! `scripts/deps start` (SB_TEST_ROCKETMQ_NAMESRV); so do `Producer::send_batch`es.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bounded, eventually, fresh_names, namesrv};
-use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Delivery, Producer, Runtime};
+use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Delivery, Producer, Record, Runtime};
 
 const QUEUES: u32 = 4;
 /// More lanes than queues: lanes 0 and 4 share queue 0, and still keep their order.
@@ -105,6 +105,90 @@ async fn an_in_order_consumer_hands_over_each_lane_in_send_order() {
 
         consumer.shutdown().await;
         Arc::into_inner(producer).unwrap().shutdown().await;
+        admin.delete_group(&group).await.unwrap();
+        admin.delete_topic(&topic).await.unwrap();
+        admin.shutdown().await;
+        rt.shutdown().await;
+    })
+    .await;
+}
+
+/// `Producer::send_batch`: each batch lands on the lane's queue, its records
+/// arrive one by one in order with their own tag, keys and properties, and
+/// batches of one lane keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_order_tags_keys_and_properties() {
+    const BATCHES: u32 = 20;
+    const PER_BATCH: u32 = 10;
+    bounded(Duration::from_secs(120), async {
+        let rt = Runtime::new().unwrap();
+        let admin = Admin::connect(&rt, &namesrv()).await.unwrap();
+        let names = fresh_names("batch");
+        let (topic, group) = (names.node_topic(0), names.node_group(0));
+        admin.ensure_topic(&topic, QUEUES).await.unwrap();
+        admin.ensure_group(&group, 3).await.unwrap();
+        let seen: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        let config = ConsumerConfig {
+            namesrv: namesrv(),
+            topic: topic.clone(),
+            group: group.clone(),
+            max_reconsume_times: None,
+            in_order: true,
+            credentials: None,
+        };
+        let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {
+            log.lock().unwrap().push(d);
+            Ok::<(), String>(())
+        })
+        .await
+        .unwrap();
+        consumer
+            .wait_assigned(Duration::from_secs(30))
+            .await
+            .unwrap();
+        let producer = Producer::start(&rt, &namesrv(), "batch-producer")
+            .await
+            .unwrap();
+        for b in 0..BATCHES {
+            let lane = b % 2;
+            let records: Vec<Record> = (0..PER_BATCH)
+                .map(|i| Record {
+                    tag: Some(format!("T{}", i % 3)),
+                    keys: vec![format!("{lane}-{b}-{i}")],
+                    properties: vec![("lane".into(), lane.to_string())],
+                    body: format!("{lane}:{}", b / 2 * PER_BATCH + i).into_bytes(),
+                })
+                .collect();
+            producer.send_batch(&topic, lane, &records).await.unwrap();
+        }
+        let total = (BATCHES * PER_BATCH) as usize;
+        assert!(
+            eventually(Duration::from_secs(60), || seen.lock().unwrap().len()
+                >= total)
+            .await,
+            "received {} of {total}",
+            seen.lock().unwrap().len()
+        );
+        let mut next: HashMap<String, u32> = HashMap::new();
+        for d in seen.lock().unwrap().iter() {
+            let text = String::from_utf8(d.body.clone()).unwrap();
+            let (lane, n) = text.split_once(':').unwrap();
+            let n: u32 = n.parse().unwrap();
+            let expected = next.entry(lane.to_owned()).or_insert(0);
+            assert_eq!(n, *expected, "lane {lane}: got {n}, expected {expected}");
+            *expected += 1;
+            assert_eq!(d.tag.as_deref(), Some(&*format!("T{}", n % PER_BATCH % 3)));
+            assert_eq!(d.properties.get("lane").map(String::as_str), Some(lane));
+            assert!(
+                d.key.as_deref().unwrap().starts_with(&format!("{lane}-")),
+                "{:?}",
+                d.key
+            );
+        }
+        assert_eq!(next.len(), 2);
+        consumer.shutdown().await;
+        producer.shutdown().await;
         admin.delete_group(&group).await.unwrap();
         admin.delete_topic(&topic).await.unwrap();
         admin.shutdown().await;

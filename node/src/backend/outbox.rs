@@ -77,17 +77,6 @@ pub enum Recorded {
     Leave { user: String, at_ms: i64 },
 }
 
-impl OutboxEntry {
-    /// The stream whose queue the entry's records go to: the conversation, or
-    /// the user for joins and leaves.
-    pub fn lane_key(&self) -> String {
-        match &self.what {
-            Recorded::Message { msg, .. } | Recorded::Ack { msg } => msg.conversation.to_string(),
-            Recorded::Join { user, .. } | Recorded::Leave { user, .. } => user.clone(),
-        }
-    }
-}
-
 /// Renews this pod's leases, takes free ones, and reads the oldest entries of
 /// every shard it holds, in one round trip.
 const TAKE: &str = r#"

@@ -5,18 +5,19 @@
 //! Every node runs one. Each outbox shard is relayed by the one pod holding
 //! its lease, entry after entry in stream order, and every record of a
 //! conversation goes to the queue [`switchboard_events::lane`] picks: one
-//! conversation's records keep their order on each topic. A failed send
-//! stops the shard's pass (the entries behind it wait, keeping the order) and
-//! is retried after [`RETRY_AFTER`]; records already sent for the entry are
-//! sent again then, so consumers see each record at least once and dedup by
-//! its key.
+//! A pass sends the records of a shard's pending entries as one batch per
+//! topic, in order, to the shard's queue (`shard % queues`), so one
+//! conversation's records keep their order on each topic. A failed batch
+//! stops the shard's pass (nothing is removed, keeping the order) and is
+//! retried after [`RETRY_AFTER`]; records already stored are sent again then,
+//! so consumers see each record at least once and dedup by its key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_rocketmq::names::Names;
-use switchboard_rocketmq::{Credentials, Producer, Runtime};
+use switchboard_rocketmq::{Credentials, Producer, Record, Runtime};
 use tokio_util::sync::CancellationToken;
 
 use super::{Stream, records};
@@ -31,6 +32,8 @@ pub const LEASE: Duration = Duration::from_secs(10);
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Wait after a failed pass (broker or Redis away).
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Most bytes of record bodies in one batch (the broker takes 4 MiB).
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Entries read per shard in one pass.
 const PER_SHARD: usize = 64;
 /// How often the outbox depth gauge is refreshed.
@@ -144,41 +147,88 @@ impl Relay {
         }
     }
 
-    /// Publishes the entries of one shard in order; removes the ones done.
+    /// Publishes the records of one shard's entries, in order, as one batch per
+    /// topic to the shard's queue; removes the entries once both are stored.
     async fn relay_shard(
         &self,
         shard: u32,
         entries: Vec<OutboxEntry>,
         metrics: &EventMetrics,
     ) -> Result<usize, BackendError> {
-        let mut done = Vec::with_capacity(entries.len());
-        let mut failed = None;
-        'entries: for entry in &entries {
-            let lane = switchboard_events::lane(&entry.lane_key());
+        let mut events = Vec::new();
+        let mut cluster_events = Vec::new();
+        for entry in &entries {
             for (stream, record) in records(entry) {
-                let topic = match stream {
-                    Stream::Events => &self.events_topic,
-                    Stream::ClusterEvents => &self.cluster_events_topic,
-                };
-                if let Err(e) = self.producer.send_record(topic, lane, &record).await {
-                    failed = Some(BackendError::Unavailable(format!(
-                        "publish to {topic}: {e}"
-                    )));
-                    break 'entries;
+                match stream {
+                    Stream::Events => events.push(record),
+                    Stream::ClusterEvents => cluster_events.push(record),
                 }
+            }
+        }
+        for (stream, topic, batch) in [
+            (Stream::Events, &self.events_topic, events),
+            (
+                Stream::ClusterEvents,
+                &self.cluster_events_topic,
+                cluster_events,
+            ),
+        ] {
+            for chunk in chunks(&batch) {
+                self.producer
+                    .send_batch(topic, shard, chunk)
+                    .await
+                    .map_err(|e| BackendError::Unavailable(format!("publish to {topic}: {e}")))?;
                 metrics
                     .published
                     .get_or_create(&StreamLabel {
                         stream: stream.as_str(),
                     })
-                    .inc();
+                    .inc_by(chunk.len() as u64);
             }
-            done.push(entry.id.clone());
         }
-        self.outbox.remove(shard, &done).await?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(done.len()),
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        self.outbox.remove(shard, &ids).await?;
+        Ok(ids.len())
+    }
+}
+
+/// Consecutive runs of `records` of at most [`BATCH_BYTES`] of bodies (at
+/// least one record each), within the broker's message size limit.
+fn chunks(records: &[Record]) -> Vec<&[Record]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        if i > start && bytes + r.body.len() > BATCH_BYTES {
+            out.push(&records[start..i]);
+            (start, bytes) = (i, 0);
         }
+        bytes += r.body.len();
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_order_and_stay_under_the_limit() {
+        let r = |n: usize| Record {
+            body: vec![0; n],
+            ..Record::default()
+        };
+        let records = vec![
+            r(BATCH_BYTES / 2),
+            r(BATCH_BYTES / 2),
+            r(1),
+            r(BATCH_BYTES * 2),
+            r(1),
+        ];
+        let sizes: Vec<usize> = chunks(&records).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [2, 1, 1, 1]);
+        assert!(chunks(&[]).is_empty());
     }
 }
