@@ -401,3 +401,102 @@ async fn a_pod_killed_right_after_sent_loses_no_event() {
     events.stop().await;
     cluster.stop().await;
 }
+
+/// The outbox is bounded: while nothing relays it (a "dead pod" holds the
+/// leases), a send that would pass `SB_EVENTS_OUTBOX_LIMIT` is refused with
+/// `unavailable` (nothing stored, no event lost); once the relay catches up,
+/// the same resend is accepted and both messages' events appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_refuses_sends_until_the_relay_catches_up() {
+    let mut c = Cluster::new("events-full", "2s");
+    // 16 shards of one entry each.
+    c.set_env("SB_EVENTS_OUTBOX_LIMIT", "16");
+    c.provision(1).await;
+    let leases: Vec<String> = (0..16)
+        .map(|shard| format!("sb:{{e2e/{}}}:outbox:{shard}:lease", c.name))
+        .collect();
+    let client = redis::Client::open(c.redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in &leases {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("sb-gone")
+            .arg("PX")
+            .arg(120_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let pod = c.spawn(0);
+    c.pods.push(pod);
+    switchboard_e2e::wait_ready(c.pod(0)).await;
+    let (events, cluster) = taps(&c).await;
+    // A peer whose conversation is not in shard 0, where ana's join waits.
+    let peer = (0..)
+        .map(|i| format!("peer{i}"))
+        .find(|p| switchboard_events::lane(&format!("dm:ana:{p}")) % 16 != 0)
+        .unwrap();
+    let mut ana = c.pod(0).connect("ana").await;
+    let first = ana.say(&peer, "f1", "one").await;
+    assert_eq!(first["type"], "sent");
+    let answer = |v: &serde_json::Value| v["type"] == "sent" || v["type"] == "error";
+    ana.send(json!({"type": "send", "client_msg_id": "f2", "to": peer, "content": "two"}))
+        .await;
+    let refused = loop {
+        let v = ana.next().await.unwrap();
+        if answer(&v) {
+            break v;
+        }
+    };
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{refused}"
+    );
+    assert_eq!(refused["client_msg_id"], "f2");
+    assert!(events.seen().is_empty());
+
+    // The "dead pod" is gone: the relay takes the shards and drains them.
+    let _: () = redis::cmd("DEL")
+        .arg(&leases)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let second = loop {
+        ana.send(json!({"type": "send", "client_msg_id": "f2", "to": peer, "content": "two"}))
+            .await;
+        let v = loop {
+            let v = ana.next().await.unwrap();
+            if answer(&v) {
+                break v;
+            }
+        };
+        if v["type"] == "sent" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "still refused: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ids: HashSet<String> = [&first, &second]
+        .iter()
+        .map(|v| v["msg_id"].as_str().unwrap().to_owned())
+        .collect();
+    let seen = events
+        .wait_until(WAIT, "both message_sent", |s| {
+            with_tag(s, "message_sent").len() >= 2
+        })
+        .await;
+    let got: HashSet<String> = with_tag(&seen, "message_sent")
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<Event>(&d.body)
+                .unwrap()
+                .msg_id
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got, ids);
+    events.stop().await;
+    cluster.stop().await;
+}
