@@ -14,7 +14,9 @@
 //!   `Kmsg:<id>` hash remembers it as `s`), so the ack follows the message.
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
-//!   dead pod's shards pass to a survivor when its lease expires.
+//!   dead pod's shards pass to a survivor when its lease expires. A pod hands
+//!   the leases above `ceil(SHARDS / live pods)` over to pods under that share
+//!   (value `~handover` for 2 s), so the relaying spreads.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -80,19 +82,37 @@ pub enum Recorded {
 /// Renews this pod's leases, takes free ones, and reads the oldest entries of
 /// every shard it holds, in one round trip.
 const TAKE: &str = r#"
--- KEYS: lease 0, stream 0, lease 1, stream 1, ...
--- ARGV: pod, lease ttl ms, entries per shard
--- Returns flat: shard, id, kind, m, off, pod, ...
+-- KEYS: lease 0, stream 0, lease 1, stream 1, ..., pods
+-- ARGV: pod, lease ttl ms, entries per shard, key prefix
+-- Spreading: a pod keeps at most ceil(shards / live pods) leases. It hands the
+-- ones above that over (after a finished pass: nothing of theirs is in flight)
+-- by marking them '~handover' for 2 s, which only a pod under its share may
+-- take. A lease that expired (its pod died) or was never taken is free for
+-- anyone, so a dead pod's shards never wait for the registry to notice it.
+local live = 0
+for _, p in ipairs(redis.call('SMEMBERS', KEYS[#KEYS])) do
+  if redis.call('EXISTS', ARGV[4] .. 'pod:' .. p) == 1 then live = live + 1 end
+end
+if live < 1 then live = 1 end
+local cap = math.ceil(((#KEYS - 1) / 2) / live)
+local held = 0
 local out = {}
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS - 1, 2 do
   local holder = redis.call('GET', KEYS[i])
   local mine = holder == ARGV[1]
-  if mine then
+  if mine and held >= cap then
+    redis.call('SET', KEYS[i], '~handover', 'PX', 2000)
+    mine = false
+  elseif mine then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
   elseif not holder then
     mine = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) and true or false
+  elseif holder == '~handover' and held < cap then
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    mine = true
   end
   if mine then
+    held = held + 1
     local entries = redis.call('XRANGE', KEYS[i + 1], '-', '+', 'COUNT', ARGV[3])
     for _, e in ipairs(entries) do
       local f = {}
@@ -150,18 +170,22 @@ impl RedisOutbox {
         }
     }
 
-    /// Holds (or takes) the lease of every shard it can for `lease`, and
-    /// returns up to `per_shard` of the oldest entries of each shard held, in
-    /// stream order per shard.
+    /// Holds (or takes) leases for `lease`, handing over the ones above
+    /// `ceil(SHARDS / live pods)` (live: registered with a heartbeat) to pods
+    /// under that share, and returns up to
+    /// `per_shard` of the oldest entries of each shard held, in stream order
+    /// per shard.
     pub async fn take(&self, lease: Duration, per_shard: usize) -> BackendResult<Vec<OutboxEntry>> {
         let mut inv = TAKE_SCRIPT.prepare_invoke();
         for shard in 0..SHARDS {
             inv.key(lease_key(&self.keys, shard))
                 .key(stream_key(&self.keys, shard));
         }
+        inv.key(format!("{}pods", self.keys.prefix()));
         inv.arg(&self.pod)
             .arg(lease.as_millis() as u64)
-            .arg(per_shard);
+            .arg(per_shard)
+            .arg(self.keys.prefix());
         let mut conn = self.conn.clone();
         let flat: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         let mut entries = Vec::with_capacity(flat.len() / 6);

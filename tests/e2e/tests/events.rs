@@ -314,6 +314,31 @@ async fn one_conversation_keeps_its_order_with_senders_on_two_pods() {
         }
         assert_eq!(last, 2 * EACH as u64);
     }
+    // The relaying is spread: each of the two pods holds 8 of the 16 leases.
+    let client = redis::Client::open(c.redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+        for shard in 0..16 {
+            let key = format!("sb:{{e2e/{}}}:outbox:{shard}:lease", c.name);
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            *holders.entry(holder.unwrap_or_default()).or_default() += 1;
+        }
+        let want: BTreeMap<String, usize> = [("sb-0".into(), 8), ("sb-1".into(), 8)].into();
+        if holders == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lease holders: {holders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     events.stop().await;
     cluster.stop().await;
 }
