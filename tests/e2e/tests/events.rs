@@ -459,7 +459,7 @@ async fn a_full_outbox_refuses_sends_until_the_relay_catches_up() {
     // A peer whose conversation is not in shard 0, where ana's join waits.
     let peer = (0..)
         .map(|i| format!("peer{i}"))
-        .find(|p| switchboard_events::lane(&format!("dm:ana:{p}")) % 16 != 0)
+        .find(|p| !switchboard_events::lane(&format!("dm:ana:{p}")).is_multiple_of(16))
         .unwrap();
     let mut ana = c.pod(0).connect("ana").await;
     let first = ana.say(&peer, "f1", "one").await;
