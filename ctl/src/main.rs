@@ -32,7 +32,7 @@ enum EventsCommand {
     /// line each: `{"topic","tag","keys","properties","body"}` (`body` parsed
     /// when it is JSON). Reads with a consumer group of its own,
     /// `<prefix>-ctl-tail-<pid>`, created at start and deleted at exit, from
-    /// the topic's oldest record unless `--new`.
+    /// the topic's oldest record.
     Tail(TailArgs),
 }
 

@@ -24,7 +24,7 @@ pub(crate) fn client_config(namesrv: &str, role: &str) -> ClientConfig {
     config
 }
 
-/// A message with a tag and user properties, for [`Producer::send_record`].
+/// A message with a tag and user properties, for [`Producer::send_batch`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// The tag consumers filter on (`TAG_A||TAG_B`).
@@ -200,13 +200,6 @@ impl Producer {
                 .build()
         })
         .await
-    }
-
-    /// Sends `record` to the queue of `lane` in `topic`, as [`Producer::send_ordered`]
-    /// does, with its tag and user properties.
-    pub async fn send_record(&self, topic: &str, lane: u32, record: &Record) -> Result<(), Error> {
-        self.send_retrying(topic, Some(lane), || build_record(topic, record))
-            .await
     }
 
     /// Sends `records` as one batch to one queue of `topic`: queue `lane % queues`

@@ -15,8 +15,10 @@
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
 //!   dead pod's shards pass to a survivor when its lease expires. A pod hands
-//!   the leases above `ceil(SHARDS / live pods)` over to pods under that share
-//!   (value `~handover` for 2 s), so the relaying spreads.
+//!   the leases above `ceil(SHARDS / live relays)` over to relays under that
+//!   share (value `~handover` for 2 s), so the relaying spreads.
+//! - `Koutbox:relays` sorted set pod -> ms until which its relay counts as
+//!   live (refreshed every pass, removed when it stops).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -33,18 +35,22 @@ use crate::model::ChatMessage;
 /// conversations between shards while entries wait in the old one.
 pub const SHARDS: u32 = 16;
 
-/// The outbox shard of a conversation.
 /// The shard of every join and leave entry (one stream keeps one user's
 /// joins and leaves in order).
 pub const PRESENCE_SHARD: u32 = 0;
 
-/// The shard of a conversation.
+/// The outbox shard of a conversation.
 pub fn shard_of(conversation: &ConversationId) -> u32 {
     switchboard_events::lane(&conversation.to_string()) % SHARDS
 }
 
 pub(super) fn stream_key(keys: &Keys, shard: u32) -> String {
     format!("{}outbox:{shard}", keys.prefix())
+}
+
+/// Sorted set pod -> until when its relay counts as live (ms).
+fn relays_key(keys: &Keys) -> String {
+    format!("{}outbox:relays", keys.prefix())
 }
 
 fn lease_key(keys: &Keys, shard: u32) -> String {
@@ -77,22 +83,26 @@ pub enum Recorded {
     Join { user: String, at_ms: i64 },
     /// A user's last connection in the cluster is gone.
     Leave { user: String, at_ms: i64 },
+    /// An entry the relay cannot read (written by another version of the
+    /// node): logged and dropped, so it cannot block its shard.
+    Unreadable { reason: String },
 }
 
 /// Renews this pod's leases, takes free ones, and reads the oldest entries of
 /// every shard it holds, in one round trip.
 const TAKE: &str = r#"
--- KEYS: lease 0, stream 0, lease 1, stream 1, ..., pods
--- ARGV: pod, lease ttl ms, entries per shard, key prefix
+-- KEYS: lease 0, stream 0, lease 1, stream 1, ..., relays
+-- ARGV: pod, lease ttl ms, entries per shard, now ms
 -- Spreading: a pod keeps at most ceil(shards / live pods) leases. It hands the
 -- ones above that over (after a finished pass: nothing of theirs is in flight)
 -- by marking them '~handover' for 2 s, which only a pod under its share may
 -- take. A lease that expired (its pod died) or was never taken is free for
 -- anyone, so a dead pod's shards never wait for the registry to notice it.
-local live = 0
-for _, p in ipairs(redis.call('SMEMBERS', KEYS[#KEYS])) do
-  if redis.call('EXISTS', ARGV[4] .. 'pod:' .. p) == 1 then live = live + 1 end
-end
+-- Live relays: each pass refreshes its own entry; a stopped relay removes it.
+local now = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[#KEYS], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', now)
+local live = redis.call('ZCARD', KEYS[#KEYS])
 if live < 1 then live = 1 end
 local cap = math.ceil(((#KEYS - 1) / 2) / live)
 local held = 0
@@ -129,11 +139,13 @@ end
 return out
 "#;
 
-/// Deletes this pod's leases (on a graceful stop).
+/// Deletes this pod's leases and its live-relay entry (on a graceful stop).
 const RELEASE: &str = r#"
-for i = 1, #KEYS do
+-- KEYS: lease 0, lease 1, ..., relays   ARGV: pod
+for i = 1, #KEYS - 1 do
   if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
 end
+redis.call('ZREM', KEYS[#KEYS], ARGV[1])
 return 0
 "#;
 
@@ -171,8 +183,8 @@ impl RedisOutbox {
     }
 
     /// Holds (or takes) leases for `lease`, handing over the ones above
-    /// `ceil(SHARDS / live pods)` (live: registered with a heartbeat) to pods
-    /// under that share, and returns up to
+    /// `ceil(SHARDS / live relays)` (live: a pass within the last `lease`,
+    /// not stopped) to relays under that share, and returns up to
     /// `per_shard` of the oldest entries of each shard held, in stream order
     /// per shard.
     pub async fn take(&self, lease: Duration, per_shard: usize) -> BackendResult<Vec<OutboxEntry>> {
@@ -181,11 +193,11 @@ impl RedisOutbox {
             inv.key(lease_key(&self.keys, shard))
                 .key(stream_key(&self.keys, shard));
         }
-        inv.key(format!("{}pods", self.keys.prefix()));
+        inv.key(relays_key(&self.keys));
         inv.arg(&self.pod)
             .arg(lease.as_millis() as u64)
             .arg(per_shard)
-            .arg(self.keys.prefix());
+            .arg(crate::ids::now_millis());
         let mut conn = self.conn.clone();
         let flat: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         let mut entries = Vec::with_capacity(flat.len() / 6);
@@ -203,16 +215,23 @@ impl RedisOutbox {
                     user: m.clone(),
                     at_ms: at_ms(),
                 },
-                "ack" => Recorded::Ack {
-                    msg: serde_json::from_str(m).map_err(|e| {
-                        BackendError::Unavailable(format!("outbox entry {id}: {e}"))
-                    })?,
+                "ack" => match serde_json::from_str(m) {
+                    Ok(msg) => Recorded::Ack { msg },
+                    Err(e) => Recorded::Unreadable {
+                        reason: format!("ack: {e}"),
+                    },
                 },
-                _ => Recorded::Message {
-                    msg: serde_json::from_str(m).map_err(|e| {
-                        BackendError::Unavailable(format!("outbox entry {id}: {e}"))
-                    })?,
-                    offline: off == "1",
+                "msg" => match serde_json::from_str(m) {
+                    Ok(msg) => Recorded::Message {
+                        msg,
+                        offline: off == "1",
+                    },
+                    Err(e) => Recorded::Unreadable {
+                        reason: format!("message: {e}"),
+                    },
+                },
+                other => Recorded::Unreadable {
+                    reason: format!("unknown kind {other:?}"),
                 },
             };
             entries.push(OutboxEntry {
@@ -246,6 +265,7 @@ impl RedisOutbox {
         for shard in 0..SHARDS {
             inv.key(lease_key(&self.keys, shard));
         }
+        inv.key(relays_key(&self.keys));
         inv.arg(&self.pod);
         let mut conn = self.conn.clone();
         inv.invoke_async::<i64>(&mut conn)

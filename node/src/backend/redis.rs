@@ -16,8 +16,9 @@
 //! - `Konline` sorted set user -> last heartbeat ms; `Klastseen` hash user -> ms.
 //! - `Kseq:<conv>` counter; `Khist:<conv>` list of message JSON, capped.
 //! - `Korder` counter: global insertion order of inbox entries.
-//! - `Kmsg:<id>` hash {b: JSON, r: inbox references}: one body shared by all
-//!   inboxes, deleted when the last recipient acks.
+//! - `Kmsg:<id>` hash {b: JSON, r: inbox references, s: outbox shard stream
+//!   of a 1:1 message when events are on}: one body shared by all inboxes,
+//!   deleted when the last recipient acks.
 //! - `Kinbox:<user>` sorted set msg id -> insertion order.
 //! - `Kdedup:<user>:<client_msg_id>` message JSON, TTL = dedup TTL.
 //! - `Koutbox:<shard>` streams and their leases: see [`super::outbox`].

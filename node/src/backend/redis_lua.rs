@@ -164,7 +164,7 @@ return out
 "#;
 
 const ACK: &str = r#"
--- KEYS: inbox:<user>   ARGV: key prefix, pod, msg ids...
+-- KEYS: inbox:<user>   ARGV: key prefix, pod ('' = no event outbox), msg ids...
 local out = {}
 for i = 3, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
@@ -172,7 +172,7 @@ for i = 3, #ARGV do
     local b = redis.call('HGET', mk, 'b')
     if b then table.insert(out, b) end
     local s = redis.call('HGET', mk, 's')
-    if b and s then redis.call('XADD', s, '*', 'k', 'ack', 'm', b, 'off', '0', 'pod', ARGV[2]) end
+    if b and s and ARGV[2] ~= '' then redis.call('XADD', s, '*', 'k', 'ack', 'm', b, 'off', '0', 'pod', ARGV[2]) end
     if redis.call('HINCRBY', mk, 'r', -1) <= 0 then redis.call('DEL', mk) end
   end
 end

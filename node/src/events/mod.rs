@@ -44,6 +44,10 @@ pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
         Recorded::Leave { user, at_ms } => {
             vec![presence_record(EventType::UserLeave, user, *at_ms, entry)]
         }
+        Recorded::Unreadable { reason } => {
+            tracing::error!(shard = entry.shard, entry = %entry.id, %reason, "unreadable event outbox entry: dropped");
+            Vec::new()
+        }
     }
 }
 

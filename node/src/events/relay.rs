@@ -3,14 +3,14 @@
 //! pod (a survivor takes the dead pod's shards when their lease expires).
 //!
 //! Every node runs one. Each outbox shard is relayed by the one pod holding
-//! its lease, entry after entry in stream order, and every record of a
-//! conversation goes to the queue [`switchboard_events::lane`] picks: one
-//! A pass sends the records of a shard's pending entries as one batch per
-//! topic, in order, to the shard's queue (`shard % queues`), so one
-//! conversation's records keep their order on each topic. A failed batch
-//! stops the shard's pass (nothing is removed, keeping the order) and is
-//! retried after [`RETRY_AFTER`]; records already stored are sent again then,
-//! so consumers see each record at least once and dedup by its key.
+//! its lease. A pass sends the records of a shard's pending entries, in
+//! stream order, as one batch per topic to the shard's queue
+//! (`shard % queues`), so one conversation's records keep their order on
+//! each topic. A failed batch stops the shard's pass (nothing is removed,
+//! keeping the order) and is retried after [`RETRY_AFTER`]; records already
+//! stored are sent again then, so consumers see each record at least once
+//! and dedup by its key. A shard's pass is cut off after half the lease, so
+//! it ends before another pod could take the lease over.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,11 +127,19 @@ impl Relay {
         for e in entries {
             shards.entry(e.shard).or_default().push(e);
         }
-        let results = futures_util::future::join_all(
-            shards
-                .into_iter()
-                .map(|(shard, entries)| self.relay_shard(shard, entries, metrics)),
-        )
+        let results = futures_util::future::join_all(shards.into_iter().map(|(shard, entries)| {
+            let pass = self.relay_shard(shard, entries, metrics);
+            async move {
+                tokio::time::timeout(LEASE / 2, pass)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(BackendError::Unavailable(format!(
+                            "shard {shard}: pass cut off after {:?}",
+                            LEASE / 2
+                        )))
+                    })
+            }
+        }))
         .await;
         let mut relayed = 0;
         let mut failed = None;
