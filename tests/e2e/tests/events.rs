@@ -26,6 +26,48 @@ fn cluster_event(d: &Delivery) -> ClusterEvent {
     serde_json::from_slice(&d.body).unwrap()
 }
 
+/// The msg ids of the `message_sent` records read.
+fn sent_ids(seen: &[Delivery]) -> HashSet<String> {
+    with_tag(seen, "message_sent")
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<Event>(&d.body)
+                .unwrap()
+                .msg_id
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The keys of the cluster's 16 outbox shard leases.
+fn lease_keys(c: &Cluster) -> Vec<String> {
+    (0..16)
+        .map(|shard| format!("sb:{{e2e/{}}}:outbox:{shard}:lease", c.name))
+        .collect()
+}
+
+async fn redis_of(c: &Cluster) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(c.redis_url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Makes a pod that does not exist ("sb-gone", as if it had died mid-relay)
+/// hold every outbox lease for `ms`.
+async fn hold_leases(c: &Cluster, ms: u64) -> redis::aio::MultiplexedConnection {
+    let mut conn = redis_of(c).await;
+    for key in lease_keys(c) {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("sb-gone")
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn
+}
+
 async fn taps(c: &Cluster) -> (Tap, Tap) {
     let names = Names::new(&c.prefix);
     (
@@ -315,13 +357,11 @@ async fn one_conversation_keeps_its_order_with_senders_on_two_pods() {
         assert_eq!(last, 2 * EACH as u64);
     }
     // The relaying is spread: each of the two pods holds 8 of the 16 leases.
-    let client = redis::Client::open(c.redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_of(&c).await;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let mut holders: BTreeMap<String, usize> = BTreeMap::new();
-        for shard in 0..16 {
-            let key = format!("sb:{{e2e/{}}}:outbox:{shard}:lease", c.name);
+        for key in lease_keys(&c) {
             let holder: Option<String> = redis::cmd("GET")
                 .arg(&key)
                 .query_async(&mut conn)
@@ -361,21 +401,7 @@ async fn a_pod_killed_right_after_sent_loses_no_event() {
     let mut c = Cluster::start("events-kill", 2).await;
     let (events, cluster) = taps(&c).await;
     let lease_ms = 6_000;
-    {
-        let client = redis::Client::open(c.redis_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        for shard in 0..16 {
-            let key = format!("sb:{{e2e/{}}}:outbox:{shard}:lease", c.name);
-            let _: () = redis::cmd("SET")
-                .arg(&key)
-                .arg("sb-gone")
-                .arg("PX")
-                .arg(lease_ms)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
+    hold_leases(&c, lease_ms).await;
     let leased_at = std::time::Instant::now();
     let mut ana = c.pod(0).connect("ana").await;
     let mut ids = Vec::new();
@@ -394,15 +420,7 @@ async fn a_pod_killed_right_after_sent_loses_no_event() {
             with_tag(s, "message_sent").len() >= 5
         })
         .await;
-    let got: HashSet<String> = with_tag(&seen, "message_sent")
-        .iter()
-        .map(|d| {
-            serde_json::from_slice::<Event>(&d.body)
-                .unwrap()
-                .msg_id
-                .unwrap()
-        })
-        .collect();
+    let got = sent_ids(&seen);
     for id in &ids {
         assert!(got.contains(id.as_str().unwrap()), "{id} missing");
     }
@@ -437,21 +455,7 @@ async fn a_full_outbox_refuses_sends_until_the_relay_catches_up() {
     // 16 shards of one entry each.
     c.set_env("SB_EVENTS_OUTBOX_LIMIT", "16");
     c.provision(1).await;
-    let leases: Vec<String> = (0..16)
-        .map(|shard| format!("sb:{{e2e/{}}}:outbox:{shard}:lease", c.name))
-        .collect();
-    let client = redis::Client::open(c.redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    for key in &leases {
-        let _: () = redis::cmd("SET")
-            .arg(key)
-            .arg("sb-gone")
-            .arg("PX")
-            .arg(120_000)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    let mut conn = hold_leases(&c, 120_000).await;
     let pod = c.spawn(0);
     c.pods.push(pod);
     switchboard_e2e::wait_ready(c.pod(0)).await;
@@ -483,7 +487,7 @@ async fn a_full_outbox_refuses_sends_until_the_relay_catches_up() {
 
     // The "dead pod" is gone: the relay takes the shards and drains them.
     let _: () = redis::cmd("DEL")
-        .arg(&leases)
+        .arg(lease_keys(&c))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -512,16 +516,7 @@ async fn a_full_outbox_refuses_sends_until_the_relay_catches_up() {
             with_tag(s, "message_sent").len() >= 2
         })
         .await;
-    let got: HashSet<String> = with_tag(&seen, "message_sent")
-        .iter()
-        .map(|d| {
-            serde_json::from_slice::<Event>(&d.body)
-                .unwrap()
-                .msg_id
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(got, ids);
+    assert_eq!(sent_ids(&seen), ids);
     events.stop().await;
     cluster.stop().await;
 }
