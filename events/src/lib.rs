@@ -51,6 +51,10 @@ pub struct Event {
     /// The pod that accepted the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// `message_recalled`: who recalled the message (its sender); absent
+    /// when an admin did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalled_by: Option<String>,
 }
 
 /// The `type` of an [`Event`]; also its RocketMQ tag.
@@ -154,9 +158,13 @@ impl ClusterEventType {
     }
 }
 
-/// `msgFormat` values (seed 001: 1 = text).
+/// `msgFormat` values: seed 001's 1 = text, and Switchboard's others (the
+/// `format` of a `send` frame).
 pub mod msg_format {
     pub const TEXT: u8 = 1;
+    pub const IMAGE: u8 = 2;
+    pub const FILE: u8 = 3;
+    pub const CUSTOM: u8 = 4;
 }
 
 /// `data` of a `C2C_*` [`ClusterEvent`], with seed 001's field names.
@@ -180,6 +188,13 @@ pub struct C2cMsg {
     /// 1 on `C2C_OFF_LINE_MSG`; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_status: Option<u8>,
+    /// On `C2C_WITHDRAW_MSG`: who recalled it (the sender), absent when an
+    /// admin did. `msgContent` is empty then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdraw_user_id: Option<String>,
+    /// On `C2C_WITHDRAW_MSG`: when it was recalled, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdraw_time: Option<i64>,
 }
 
 /// `data` of a `GROUP_*` [`ClusterEvent`]: [`C2cMsg`]'s names, with `groupId`
@@ -195,6 +210,12 @@ pub struct GroupMsg {
     pub msg_content: String,
     pub msg_format: u8,
     pub msg_create_time: i64,
+    /// On `GROUP_WITHDRAW_MSG`, as [`C2cMsg::withdraw_user_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdraw_user_id: Option<String>,
+    /// On `GROUP_WITHDRAW_MSG`, as [`C2cMsg::withdraw_time`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdraw_time: Option<i64>,
 }
 
 /// RFC 3339 in UTC with milliseconds (`2024-01-01T12:00:00.000Z`) of `ms`

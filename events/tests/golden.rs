@@ -46,10 +46,23 @@ fn offline_status_is_present_only_when_set() {
         msg_format: 1,
         msg_create_time: 5,
         msg_status: Some(1),
+        withdraw_user_id: None,
+        withdraw_time: None,
     };
     let json = serde_json::to_string(&msg).expect("serializes");
     assert!(
         json.ends_with(r#""msgCreateTime":5,"msgStatus":1}"#),
         "{json}"
     );
+}
+
+#[test]
+fn withdraw_fields_follow_seed_names_only_on_a_withdrawal() {
+    let data = r#"{"clientMsgId":"","msgId":"1","fromUserId":"a","toUserId":"b","chatId":"dm:a:b","msgContent":"","msgFormat":2,"msgCreateTime":5,"withdrawUserId":"a","withdrawTime":9}"#;
+    let msg: C2cMsg = serde_json::from_str(data).expect("parses");
+    assert_eq!(
+        (msg.withdraw_user_id.as_deref(), msg.withdraw_time),
+        (Some("a"), Some(9))
+    );
+    assert_eq!(serde_json::to_string(&msg).expect("serializes"), data);
 }

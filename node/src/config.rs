@@ -155,6 +155,11 @@ pub struct Config {
     #[arg(long, env = "SB_DEDUP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub dedup_ttl: Duration,
 
+    /// How long after sending a sender may recall a message (`0s`: senders
+    /// cannot; the admin API always can).
+    #[arg(long, env = "SB_RECALL_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub recall_window: Duration,
+
     /// Most members in one group.
     #[arg(long, env = "SB_MAX_GROUP_MEMBERS", default_value_t = 1000)]
     pub max_group_members: usize,

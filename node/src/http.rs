@@ -78,6 +78,17 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<crate::protocol::FrameError> for ApiError {
+    fn from(e: crate::protocol::FrameError) -> Self {
+        let status = match e.code {
+            ErrorCode::UnknownMessage | ErrorCode::NotAMember => StatusCode::NOT_FOUND,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, e.code, e.reason)
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The node's router.
@@ -90,6 +101,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/api/v1/groups/{id}", get(get_group).delete(delete_group))
         .route("/api/v1/groups/{id}/members", post(add_members))
         .route("/api/v1/groups/{id}/members/{user}", delete(remove_member))
+        .route("/api/v1/messages/recall", post(recall))
         .route("/api/chat/online/status/{user}", get(presence))
         .route("/api/chat/online/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_admin));
@@ -320,6 +332,31 @@ async fn add_members(
     let Json(req) = body?;
     let g = node.backends().store.add_members(&id, &req.users).await?;
     Ok(Json(GroupBody::from(g)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecallBody {
+    conversation: crate::ids::ConversationId,
+    msg_id: crate::ids::MsgId,
+}
+
+/// Recalls any message (no window, no authorship check); answers with the
+/// tombstone.
+async fn recall(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<RecallBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(req) = body?;
+    let tombstone = node
+        .recalls()
+        .recall(
+            crate::recall::Recaller::Admin,
+            &req.conversation,
+            req.msg_id,
+        )
+        .await?;
+    Ok(Json(tombstone).into_response())
 }
 
 async fn remove_member(

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod conversation;
 pub mod events;
 pub mod http;
 pub mod hub;
@@ -22,6 +23,8 @@ pub mod model;
 pub mod node;
 pub mod protocol;
 pub mod readiness;
+pub mod recall;
+pub mod router;
 pub mod secret;
 mod serve;
 pub use serve::bind;
@@ -61,7 +64,7 @@ pub async fn run(
     }
     let bus = tokio::spawn(node.clone().run_bus_subscription());
     let heartbeat = tokio::spawn(node.clone().run_heartbeat());
-    let repush = tokio::spawn(node.clone().run_repush());
+    let repush = tokio::spawn(node.router().clone().run_repush());
     let relay = node.backends().relay.clone().map(|relay| {
         let task = tokio::spawn(relay.clone().run(node.metrics.events.clone()));
         (relay, task)

@@ -178,6 +178,12 @@ impl Metrics {
             })
             .inc();
     }
+
+    /// Counts and logs a failed backend call (the caller carries on).
+    pub fn backend_failed(&self, op: &'static str, e: &crate::backend::BackendError) {
+        self.backend_errors.inc();
+        tracing::warn!(op, error = %e, "backend call failed");
+    }
 }
 
 impl Default for Metrics {

@@ -20,6 +20,13 @@ pub struct ChatMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupId>,
     pub content: String,
+    /// What `content` holds; absent in JSON means text.
+    #[serde(default, skip_serializing_if = "MsgFormat::is_text")]
+    pub format: MsgFormat,
+    /// The sender (or an admin) recalled the message: this is its tombstone,
+    /// `content` is empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
     /// Server time of acceptance, milliseconds since the Unix epoch.
     pub ts: i64,
     /// The sender's idempotency key, echoed so the sender's other devices can
@@ -29,6 +36,35 @@ pub struct ChatMessage {
     /// The seed protocol's free-form `chatId`, kept and echoed unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_id: Option<String>,
+}
+
+/// What a message's `content` holds. The server stores and relays it; what a
+/// client does with `image` or `file` content (a URL, an upload id) is the
+/// client's convention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MsgFormat {
+    #[default]
+    Text,
+    Image,
+    File,
+    Custom,
+}
+
+impl MsgFormat {
+    pub fn is_text(&self) -> bool {
+        *self == Self::Text
+    }
+
+    /// Seed 001's `msgFormat` number: text 1, image 2, file 3, custom 4.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Text => 1,
+            Self::Image => 2,
+            Self::File => 3,
+            Self::Custom => 4,
+        }
+    }
 }
 
 /// Where a message goes.

@@ -1,7 +1,6 @@
 //! The chat logic of one node: what each client frame does, how a message is
 //! stored and routed, connection lifecycle and draining.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +20,8 @@ use crate::protocol::{
     ClientFrame, CloseCode, Dialect, ErrorCode, FrameError, Limits, MAX_HISTORY_LIMIT, ParseLimits,
     Send, ServerFrame, TypingState,
 };
+use crate::recall::{Recall, Recaller};
+use crate::router::Router;
 
 /// Most users one connection may watch with `presence_subscribe`, so a
 /// client cannot grow the watcher table without bound.
@@ -57,8 +58,8 @@ impl From<BackendError> for FrameError {
 pub struct Node {
     pub cfg: Config,
     pub pod: PodIdentity,
-    pub hub: Hub,
-    pub metrics: Metrics,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
     backends: Backends,
     ids: Snowflake,
@@ -69,27 +70,8 @@ pub struct Node {
     /// Connections admitted (counted before the upgrade completes, so the
     /// limit holds under a burst of upgrades).
     admitted: AtomicUsize,
-    /// Pushes whose routing lookup failed (registry down), retried by
-    /// [`Node::run_repush`] so a recipient who stays connected still gets them.
-    repush_tx: mpsc::Sender<Repush>,
-    repush_rx: std::sync::Mutex<Option<mpsc::Receiver<Repush>>>,
+    router: Arc<Router>,
 }
-
-/// A push to other pods that could not be routed yet.
-#[derive(Debug)]
-struct Repush {
-    users: Vec<UserId>,
-    frame: Arc<ServerFrame>,
-    except: Option<String>,
-    sent_at_us: i64,
-    since: Instant,
-}
-
-/// Pushes waiting for the registry to come back.
-const REPUSH_QUEUE: usize = 4096;
-/// How long a push is retried; after that the recipient gets it from the
-/// inbox on its next connect.
-const REPUSH_FOR: Duration = Duration::from_secs(30);
 
 impl Node {
     pub fn new(cfg: Config, backends: Backends) -> Result<Arc<Self>, String> {
@@ -99,12 +81,21 @@ impl Node {
             cfg.jwt_secret.as_ref().map(Secret::expose),
             cfg.dev_auth_enabled(),
         );
-        let (repush_tx, repush_rx) = mpsc::channel(REPUSH_QUEUE);
+        let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(Metrics::new());
+        let router = Arc::new(Router::new(
+            pod.name.clone(),
+            hub.clone(),
+            backends.registry.clone(),
+            backends.bus.clone(),
+            metrics.clone(),
+        ));
         Ok(Arc::new(Self {
             ids: Snowflake::new(pod.ordinal),
             pod,
-            hub: Hub::default(),
-            metrics: Metrics::new(),
+            hub,
+            metrics,
+            router,
             auth,
             backends,
             draining: AtomicBool::new(false),
@@ -113,8 +104,6 @@ impl Node {
             // same name never reuses a connection id of its previous life.
             conn_seq: AtomicU64::new(now_millis() as u64 * 1000),
             admitted: AtomicUsize::new(0),
-            repush_tx,
-            repush_rx: std::sync::Mutex::new(Some(repush_rx)),
             cfg,
         }))
     }
@@ -249,7 +238,7 @@ impl Node {
             .register(&self.conn_info(&conn))
             .await
         {
-            Ok(true) => self.publish_presence(&conn.user).await,
+            Ok(true) => self.router.publish_presence(&conn.user).await,
             Ok(false) => {}
             // The heartbeat re-registers live connections, so presence heals.
             Err(e) => self.backend_failed("register", &e),
@@ -272,7 +261,7 @@ impl Node {
             .unregister(&self.conn_info(conn))
             .await
         {
-            Ok(true) => self.publish_presence(&conn.user).await,
+            Ok(true) => self.router.publish_presence(&conn.user).await,
             Ok(false) => {}
             Err(e) => self.backend_failed("unregister", &e),
         }
@@ -313,8 +302,21 @@ impl Node {
     }
 
     fn backend_failed(&self, op: &'static str, e: &BackendError) {
-        self.metrics.backend_errors.inc();
-        warn!(op, error = %e, "backend call failed");
+        self.metrics.backend_failed(op, e);
+    }
+
+    /// Recalls on this node's store and router.
+    pub fn recalls(&self) -> Recall<'_> {
+        Recall {
+            store: self.backends.store.as_ref(),
+            router: &self.router,
+            window: self.cfg.recall_window,
+        }
+    }
+
+    /// Routes frames to users across the cluster.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
     }
 
     /// Executes one client frame.
@@ -332,6 +334,14 @@ impl Node {
                 })
             }
             ClientFrame::Ack { msg_ids } => self.on_ack(conn, &msg_ids).await,
+            ClientFrame::Recall {
+                conversation,
+                msg_id,
+            } => self
+                .recalls()
+                .recall(Recaller::User(&conn.user), &conversation, msg_id)
+                .await
+                .map(drop),
             ClientFrame::Read {
                 conversation,
                 seq,
@@ -436,20 +446,7 @@ impl Node {
         me: &UserId,
         conversation: &ConversationId,
     ) -> Result<Vec<UserId>, FrameError> {
-        match conversation {
-            ConversationId::Direct(a, b) if a == me || b == me => Ok(vec![a.clone(), b.clone()]),
-            ConversationId::Direct(..) => Err(FrameError::new(
-                ErrorCode::NotAMember,
-                "not a participant of this conversation",
-            )),
-            ConversationId::Group(g) => match self.backends.store.group(g).await? {
-                Some(grp) if grp.members.contains(me) => Ok(grp.members),
-                _ => Err(FrameError::new(
-                    ErrorCode::NotAMember,
-                    "not a member of this group",
-                )),
-            },
-        }
+        crate::conversation::participants(self.backends.store.as_ref(), me, conversation).await
     }
 
     async fn on_send(&self, conn: &Arc<ConnHandle>, s: Send) -> Result<(), FrameError> {
@@ -475,6 +472,8 @@ impl Node {
             to,
             group,
             content: s.content,
+            format: s.format,
+            recalled: false,
             ts: now_millis(),
             client_msg_id: s.client_msg_id,
             chat_id: s.chat_id,
@@ -499,13 +498,14 @@ impl Node {
             self.metrics.repushed.inc();
             let mut everyone = recipients;
             everyone.push(me.clone());
-            self.route(
-                &everyone,
-                ServerFrame::Message(appended.msg),
-                Some(&conn.id),
-                None,
-            )
-            .await;
+            self.router
+                .route(
+                    &everyone,
+                    ServerFrame::Message(appended.msg),
+                    Some(&conn.id),
+                    None,
+                )
+                .await;
             return Ok(());
         }
         self.metrics.messages_stored.inc();
@@ -514,13 +514,14 @@ impl Node {
             .inc_by(appended.inbox_skipped.len() as u64);
         // The sender's other devices get the message too.
         recipients.push(me.clone());
-        self.route(
-            &recipients,
-            ServerFrame::Message(appended.msg),
-            Some(&conn.id),
-            Some(accepted_at),
-        )
-        .await;
+        self.router
+            .route(
+                &recipients,
+                ServerFrame::Message(appended.msg),
+                Some(&conn.id),
+                Some(accepted_at),
+            )
+            .await;
         Ok(())
     }
 
@@ -533,7 +534,8 @@ impl Node {
                 seq: m.seq,
                 user: conn.user.clone(),
             };
-            self.route(std::slice::from_ref(&m.from), frame, None, None)
+            self.router
+                .route(std::slice::from_ref(&m.from), frame, None, None)
                 .await;
         }
         Ok(())
@@ -567,7 +569,9 @@ impl Node {
             user: conn.user.clone(),
         };
         // Everyone, the reader's other devices included, but not this one.
-        self.route(&participants, frame, Some(&conn.id), None).await;
+        self.router
+            .route(&participants, frame, Some(&conn.id), None)
+            .await;
         Ok(())
     }
 
@@ -584,171 +588,14 @@ impl Node {
             user: conn.user.clone(),
             state,
         };
-        self.route(&others, frame, None, None).await;
+        self.router.route(&others, frame, None, None).await;
         Ok(())
-    }
-
-    /// Writes `frame` to every connection of `users`, on this pod directly and
-    /// on other pods through the bus (one envelope per pod).
-    async fn route(
-        &self,
-        users: &[UserId],
-        frame: ServerFrame,
-        except: Option<&str>,
-        accepted_at: Option<Instant>,
-    ) {
-        let frame = Arc::new(frame);
-        for u in users {
-            self.hub.deliver(u, &frame, except, accepted_at);
-        }
-        let sent_at_us = now_micros() - accepted_at.map_or(0, |t| t.elapsed().as_micros() as i64);
-        let unrouted = self.push_remote(users, &frame, except, sent_at_us).await;
-        if !unrouted.is_empty() {
-            let repush = Repush {
-                users: unrouted,
-                frame,
-                except: except.map(str::to_owned),
-                sent_at_us,
-                since: Instant::now(),
-            };
-            if self.repush_tx.try_send(repush).is_err() {
-                warn!("repush queue full: a push is left to the recipients' inboxes");
-            }
-        }
-    }
-
-    /// Sends `frame` to the other pods holding connections of `users`; returns
-    /// the users whose connections could not be looked up.
-    async fn push_remote(
-        &self,
-        users: &[UserId],
-        frame: &Arc<ServerFrame>,
-        except: Option<&str>,
-        sent_at_us: i64,
-    ) -> Vec<UserId> {
-        let mut remote: HashMap<String, Vec<UserId>> = HashMap::new();
-        let mut unrouted = Vec::new();
-        for u in users {
-            match self.backends.registry.connections(u).await {
-                Ok(conns) => {
-                    for (_, pod) in conns {
-                        if pod != self.pod.name {
-                            let list = remote.entry(pod).or_default();
-                            if list.last() != Some(u) {
-                                list.push(u.clone());
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.backend_failed("connections", &e);
-                    unrouted.push(u.clone());
-                }
-            }
-        }
-        for (pod, users) in remote {
-            let env = Envelope::ToUsers {
-                users,
-                except: except.map(str::to_owned),
-                frame: ServerFrame::clone(frame),
-                sent_at_us,
-            };
-            self.metrics
-                .bus_envelopes
-                .get_or_create(&crate::metrics::DirectionLabel { direction: "out" })
-                .inc();
-            if let Err(e) = self.backends.bus.publish(&pod, env).await {
-                // The message is in the inbox; only the push is lost.
-                self.backend_failed("publish", &e);
-            }
-        }
-        unrouted
-    }
-
-    /// Retries the pushes whose routing lookup failed, in order, until the
-    /// registry answers or [`REPUSH_FOR`] has passed.
-    pub async fn run_repush(self: Arc<Self>) {
-        let rx = self
-            .repush_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(mut rx) = rx else { return };
-        while let Some(mut r) = rx.recv().await {
-            let mut pause = Duration::from_millis(100);
-            loop {
-                tokio::time::sleep(pause).await;
-                r.users = self
-                    .push_remote(&r.users, &r.frame, r.except.as_deref(), r.sent_at_us)
-                    .await;
-                if r.users.is_empty() {
-                    self.metrics.repushed.inc();
-                    break;
-                }
-                if r.since.elapsed() > REPUSH_FOR {
-                    warn!(
-                        users = r.users.len(),
-                        "push given up; the recipients get it from their inbox"
-                    );
-                    break;
-                }
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-
-    /// Tells watchers, here and on other pods, that `user`'s presence changed.
-    async fn publish_presence(&self, user: &UserId) {
-        let p = match self.backends.registry.presence(user).await {
-            Ok(p) => p,
-            Err(e) => return self.backend_failed("presence", &e),
-        };
-        self.hub
-            .deliver_presence(user, &Arc::new(ServerFrame::Presence(p.clone())));
-        let pods = match self.backends.registry.pods().await {
-            Ok(p) => p,
-            Err(e) => return self.backend_failed("pods", &e),
-        };
-        if let Err(e) = self
-            .backends
-            .bus
-            .broadcast(&self.pod.name, &pods, Envelope::Presence(p))
-            .await
-        {
-            self.backend_failed("broadcast", &e);
-        }
     }
 
     /// Delivers envelopes from other pods until the bus closes.
     pub async fn run_bus(self: Arc<Self>, mut rx: mpsc::Receiver<Envelope>) {
         while let Some(env) = rx.recv().await {
-            self.metrics
-                .bus_envelopes
-                .get_or_create(&crate::metrics::DirectionLabel { direction: "in" })
-                .inc();
-            match env {
-                Envelope::ToUsers {
-                    users,
-                    except,
-                    frame,
-                    sent_at_us,
-                } => {
-                    let age = Duration::from_micros((now_micros() - sent_at_us).max(0) as u64);
-                    let accepted_at = Instant::now().checked_sub(age);
-                    let frame = Arc::new(frame);
-                    let accepted_at = matches!(*frame, ServerFrame::Message(_))
-                        .then_some(accepted_at)
-                        .flatten();
-                    for u in &users {
-                        self.hub.deliver(u, &frame, except.as_deref(), accepted_at);
-                    }
-                }
-                Envelope::Presence(p) => {
-                    let user = p.user.clone();
-                    self.hub
-                        .deliver_presence(&user, &Arc::new(ServerFrame::Presence(p)));
-                }
-            }
+            self.router.deliver(env);
         }
     }
 
@@ -817,11 +664,4 @@ impl Node {
         self.backends.bus.unsubscribe(&self.pod.name).await;
         info!("drained");
     }
-}
-
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

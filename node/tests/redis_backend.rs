@@ -45,6 +45,7 @@ async fn store_keeps_the_contract() {
     contract::inbox_ack_and_limit(&s, "t2", 2000).await;
     contract::history_pages(&s, "t3", 3000).await;
     contract::groups(&s, "t4", 4000).await;
+    contract::recall(&s, "t5", 5000).await;
 }
 
 #[tokio::test]
@@ -81,6 +82,8 @@ async fn dedup_keys_expire_after_their_ttl() {
         to: Some(b.clone()),
         group: None,
         content: "x".into(),
+        format: Default::default(),
+        recalled: false,
         ts: 0,
         client_msg_id: Some("same".into()),
         chat_id: None,

@@ -24,6 +24,8 @@ fn dm(id: u64, from: &UserId, to: &UserId, cid: Option<&str>) -> ChatMessage {
         to: Some(to.clone()),
         group: None,
         content: format!("m{id} \"quoted\" \\ ünïcode \"seq\":0"),
+        format: Default::default(),
+        recalled: false,
         ts: 1_795_441_148_453,
         client_msg_id: cid.map(str::to_owned),
         chat_id: None,
@@ -70,6 +72,82 @@ pub async fn append_and_dedup(s: &dyn MessageStore, tag: &str, base: u64) {
     let inbox = s.inbox(&b, 10).await.expect("inbox");
     assert_eq!(ids(&inbox), [base + 1, base + 2]);
     assert_eq!(*inbox[0], expected);
+}
+
+/// A recall swaps the history entry for the tombstone, empties the
+/// recipients' inboxes of it and points the dedup key at it; it refuses
+/// (false, nothing changed) a message already recalled or trimmed.
+pub async fn recall(s: &dyn MessageStore, tag: &str, base: u64) {
+    let (a, b) = (u(tag, "a"), u(tag, "b"));
+    let to_b = std::slice::from_ref(&b);
+    let first = s
+        .append(dm(base + 1, &a, &b, Some("r")), to_b)
+        .await
+        .expect("append")
+        .msg;
+    s.append(dm(base + 2, &a, &b, None), to_b)
+        .await
+        .expect("append");
+    let tombstone = ChatMessage {
+        content: String::new(),
+        recalled: true,
+        ..ChatMessage::clone(&first)
+    };
+    assert!(
+        s.recall(&first, &tombstone, to_b, Some(&a))
+            .await
+            .expect("recall")
+    );
+    let page = s
+        .history(
+            &first.conversation,
+            HistoryQuery {
+                before: None,
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(*page.messages[0], tombstone);
+    assert!(!page.messages[1].recalled, "only that message");
+    assert_eq!(ids(&s.inbox(&b, 10).await.expect("inbox")), [base + 2]);
+    let found = s
+        .find(&first.conversation, first.msg_id)
+        .await
+        .expect("find");
+    assert_eq!(found.as_deref(), Some(&tombstone));
+    assert!(
+        !s.recall(&first, &tombstone, to_b, Some(&a))
+            .await
+            .expect("recall"),
+        "already recalled"
+    );
+    let resend = s
+        .append(dm(base + 3, &a, &b, Some("r")), to_b)
+        .await
+        .expect("append");
+    assert!(resend.duplicate);
+    assert_eq!(*resend.msg, tombstone, "a resend brings back no content");
+    let second = s
+        .find(&first.conversation, MsgId(base + 2))
+        .await
+        .expect("find")
+        .expect("kept");
+    for i in 4..=8 {
+        s.append(dm(base + i, &a, &b, None), &[])
+            .await
+            .expect("append");
+    }
+    let gone = ChatMessage {
+        content: String::new(),
+        recalled: true,
+        ..ChatMessage::clone(&second)
+    };
+    assert!(
+        !s.recall(&second, &gone, to_b, None).await.expect("recall"),
+        "trimmed from history"
+    );
 }
 
 /// Inbox entries stay until acked, in insertion order; acks are idempotent.
@@ -194,6 +272,8 @@ pub async fn groups(s: &dyn MessageStore, tag: &str, base: u64) {
         to: None,
         group: Some(g.clone()),
         content: "to the group".into(),
+        format: Default::default(),
+        recalled: false,
         ts: 1,
         client_msg_id: None,
         chat_id: None,

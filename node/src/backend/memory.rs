@@ -395,6 +395,48 @@ impl MessageStore for MemoryStore {
         Ok(removed)
     }
 
+    async fn recall(
+        &self,
+        original: &ChatMessage,
+        tombstone: &ChatMessage,
+        recipients: &[UserId],
+        _by: Option<&UserId>,
+    ) -> BackendResult<bool> {
+        let mut st = lock(&self.inner);
+        let Some(conv) = st.conversations.get_mut(&original.conversation) else {
+            return Ok(false);
+        };
+        let first = conv.last_seq + 1 - conv.messages.len() as u64;
+        let Some(slot) = original
+            .seq
+            .checked_sub(first)
+            .and_then(|i| conv.messages.get_mut(i as usize))
+        else {
+            return Ok(false);
+        };
+        if slot.msg_id != original.msg_id || slot.recalled {
+            return Ok(false);
+        }
+        let tombstone = Arc::new(tombstone.clone());
+        *slot = tombstone.clone();
+        for u in recipients {
+            if let Some(inbox) = st.inboxes.get_mut(u)
+                && let Some(pos) = inbox.index.remove(&original.msg_id)
+            {
+                inbox.entries.remove(&pos);
+                if inbox.entries.is_empty() {
+                    st.inboxes.remove(u);
+                }
+            }
+        }
+        if let Some(cid) = &original.client_msg_id
+            && let Some(first) = st.dedup.get_mut(&(original.from.clone(), cid.clone()))
+        {
+            *first = tombstone;
+        }
+        Ok(true)
+    }
+
     async fn create_group(&self, id: &GroupId, members: &[UserId]) -> BackendResult<Group> {
         let mut st = lock(&self.inner);
         if st.groups.contains_key(id) {
@@ -565,6 +607,7 @@ mod tests {
         contract::inbox_ack_and_limit(&s, "t2", 2000).await;
         contract::history_pages(&s, "t3", 3000).await;
         contract::groups(&s, "t4", 4000).await;
+        contract::recall(&s, "t5", 5000).await;
     }
 
     #[tokio::test]

@@ -159,6 +159,21 @@ pub trait MessageStore: Send + Sync + Debug {
     /// Removes the ids from the user's inbox and returns the messages that
     /// were there (ids already acked or unknown are skipped).
     async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>>;
+    /// Replaces `original` (as [`MessageStore::find`] returned it) in its
+    /// conversation's history by `tombstone` (same id and seq, no content),
+    /// takes it out of the inboxes of `recipients`, points its sender's
+    /// dedup key at the tombstone (a resend of the same `client_msg_id`
+    /// brings back no content) and, with the event outbox on, records the
+    /// recall there; all in one step. `by` is who recalled it (`None`: an
+    /// admin). Returns false, changing nothing, when the history no longer
+    /// holds `original` unrecalled (recalled meanwhile, or trimmed).
+    async fn recall(
+        &self,
+        original: &ChatMessage,
+        tombstone: &ChatMessage,
+        recipients: &[UserId],
+        by: Option<&UserId>,
+    ) -> BackendResult<bool>;
 
     async fn create_group(&self, id: &GroupId, members: &[UserId]) -> BackendResult<Group>;
     /// Returns false if there was no such group.

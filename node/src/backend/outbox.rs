@@ -12,6 +12,9 @@
 //!   ack script adds `{k: "ack", m: <message JSON>, pod}` when the recipient
 //!   of a 1:1 message acks it, to the shard the message went to (its
 //!   `Kmsg:<id>` hash remembers it as `s`), so the ack follows the message.
+//!   The recall script adds `{k: "recall", m: <tombstone JSON>, off: <the
+//!   user who recalled, empty for an admin>, pod}` to the conversation's
+//!   shard, after the message; the entry id's time is the recall time.
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
 //!   dead pod's shards pass to a survivor when its lease expires. A pod hands
@@ -79,6 +82,14 @@ pub enum Recorded {
     },
     /// The recipient of a 1:1 message acknowledged it.
     Ack { msg: ChatMessage },
+    /// A message was recalled: `msg` is its tombstone.
+    Recall {
+        msg: ChatMessage,
+        /// Who recalled it; `None`: an admin.
+        by: Option<String>,
+        /// When, ms since the Unix epoch (the outbox entry's time).
+        at_ms: i64,
+    },
     /// A user's first connection in the cluster.
     Join { user: String, at_ms: i64 },
     /// A user's last connection in the cluster is gone.
@@ -86,6 +97,14 @@ pub enum Recorded {
     /// An entry the relay cannot read (written by another version of the
     /// node): logged and dropped, so it cannot block its shard.
     Unreadable { reason: String },
+}
+
+/// The time part of a stream entry id (`<ms>-<n>`).
+fn entry_ms(id: &str) -> i64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Renews this pod's leases, takes free ones, and reads the oldest entries of
@@ -219,6 +238,16 @@ impl RedisOutbox {
                     Ok(msg) => Recorded::Ack { msg },
                     Err(e) => Recorded::Unreadable {
                         reason: format!("ack: {e}"),
+                    },
+                },
+                "recall" => match serde_json::from_str(m) {
+                    Ok(msg) => Recorded::Recall {
+                        msg,
+                        by: Some(off.clone()).filter(|b| !b.is_empty()),
+                        at_ms: entry_ms(id),
+                    },
+                    Err(e) => Recorded::Unreadable {
+                        reason: format!("recall: {e}"),
                     },
                 },
                 "msg" => match serde_json::from_str(m) {

@@ -155,12 +155,45 @@ return out
 
 const INBOX: &str = r#"
 -- KEYS: inbox:<user>   ARGV: key prefix, limit
+-- An entry whose body is gone (the message was recalled while this user was
+-- not among its recipients any more) is dropped on the way.
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
   local b = redis.call('HGET', ARGV[1] .. 'msg:' .. id, 'b')
-  if b then table.insert(out, b) end
+  if b then table.insert(out, b) else redis.call('ZREM', KEYS[1], id) end
 end
 return out
+"#;
+
+/// Replaces a message by its tombstone, atomically with everything a recall
+/// changes. The history entry is found by position (seq - first retained
+/// seq) and must still start with the message's id and not be a tombstone:
+/// both are JSON structure that user content cannot forge (its quotes would
+/// be escaped), and `msg_id` is the first field serialized.
+const RECALL: &str = r#"
+-- KEYS: seq, hist, msg:<id>, dedup (or hist again), outbox stream (or hist again), inbox:<r>...
+-- ARGV: seq, msg id, tombstone JSON, has_dedup (0/1), outbox shard limit (0 = no outbox),
+--       recalled by ('' = an admin), pod
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local len = redis.call('LLEN', KEYS[2])
+local idx = tonumber(ARGV[1]) - (last - len + 1)
+if idx < 0 or idx >= len then return 'gone' end
+local cur = redis.call('LINDEX', KEYS[2], idx)
+local head = '{"msg_id":"' .. ARGV[2] .. '"'
+if string.sub(cur, 1, #head) ~= head then return 'gone' end
+if string.find(cur, '"recalled":true', 1, true) then return 'gone' end
+local outbox = tonumber(ARGV[5]) > 0
+if outbox and redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[5]) then return 'outbox' end
+redis.call('LSET', KEYS[2], idx, ARGV[3])
+for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[2]) end
+redis.call('DEL', KEYS[3])
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('SET', KEYS[4], ARGV[3], 'KEEPTTL')
+end
+if outbox then
+  redis.call('XADD', KEYS[5], '*', 'k', 'recall', 'm', ARGV[3], 'off', ARGV[6], 'pod', ARGV[7])
+end
+return 'ok'
 "#;
 
 const ACK: &str = r#"
@@ -230,6 +263,7 @@ pub(super) static FORGET_POD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script:
 pub(super) static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
 pub(super) static HISTORY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY));
 pub(super) static INBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INBOX));
+pub(super) static RECALL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECALL));
 pub(super) static ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACK));
 pub(super) static CREATE_GROUP_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(CREATE_GROUP));

@@ -8,7 +8,7 @@ pub mod relay;
 
 use switchboard_events::{
     C2cMsg, ClusterEvent, ClusterEventType, Event, EventType, GroupMsg, PROPERTY_EVENT_TYPE,
-    PROPERTY_USER_ID, msg_format, rfc3339_millis,
+    PROPERTY_USER_ID, rfc3339_millis,
 };
 use switchboard_rocketmq::Record;
 
@@ -38,6 +38,9 @@ pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
     match &entry.what {
         Recorded::Message { msg, offline } => message_records(msg, *offline, &entry.pod),
         Recorded::Ack { msg } => ack_records(msg),
+        Recorded::Recall { msg, by, at_ms } => {
+            recall_records(msg, by.as_deref(), *at_ms, &entry.pod)
+        }
         Recorded::Join { user, at_ms } => {
             vec![presence_record(EventType::UserJoin, user, *at_ms, entry)]
         }
@@ -70,6 +73,7 @@ fn presence_record(
         to_user_id: None,
         group_id: None,
         pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
+        recalled_by: None,
     };
     let mut rec = record(
         kind.as_str(),
@@ -114,10 +118,110 @@ fn c2c_data(msg: &ChatMessage, to: &str) -> C2cMsg {
             .clone()
             .unwrap_or_else(|| msg.conversation.to_string()),
         msg_content: msg.content.clone(),
-        msg_format: msg_format::TEXT,
+        msg_format: msg.format.code(),
         msg_create_time: msg.ts,
         msg_status: None,
+        withdraw_user_id: None,
+        withdraw_time: None,
     }
+}
+
+/// Seed 001's message fields of a group message, `groupId` for `toUserId`.
+fn group_data(msg: &ChatMessage, group: &str) -> GroupMsg {
+    GroupMsg {
+        client_msg_id: msg.client_msg_id.clone().unwrap_or_default(),
+        msg_id: msg.msg_id.to_string(),
+        from_user_id: msg.from.to_string(),
+        group_id: group.to_owned(),
+        chat_id: msg
+            .chat_id
+            .clone()
+            .unwrap_or_else(|| msg.conversation.to_string()),
+        msg_content: msg.content.clone(),
+        msg_format: msg.format.code(),
+        msg_create_time: msg.ts,
+        withdraw_user_id: None,
+        withdraw_time: None,
+    }
+}
+
+/// The `PREFIX-events` record of a message event, keys `<msg id>:<type>`
+/// and `<msg id>`.
+fn message_event(
+    kind: EventType,
+    msg: &ChatMessage,
+    at_ms: i64,
+    pod: &str,
+    recalled_by: Option<&str>,
+) -> (Stream, Record) {
+    let msg_id = msg.msg_id.to_string();
+    let event = Event {
+        user_id: msg.from.to_string(),
+        message: msg.content.clone(),
+        timestamp: rfc3339_millis(at_ms),
+        kind,
+        msg_id: Some(msg_id.clone()),
+        conversation: Some(msg.conversation.to_string()),
+        seq: Some(msg.seq),
+        to_user_id: msg.to.as_ref().map(ToString::to_string),
+        group_id: msg.group.as_ref().map(ToString::to_string),
+        pod: Some(pod.to_owned()).filter(|p| !p.is_empty()),
+        recalled_by: recalled_by.map(str::to_owned),
+    };
+    let properties = vec![
+        (PROPERTY_EVENT_TYPE.into(), kind.as_str().into()),
+        (PROPERTY_USER_ID.into(), event.user_id.clone()),
+    ];
+    (
+        Stream::Events,
+        record(kind.as_str(), &msg_id, properties, &event),
+    )
+}
+
+/// `message_recalled`, then `C2C_WITHDRAW_MSG` (or `GROUP_WITHDRAW_MSG`)
+/// with the tombstone's data (empty `msgContent`) and who recalled it when.
+fn recall_records(
+    msg: &ChatMessage,
+    by: Option<&str>,
+    at_ms: i64,
+    pod: &str,
+) -> Vec<(Stream, Record)> {
+    let mut out = vec![message_event(
+        EventType::MessageRecalled,
+        msg,
+        at_ms,
+        pod,
+        by,
+    )];
+    let msg_id = msg.msg_id.to_string();
+    let envelope = match (&msg.to, &msg.group) {
+        (Some(to), _) => {
+            let mut data = c2c_data(msg, to.as_str());
+            data.withdraw_user_id = by.map(str::to_owned);
+            data.withdraw_time = Some(at_ms);
+            (
+                ClusterEventType::C2cWithdrawMsg,
+                ClusterEvent::new(ClusterEventType::C2cWithdrawMsg, &data),
+            )
+        }
+        (None, Some(group)) => {
+            let mut data = group_data(msg, group.as_str());
+            data.withdraw_user_id = by.map(str::to_owned);
+            data.withdraw_time = Some(at_ms);
+            (
+                ClusterEventType::GroupWithdrawMsg,
+                ClusterEvent::new(ClusterEventType::GroupWithdrawMsg, &data),
+            )
+        }
+        (None, None) => return out,
+    };
+    if let (kind, Ok(envelope)) = envelope {
+        out.push((
+            Stream::ClusterEvents,
+            record(kind.tag(), &msg_id, Vec::new(), &envelope),
+        ));
+    }
+    out
 }
 
 /// `message_sent`, then `C2C_SEND_MSG` (or `GROUP_SEND_MSG`), then
@@ -125,38 +229,13 @@ fn c2c_data(msg: &ChatMessage, to: &str) -> C2cMsg {
 /// to it (`<msg id>:<tag>`) and the message id as a second key.
 fn message_records(msg: &ChatMessage, offline: bool, pod: &str) -> Vec<(Stream, Record)> {
     let msg_id = msg.msg_id.to_string();
-    let event = Event {
-        user_id: msg.from.to_string(),
-        message: msg.content.clone(),
-        timestamp: rfc3339_millis(msg.ts),
-        kind: EventType::MessageSent,
-        msg_id: Some(msg_id.clone()),
-        conversation: Some(msg.conversation.to_string()),
-        seq: Some(msg.seq),
-        to_user_id: msg.to.as_ref().map(ToString::to_string),
-        group_id: msg.group.as_ref().map(ToString::to_string),
-        pod: Some(pod.to_owned()).filter(|p| !p.is_empty()),
-    };
-    let mut out = vec![(
-        Stream::Events,
-        record(
-            EventType::MessageSent.as_str(),
-            &msg_id,
-            vec![
-                (
-                    PROPERTY_EVENT_TYPE.into(),
-                    EventType::MessageSent.as_str().into(),
-                ),
-                (PROPERTY_USER_ID.into(), event.user_id.clone()),
-            ],
-            &event,
-        ),
+    let mut out = vec![message_event(
+        EventType::MessageSent,
+        msg,
+        msg.ts,
+        pod,
+        None,
     )];
-    let client_msg_id = msg.client_msg_id.clone().unwrap_or_default();
-    let chat_id = msg
-        .chat_id
-        .clone()
-        .unwrap_or_else(|| msg.conversation.to_string());
     let mut cluster = |kind: ClusterEventType, data: serde_json::Result<ClusterEvent>| {
         if let Ok(envelope) = data {
             out.push((
@@ -177,18 +256,11 @@ fn message_records(msg: &ChatMessage, offline: bool, pod: &str) -> Vec<(Stream, 
             }
         }
         (None, Some(group)) => {
-            let data = GroupMsg {
-                client_msg_id,
-                msg_id: msg_id.clone(),
-                from_user_id: msg.from.to_string(),
-                group_id: group.to_string(),
-                chat_id,
-                msg_content: msg.content.clone(),
-                msg_format: msg_format::TEXT,
-                msg_create_time: msg.ts,
-            };
             let send = ClusterEventType::GroupSendMsg;
-            cluster(send, ClusterEvent::new(send, &data));
+            cluster(
+                send,
+                ClusterEvent::new(send, &group_data(msg, group.as_str())),
+            );
         }
         (None, None) => {}
     }
@@ -228,6 +300,8 @@ mod tests {
             to: Some(b),
             group: None,
             content: "hi".into(),
+            format: Default::default(),
+            recalled: false,
             ts: 1_704_110_400_000,
             client_msg_id: Some("c1".into()),
             chat_id: None,
@@ -282,5 +356,50 @@ mod tests {
             (EventType::UserLeave, "")
         );
         assert_eq!(event.pod.as_deref(), Some("chat-1"));
+    }
+
+    #[test]
+    fn a_recall_is_an_event_and_a_withdrawal_with_no_content() {
+        let Recorded::Message { mut msg, .. } = entry(false).what else {
+            unreachable!()
+        };
+        msg.content.clear();
+        msg.recalled = true;
+        msg.format = crate::model::MsgFormat::File;
+        let recall = OutboxEntry {
+            shard: 0,
+            id: "1704110460000-0".into(),
+            what: Recorded::Recall {
+                msg,
+                by: Some("alice".into()),
+                at_ms: 1_704_110_460_000,
+            },
+            pod: "chat-1".into(),
+        };
+        let recs = records(&recall);
+        let tags: Vec<_> = recs.iter().map(|(_, r)| r.tag.clone().unwrap()).collect();
+        assert_eq!(tags, ["message_recalled", "C2C_WITHDRAW"]);
+        let event: Event = serde_json::from_slice(&recs[0].1.body).unwrap();
+        assert_eq!(
+            (
+                event.timestamp.as_str(),
+                event.recalled_by.as_deref(),
+                event.message.as_str()
+            ),
+            ("2024-01-01T12:01:00.000Z", Some("alice"), "")
+        );
+        assert_eq!(recs[1].1.keys, ["42:C2C_WITHDRAW", "42"]);
+        let data: C2cMsg = serde_json::from_slice::<ClusterEvent>(&recs[1].1.body)
+            .unwrap()
+            .parse_data()
+            .unwrap();
+        assert_eq!(
+            (
+                data.msg_format,
+                data.withdraw_time,
+                data.msg_content.as_str()
+            ),
+            (3, Some(1_704_110_460_000), "")
+        );
     }
 }

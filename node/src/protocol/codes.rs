@@ -25,8 +25,13 @@ pub enum ErrorCode {
     NotAMember,
     /// The recipient's offline inbox is full; the message was not stored.
     InboxFull,
-    /// A read receipt named a message that is not in that conversation.
+    /// A read receipt or a recall named a message that is not in that
+    /// conversation's retained history.
     UnknownMessage,
+    /// A recall of a message someone else sent.
+    NotYours,
+    /// A recall after the recall window (`SB_RECALL_WINDOW`) has passed.
+    TooLate,
     /// A backend failed or the cross-node bus is saturated; resend with the
     /// same `client_msg_id`.
     Unavailable,
@@ -50,7 +55,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::BadJson,
         Self::UnknownType,
         Self::MissingField,
@@ -61,6 +66,8 @@ impl ErrorCode {
         Self::NotAMember,
         Self::InboxFull,
         Self::UnknownMessage,
+        Self::NotYours,
+        Self::TooLate,
         Self::Unavailable,
         Self::Unauthorized,
         Self::Forbidden,
@@ -84,6 +91,8 @@ impl ErrorCode {
             Self::NotAMember => "not_a_member",
             Self::InboxFull => "inbox_full",
             Self::UnknownMessage => "unknown_message",
+            Self::NotYours => "not_yours",
+            Self::TooLate => "too_late",
             Self::Unavailable => "unavailable",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",

@@ -17,7 +17,7 @@ pub use codes::{CloseCode, ErrorCode};
 pub use server::{Dialect, Limits, ServerFrame, TypingState};
 
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
-use crate::model::Target;
+use crate::model::{MsgFormat, Target};
 
 /// Longest accepted `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 64;
@@ -60,6 +60,11 @@ pub enum ClientFrame {
     PresenceSubscribe {
         users: Vec<UserId>,
     },
+    /// Take back a message: see [`crate::recall`].
+    Recall {
+        conversation: ConversationId,
+        msg_id: MsgId,
+    },
 }
 
 impl ClientFrame {
@@ -74,6 +79,7 @@ impl ClientFrame {
             Self::History { .. } => "history",
             Self::Resume { .. } => "resume",
             Self::PresenceSubscribe { .. } => "presence_subscribe",
+            Self::Recall { .. } => "recall",
         }
     }
 }
@@ -84,6 +90,7 @@ pub struct Send {
     pub target: Target,
     pub client_msg_id: Option<String>,
     pub content: String,
+    pub format: MsgFormat,
     pub chat_id: Option<String>,
 }
 
@@ -127,6 +134,7 @@ struct SendV1 {
     to: Option<UserId>,
     group: Option<GroupId>,
     content: String,
+    format: Option<MsgFormat>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +190,12 @@ struct HistoryV1 {
 #[derive(Deserialize)]
 struct ResumeV1 {
     conversations: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct RecallV1 {
+    conversation: ConversationId,
+    msg_id: MsgId,
 }
 
 #[derive(Deserialize)]
@@ -248,6 +262,7 @@ fn parse_kind(
                 target,
                 client_msg_id: f.client_msg_id,
                 content: f.content,
+                format: f.format.unwrap_or_default(),
                 chat_id: None,
             })
         }
@@ -257,6 +272,7 @@ fn parse_kind(
                 target: Target::User(f.receiver_id),
                 client_msg_id: None,
                 content: f.content,
+                format: MsgFormat::Text,
                 chat_id: f.chat_id,
             })
         }
@@ -376,6 +392,13 @@ fn parse_kind(
             }
             ClientFrame::PresenceSubscribe { users: f.users }
         }
+        "recall" => {
+            let f: RecallV1 = de(text)?;
+            ClientFrame::Recall {
+                conversation: f.conversation,
+                msg_id: f.msg_id,
+            }
+        }
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(FrameError::new(
@@ -462,196 +485,4 @@ pub fn client_msg_id_of(text: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LIMITS: ParseLimits = ParseLimits {
-        max_content_bytes: 16,
-    };
-
-    fn me() -> UserId {
-        UserId::parse("alice").unwrap()
-    }
-
-    fn p(text: &str) -> Result<ClientFrame, FrameError> {
-        parse(text, &me(), LIMITS)
-    }
-
-    fn code(text: &str) -> ErrorCode {
-        p(text).unwrap_err().code
-    }
-
-    #[test]
-    fn parses_v1_send() {
-        let f = p(r#"{"type":"send","client_msg_id":"c1","to":"bob","content":"hi"}"#).unwrap();
-        assert_eq!(
-            f,
-            ClientFrame::Send(Send {
-                target: Target::User(UserId::parse("bob").unwrap()),
-                client_msg_id: Some("c1".into()),
-                content: "hi".into(),
-                chat_id: None,
-            })
-        );
-        let g = p(r#"{"type":"send","group":"g1","content":"hi"}"#).unwrap();
-        assert!(matches!(
-            g,
-            ClientFrame::Send(Send {
-                target: Target::Group(_),
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn seed_frames_map_to_v1_and_ignore_sender_id() {
-        let f = p(r#"{"type":"CHAT_MESSAGE","senderId":"mallory","receiverId":"bob","chatId":"chat123","content":"Hello","timestamp":1640995200000}"#).unwrap();
-        let ClientFrame::Send(s) = f else {
-            panic!("not a send")
-        };
-        assert_eq!(s.target, Target::User(UserId::parse("bob").unwrap()));
-        assert_eq!(s.chat_id.as_deref(), Some("chat123"));
-        assert_eq!(
-            p(r#"{"type":"HEARTBEAT","content":"ping"}"#).unwrap(),
-            ClientFrame::Ping
-        );
-        let r = p(r#"{"type":"READ_RECEIPT","chatId":"c","messageId":"42","receiverId":"bob"}"#)
-            .unwrap();
-        assert_eq!(
-            r,
-            ClientFrame::Read {
-                conversation: ConversationId::parse("dm:alice:bob").unwrap(),
-                seq: None,
-                msg_id: Some(MsgId(42)),
-            }
-        );
-        let t = p(r#"{"type":"TYPING","receiverId":"bob","chatId":"c","content":"stop_typing"}"#)
-            .unwrap();
-        assert!(matches!(
-            t,
-            ClientFrame::Typing {
-                state: TypingState::Stop,
-                ..
-            }
-        ));
-        assert_eq!(
-            code(r#"{"type":"TYPING","receiverId":"bob","content":"dancing"}"#),
-            ErrorCode::InvalidField
-        );
-    }
-
-    #[test]
-    fn bad_input_gets_stable_codes() {
-        assert_eq!(code("not json"), ErrorCode::BadJson);
-        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
-        assert_eq!(code("{}"), ErrorCode::MissingField);
-        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":7}"#), ErrorCode::BadJson);
-        assert_eq!(
-            code(r#"{"type":"send","to":"bob"}"#),
-            ErrorCode::MissingField
-        );
-        assert_eq!(
-            code(r#"{"type":"send","content":"x"}"#),
-            ErrorCode::MissingField
-        );
-        assert_eq!(
-            code(r#"{"type":"send","to":"bob","group":"g","content":"x"}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(
-            code(r#"{"type":"send","to":"b b","content":"x"}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(
-            code(r#"{"type":"send","to":"bob","content":""}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(
-            code(r#"{"type":"send","to":"alice","content":"x"}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(
-            code(r#"{"type":"send","to":"bob","content":"this is longer than sixteen"}"#),
-            ErrorCode::ContentTooLarge
-        );
-        assert_eq!(
-            code(r#"{"type":"send","to":"bob","content":"x","extra":1}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(code(r#"{"type":"ack"}"#), ErrorCode::MissingField);
-        assert_eq!(
-            code(r#"{"type":"ack","msg_ids":["x"]}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(
-            code(r#"{"type":"read","conversation":"dm:alice:bob"}"#),
-            ErrorCode::MissingField
-        );
-        assert_eq!(
-            code(r#"{"type":"history","conversation":"nope"}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(
-            code(r#"{"type":"history","conversation":"dm:alice:bob","limit":0}"#),
-            ErrorCode::InvalidField
-        );
-        assert_eq!(
-            code(r#"{"type":"resume","conversations":{"x":1}}"#),
-            ErrorCode::InvalidField
-        );
-    }
-
-    #[test]
-    fn errors_carry_the_client_msg_id() {
-        let e = p(r#"{"type":"send","client_msg_id":"c9","to":"bob","content":""}"#).unwrap_err();
-        assert_eq!(e.client_msg_id.as_deref(), Some("c9"));
-        let e = p(r#"{"type":"send","client_msg_id":"c8"}"#).unwrap_err();
-        assert_eq!(e.client_msg_id.as_deref(), Some("c8"));
-    }
-
-    /// Mutated frames (random bytes flipped, cut, duplicated) never panic the
-    /// parser: they parse or get an error code.
-    #[test]
-    fn mutated_frames_never_panic() {
-        use rand::{Rng, SeedableRng};
-        let seeds = [
-            r#"{"type":"send","client_msg_id":"c1","to":"bob","content":"hi"}"#,
-            r#"{"type":"CHAT_MESSAGE","receiverId":"bob","chatId":"c","content":"x","timestamp":1}"#,
-            r#"{"type":"READ_RECEIPT","chatId":"c","messageId":"42","receiverId":"bob"}"#,
-            r#"{"type":"history","conversation":"dm:alice:bob","before":5,"limit":10}"#,
-            r#"{"type":"resume","conversations":{"dm:alice:bob":3,"group:g":1}}"#,
-            r#"{"type":"ack","msg_ids":["1","2",3]}"#,
-            r#"{"type":"presence_subscribe","users":["a","b"]}"#,
-            r#"{"type":"typing","conversation":"group:g","state":"start"}"#,
-        ];
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut errors = 0;
-        for i in 0..50_000 {
-            let mut b = seeds[i % seeds.len()].as_bytes().to_vec();
-            for _ in 0..rng.random_range(1..4) {
-                let at = rng.random_range(0..b.len());
-                match rng.random_range(0..3) {
-                    0 => b[at] = rng.random(),
-                    1 => b.truncate(at.max(1)),
-                    _ => {
-                        let byte = b[at];
-                        b.insert(at, byte);
-                    }
-                }
-            }
-            let text = String::from_utf8_lossy(&b);
-            if parse(&text, &me(), LIMITS).is_err() {
-                errors += 1;
-            }
-        }
-        // Most mutations break the frame; the point is that none panicked.
-        assert!(errors > 10_000, "{errors}");
-    }
-
-    #[test]
-    fn reasons_have_no_line_numbers() {
-        let e = p(r#"{"type":"send","to":"bob"}"#).unwrap_err();
-        assert_eq!(e.reason, "missing field `content`");
-    }
-}
+mod tests;

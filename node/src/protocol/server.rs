@@ -81,6 +81,16 @@ pub enum ServerFrame {
         user: UserId,
         state: TypingState,
     },
+    /// A message was taken back: drop its content; history now holds its
+    /// tombstone.
+    Recalled {
+        conversation: ConversationId,
+        msg_id: MsgId,
+        seq: u64,
+        /// Who recalled it: the sender, or absent when an admin did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<UserId>,
+    },
     Presence(Presence),
     History {
         conversation: ConversationId,
@@ -120,6 +130,7 @@ impl ServerFrame {
             Self::Delivered { .. } => "delivered",
             Self::Read { .. } => "read",
             Self::Typing { .. } => "typing",
+            Self::Recalled { .. } => "recalled",
             Self::Presence(_) => "presence",
             Self::History { .. } => "history",
             Self::Pong { .. } => "pong",
@@ -205,6 +216,8 @@ mod tests {
             to: Some(UserId::parse("bob").unwrap()),
             group: None,
             content: "hi".into(),
+            format: Default::default(),
+            recalled: false,
             ts: 5,
             client_msg_id: Some("c1".into()),
             chat_id: Some("chat123".into()),

@@ -96,3 +96,20 @@ pub fn describe(d: &Delivery) -> String {
         String::from_utf8_lossy(&d.body)
     )
 }
+
+/// The deliveries tagged `tag`, in arrival order.
+pub fn with_tag<'a>(seen: &'a [Delivery], tag: &str) -> Vec<&'a Delivery> {
+    seen.iter()
+        .filter(|d| d.tag.as_deref() == Some(tag))
+        .collect()
+}
+
+/// Taps on both business streams of `c`: `PREFIX-events` and
+/// `PREFIX-cluster-events`.
+pub async fn streams(c: &crate::Cluster) -> (Tap, Tap) {
+    let names = switchboard_rocketmq::names::Names::new(&c.prefix);
+    (
+        Tap::start(c.namesrv(), &names.events_topic()).await,
+        Tap::start(c.namesrv(), &names.cluster_events_topic()).await,
+    )
+}

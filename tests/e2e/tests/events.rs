@@ -9,18 +9,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_e2e::Cluster;
-use switchboard_e2e::tap::Tap;
+use switchboard_e2e::tap::{streams, with_tag};
 use switchboard_events::{C2cMsg, ClusterEvent, ClusterEventType, Event, EventType, GroupMsg};
 use switchboard_rocketmq::Delivery;
-use switchboard_rocketmq::names::Names;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn with_tag<'a>(seen: &'a [Delivery], tag: &str) -> Vec<&'a Delivery> {
-    seen.iter()
-        .filter(|d| d.tag.as_deref() == Some(tag))
-        .collect()
-}
 
 fn cluster_event(d: &Delivery) -> ClusterEvent {
     serde_json::from_slice(&d.body).unwrap()
@@ -68,18 +61,10 @@ async fn hold_leases(c: &Cluster, ms: u64) -> redis::aio::MultiplexedConnection 
     conn
 }
 
-async fn taps(c: &Cluster) -> (Tap, Tap) {
-    let names = Names::new(&c.prefix);
-    (
-        Tap::start(c.namesrv(), &names.events_topic()).await,
-        Tap::start(c.namesrv(), &names.cluster_events_topic()).await,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
     let c = Cluster::start("events", 2).await;
-    let (events, cluster) = taps(&c).await;
+    let (events, cluster) = streams(&c).await;
     let mut ana = c.pod(0).connect("ana").await;
     let mut ben = c.pod(1).connect("ben").await;
 
@@ -299,7 +284,7 @@ async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
 async fn one_conversation_keeps_its_order_with_senders_on_two_pods() {
     const EACH: usize = 60;
     let c = Cluster::start("events-order", 2).await;
-    let (events, cluster) = taps(&c).await;
+    let (events, cluster) = streams(&c).await;
     let mut ana = c.pod(0).connect("ana").await;
     let mut ben = c.pod(1).connect("ben").await;
     tokio::join!(
@@ -399,7 +384,7 @@ fn seq_of(events: &[Delivery], msg_id: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_killed_right_after_sent_loses_no_event() {
     let mut c = Cluster::start("events-kill", 2).await;
-    let (events, cluster) = taps(&c).await;
+    let (events, cluster) = streams(&c).await;
     let lease_ms = 6_000;
     hold_leases(&c, lease_ms).await;
     let leased_at = std::time::Instant::now();
@@ -459,7 +444,7 @@ async fn a_full_outbox_refuses_sends_until_the_relay_catches_up() {
     let pod = c.spawn(0);
     c.pods.push(pod);
     switchboard_e2e::wait_ready(c.pod(0)).await;
-    let (events, cluster) = taps(&c).await;
+    let (events, cluster) = streams(&c).await;
     // A peer whose conversation is not in shard 0, where ana's join waits.
     let peer = (0..)
         .map(|i| format!("peer{i}"))

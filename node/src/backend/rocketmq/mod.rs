@@ -187,7 +187,7 @@ impl Bus for RocketMqBus {
         let consumer = Consumer::start_blocking(&self.rt, config, move |d| {
             let envelopes = lanes::decode(&d.body)
                 .map_err(|e| format!("malformed envelope {}: {e}", d.msg_id))?;
-            let stale_before = crate::node::now_micros() - STALE_AFTER.as_micros() as i64;
+            let stale_before = crate::router::now_micros() - STALE_AFTER.as_micros() as i64;
             for env in envelopes {
                 if let Envelope::ToUsers { sent_at_us, .. } = &env
                     && *sent_at_us < stale_before

@@ -1,0 +1,99 @@
+//! Redis backends: the presence/routing registry and the message store.
+//!
+//! Every key of one cluster starts with `sb:{<namespace>/<name>}:`. The braces
+//! are a Redis Cluster hash tag: all of one cluster's keys hash to one slot,
+//! which is what lets the Lua scripts below touch a conversation, several
+//! inboxes and a dedup key atomically on Redis Cluster too (at the price of
+//! one cluster's data living on one shard). See `docs/operations.md`.
+//!
+//! Layout (`K` = the prefix):
+//! - `Kpods` set of pod names; `Kpod:<pod>` hash {conns, started, seen}, TTL
+//!   3 x heartbeat: a pod whose key expired is dead.
+//! - `Kconns:<user>` hash conn id -> pod, TTL = presence TTL, refreshed by
+//!   the heartbeats of the pods holding the connections.
+//! - `Kpodconns:<pod>` set of `<user> <conn id>`: what to remove when the pod
+//!   is found dead (or starts again under the same name).
+//! - `Konline` sorted set user -> last heartbeat ms; `Klastseen` hash user -> ms.
+//! - `Kseq:<conv>` counter; `Khist:<conv>` list of message JSON, capped.
+//! - `Korder` counter: global insertion order of inbox entries.
+//! - `Kmsg:<id>` hash {b: JSON, r: inbox references, s: outbox shard stream
+//!   of a 1:1 message when events are on}: one body shared by all inboxes,
+//!   deleted when the last recipient acks.
+//! - `Kinbox:<user>` sorted set msg id -> insertion order.
+//! - `Kdedup:<user>:<client_msg_id>` message JSON, TTL = dedup TTL.
+//! - `Koutbox:<shard>` streams and their leases: see [`crate::backend::outbox`].
+//! - `Kgroups` set of group ids; `Kgroup:<g>` set of members;
+//!   `Kugroups:<user>` set of the user's groups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+mod registry;
+mod store;
+
+pub use registry::RedisRegistry;
+pub use store::RedisStore;
+
+use super::{BackendError, BackendResult};
+use crate::model::ChatMessage;
+
+pub(super) fn unavailable(e: redis::RedisError) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}
+
+/// Connects to Redis with a manager that reconnects by itself. Calls fail
+/// fast (bounded timeouts) while Redis is away instead of hanging clients.
+///
+/// `rediss://` URLs use TLS, verified against the system's roots, or only
+/// against `ca_pem` when given (a private CA).
+pub async fn connect(
+    url: &str,
+    ca_pem: Option<Vec<u8>>,
+) -> Result<ConnectionManager, redis::RedisError> {
+    // rustls needs one process-wide crypto provider; the dependency tree
+    // offers two (ring, aws-lc-rs), so pick one. Already installed: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match ca_pem {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        )?,
+        None => redis::Client::open(url)?,
+    };
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_with_config(client, cfg).await
+}
+
+/// Key names of one cluster.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `namespace`/`name` identify the ChatCluster.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            prefix: format!("sb:{{{namespace}/{name}}}:"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+pub(super) fn parse_msg(json: &str) -> BackendResult<Arc<ChatMessage>> {
+    serde_json::from_str(json)
+        .map(Arc::new)
+        .map_err(|e| BackendError::Unavailable(format!("corrupt message in Redis: {e}")))
+}

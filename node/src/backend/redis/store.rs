@@ -1,0 +1,396 @@
+//! The message store on Redis (layout: [`super`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{Keys, parse_msg, unavailable};
+use crate::backend::memory::StoreLimits;
+use crate::backend::redis_lua::{
+    ACK_SCRIPT, ADD_MEMBERS_SCRIPT, APPEND_SCRIPT, CREATE_GROUP_SCRIPT, DELETE_GROUP_SCRIPT,
+    HISTORY_SCRIPT, INBOX_SCRIPT, RECALL_SCRIPT, REMOVE_MEMBER_SCRIPT,
+};
+use crate::backend::{
+    Appended, BackendError, BackendResult, HistoryPage, HistoryQuery, MessageStore,
+};
+use crate::ids::{ConversationId, GroupId, MsgId, UserId};
+use crate::model::{ChatMessage, Group};
+
+/// Message store on Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    limits: StoreLimits,
+    /// Entries one outbox shard may hold (`None`: no event outbox), and the
+    /// pod name recorded with each entry.
+    outbox: Option<(usize, String)>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    pub fn new(conn: ConnectionManager, keys: Keys, limits: StoreLimits) -> Self {
+        Self {
+            conn,
+            keys,
+            limits,
+            outbox: None,
+        }
+    }
+
+    /// Records an event outbox entry with every message appended
+    /// ([`crate::backend::outbox`]); past `per_shard` waiting entries in a shard,
+    /// `append` fails with `Unavailable` instead of dropping events.
+    pub fn with_outbox(mut self, per_shard: usize, pod: &str) -> Self {
+        self.outbox = Some((per_shard.max(1), pod.to_owned()));
+        self
+    }
+
+    fn conv_keys(&self, c: &ConversationId) -> (String, String) {
+        (
+            format!("{}seq:{c}", self.keys.prefix()),
+            format!("{}hist:{c}", self.keys.prefix()),
+        )
+    }
+
+    async fn group_members(&self, id: &GroupId) -> BackendResult<Option<Vec<UserId>>> {
+        let mut conn = self.conn.clone();
+        let (exists, members): (bool, Vec<String>) = redis::pipe()
+            .sismember(format!("{}groups", self.keys.prefix()), id.as_str())
+            .smembers(format!("{}group:{id}", self.keys.prefix()))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if !exists {
+            return Ok(None);
+        }
+        let mut m: Vec<UserId> = members
+            .iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .collect();
+        m.sort();
+        Ok(Some(m))
+    }
+
+    async fn group_script(
+        &self,
+        src: &Script,
+        id: &GroupId,
+        users: &[UserId],
+    ) -> BackendResult<String> {
+        let k = &self.keys;
+        let mut script = src.prepare_invoke();
+        script
+            .key(format!("{}groups", k.prefix()))
+            .key(format!("{}group:{id}", k.prefix()))
+            .arg(id.as_str())
+            .arg(self.limits.max_group_members);
+        for u in users {
+            script
+                .key(format!("{}ugroups:{u}", k.prefix()))
+                .arg(u.as_str());
+        }
+        let mut conn = self.conn.clone();
+        script.invoke_async(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn existing_group(&self, id: &GroupId) -> BackendResult<Group> {
+        match self.group_members(id).await? {
+            Some(members) => Ok(Group {
+                id: id.clone(),
+                members,
+            }),
+            None => Err(BackendError::NoSuchGroup(id.clone())),
+        }
+    }
+}
+
+#[async_trait]
+impl MessageStore for RedisStore {
+    async fn append(&self, msg: ChatMessage, recipients: &[UserId]) -> BackendResult<Appended> {
+        let k = &self.keys;
+        let (seq_key, hist_key) = self.conv_keys(&msg.conversation);
+        let mut probe = msg.clone();
+        probe.seq = 0;
+        let json =
+            serde_json::to_string(&probe).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let dedup = msg
+            .client_msg_id
+            .as_ref()
+            .map(|c| format!("{}dedup:{}:{c}", k.prefix(), msg.from));
+        let order_key = format!("{}order", k.prefix());
+        let mut inv = APPEND_SCRIPT.prepare_invoke();
+        inv.key(&seq_key)
+            .key(&hist_key)
+            .key(&order_key)
+            .key(format!("{}msg:{}", k.prefix(), msg.msg_id))
+            .key(dedup.as_deref().unwrap_or(&order_key));
+        for r in recipients {
+            inv.key(format!("{}inbox:{r}", k.prefix()));
+        }
+        if self.outbox.is_some() {
+            let stream = crate::backend::outbox::stream_key(
+                k,
+                crate::backend::outbox::shard_of(&msg.conversation),
+            );
+            let conns = match &msg.to {
+                Some(to) => format!("{}conns:{to}", k.prefix()),
+                None => stream.clone(),
+            };
+            inv.key(stream).key(conns);
+        }
+        inv.arg(&json)
+            .arg(if dedup.is_some() { "1" } else { "0" })
+            .arg(self.limits.dedup_ttl.as_millis() as u64)
+            .arg(self.limits.history_limit)
+            .arg(self.limits.inbox_limit)
+            .arg(if msg.group.is_some() { "1" } else { "0" })
+            .arg(msg.msg_id.0.to_string())
+            .arg(self.outbox.as_ref().map_or(0, |(limit, _)| *limit))
+            .arg(self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str()));
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let index = |s: &String| {
+            s.parse::<usize>()
+                .ok()
+                .and_then(|i| recipients.get(i.wrapping_sub(1)))
+                .cloned()
+        };
+        match reply.first().map(String::as_str) {
+            Some("dup") => Ok(Appended {
+                msg: parse_msg(&reply[1])?,
+                duplicate: true,
+                inbox_skipped: Vec::new(),
+            }),
+            Some("outbox") => Err(BackendError::Unavailable(
+                "the event outbox is full (RocketMQ away?)".into(),
+            )),
+            Some("full") => Err(BackendError::InboxFull(
+                reply
+                    .get(1)
+                    .and_then(index)
+                    .unwrap_or_else(|| msg.from.clone()),
+            )),
+            Some("ok") if reply.len() >= 2 => Ok(Appended {
+                msg: parse_msg(&reply[1])?,
+                duplicate: false,
+                inbox_skipped: reply[2..].iter().filter_map(index).collect(),
+            }),
+            _ => Err(BackendError::Unavailable(
+                "unexpected reply from the append script".into(),
+            )),
+        }
+    }
+
+    async fn history(
+        &self,
+        conversation: &ConversationId,
+        q: HistoryQuery,
+    ) -> BackendResult<HistoryPage> {
+        let (seq_key, hist_key) = self.conv_keys(conversation);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = HISTORY_SCRIPT
+            .key(seq_key)
+            .key(hist_key)
+            .arg(q.before.map(|b| b.to_string()).unwrap_or_default())
+            .arg(q.after.map(|a| a.to_string()).unwrap_or_default())
+            .arg(q.limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let (more, msgs) = reply
+            .split_first()
+            .ok_or_else(|| BackendError::Unavailable("empty history reply".into()))?;
+        Ok(HistoryPage {
+            messages: msgs
+                .iter()
+                .map(|m| parse_msg(m))
+                .collect::<Result<_, _>>()?,
+            has_more: more == "1",
+        })
+    }
+
+    async fn find(
+        &self,
+        conversation: &ConversationId,
+        msg_id: MsgId,
+    ) -> BackendResult<Option<Arc<ChatMessage>>> {
+        let (_, hist_key) = self.conv_keys(conversation);
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = conn.lrange(hist_key, 0, -1).await.map_err(unavailable)?;
+        let needle = format!("\"msg_id\":\"{msg_id}\"");
+        match all.iter().rev().find(|m| m.contains(&needle)) {
+            Some(m) => parse_msg(m).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn inbox(&self, user: &UserId, limit: usize) -> BackendResult<Vec<Arc<ChatMessage>>> {
+        let mut conn = self.conn.clone();
+        let bodies: Vec<String> = INBOX_SCRIPT
+            .key(format!("{}inbox:{user}", self.keys.prefix()))
+            .arg(self.keys.prefix())
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        bodies.iter().map(|b| parse_msg(b)).collect()
+    }
+
+    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>> {
+        let mut inv = ACK_SCRIPT.prepare_invoke();
+        inv.key(format!("{}inbox:{user}", self.keys.prefix()))
+            .arg(self.keys.prefix())
+            .arg(self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str()));
+        for id in msg_ids {
+            inv.arg(id.0.to_string());
+        }
+        let mut conn = self.conn.clone();
+        let bodies: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        bodies.iter().map(|b| parse_msg(b)).collect()
+    }
+
+    async fn recall(
+        &self,
+        original: &ChatMessage,
+        tombstone: &ChatMessage,
+        recipients: &[UserId],
+        by: Option<&UserId>,
+    ) -> BackendResult<bool> {
+        let k = &self.keys;
+        let (seq_key, hist_key) = self.conv_keys(&original.conversation);
+        let json = serde_json::to_string(tombstone)
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let dedup = original
+            .client_msg_id
+            .as_ref()
+            .map(|c| format!("{}dedup:{}:{c}", k.prefix(), original.from));
+        let stream = self.outbox.as_ref().map(|_| {
+            crate::backend::outbox::stream_key(
+                k,
+                crate::backend::outbox::shard_of(&original.conversation),
+            )
+        });
+        let mut inv = RECALL_SCRIPT.prepare_invoke();
+        inv.key(&seq_key)
+            .key(&hist_key)
+            .key(format!("{}msg:{}", k.prefix(), original.msg_id))
+            .key(dedup.as_deref().unwrap_or(&hist_key))
+            .key(stream.as_deref().unwrap_or(&hist_key));
+        for r in recipients {
+            inv.key(format!("{}inbox:{r}", k.prefix()));
+        }
+        inv.arg(original.seq)
+            .arg(original.msg_id.0.to_string())
+            .arg(&json)
+            .arg(if dedup.is_some() { "1" } else { "0" })
+            .arg(self.outbox.as_ref().map_or(0, |(limit, _)| *limit))
+            .arg(by.map_or("", UserId::as_str))
+            .arg(self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str()));
+        let mut conn = self.conn.clone();
+        let reply: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match reply.as_str() {
+            "ok" => Ok(true),
+            "gone" => Ok(false),
+            "outbox" => Err(BackendError::Unavailable(
+                "the event outbox is full (RocketMQ away?)".into(),
+            )),
+            other => Err(BackendError::Unavailable(format!(
+                "unexpected reply from the recall script: {other}"
+            ))),
+        }
+    }
+
+    async fn create_group(&self, id: &GroupId, members: &[UserId]) -> BackendResult<Group> {
+        let set: BTreeSet<UserId> = members.iter().cloned().collect();
+        let members: Vec<UserId> = set.into_iter().collect();
+        match self
+            .group_script(&CREATE_GROUP_SCRIPT, id, &members)
+            .await?
+            .as_str()
+        {
+            "exists" => Err(BackendError::GroupExists(id.clone())),
+            "full" => Err(BackendError::GroupFull(
+                id.clone(),
+                self.limits.max_group_members,
+            )),
+            _ => Ok(Group {
+                id: id.clone(),
+                members,
+            }),
+        }
+    }
+
+    async fn delete_group(&self, id: &GroupId) -> BackendResult<bool> {
+        let mut conn = self.conn.clone();
+        let deleted: i64 = DELETE_GROUP_SCRIPT
+            .key(format!("{}groups", self.keys.prefix()))
+            .key(format!("{}group:{id}", self.keys.prefix()))
+            .arg(id.as_str())
+            .arg(self.keys.prefix())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted == 1)
+    }
+
+    async fn add_members(&self, id: &GroupId, users: &[UserId]) -> BackendResult<Group> {
+        match self
+            .group_script(&ADD_MEMBERS_SCRIPT, id, users)
+            .await?
+            .as_str()
+        {
+            "missing" => Err(BackendError::NoSuchGroup(id.clone())),
+            "full" => Err(BackendError::GroupFull(
+                id.clone(),
+                self.limits.max_group_members,
+            )),
+            _ => self.existing_group(id).await,
+        }
+    }
+
+    async fn remove_member(&self, id: &GroupId, user: &UserId) -> BackendResult<Group> {
+        let mut conn = self.conn.clone();
+        let r: String = REMOVE_MEMBER_SCRIPT
+            .key(format!("{}groups", self.keys.prefix()))
+            .key(format!("{}group:{id}", self.keys.prefix()))
+            .key(format!("{}ugroups:{user}", self.keys.prefix()))
+            .arg(id.as_str())
+            .arg(user.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if r == "missing" {
+            return Err(BackendError::NoSuchGroup(id.clone()));
+        }
+        self.existing_group(id).await
+    }
+
+    async fn group(&self, id: &GroupId) -> BackendResult<Option<Group>> {
+        Ok(self.group_members(id).await?.map(|members| Group {
+            id: id.clone(),
+            members,
+        }))
+    }
+
+    async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .smembers(format!("{}ugroups:{user}", self.keys.prefix()))
+            .await
+            .map_err(unavailable)?;
+        let mut g: Vec<GroupId> = ids.iter().filter_map(|g| GroupId::parse(g).ok()).collect();
+        g.sort();
+        Ok(g)
+    }
+}
