@@ -24,6 +24,7 @@ pub mod node;
 pub mod protocol;
 pub mod readiness;
 pub mod recall;
+pub mod receipts;
 pub mod router;
 pub mod secret;
 mod serve;

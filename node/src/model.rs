@@ -27,6 +27,11 @@ pub struct ChatMessage {
     /// `content` is empty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recalled: bool,
+    /// In `history` pages only, for a 1:1 message: `delivered` once the
+    /// recipient acked it, `read` once the recipient read up to it; absent
+    /// while neither (and never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MsgStatus>,
     /// Server time of acceptance, milliseconds since the Unix epoch.
     pub ts: i64,
     /// The sender's idempotency key, echoed so the sender's other devices can
@@ -65,6 +70,14 @@ impl MsgFormat {
             Self::Custom => 4,
         }
     }
+}
+
+/// Where a 1:1 message stands with its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MsgStatus {
+    Delivered,
+    Read,
 }
 
 /// Where a message goes.

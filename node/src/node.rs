@@ -13,7 +13,7 @@ use crate::auth::Authenticator;
 use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
 use crate::config::{Config, Secret};
 use crate::hub::{ConnHandle, Hub, Outbound};
-use crate::ids::{ConversationId, MsgId, PodIdentity, Snowflake, UserId, now_millis};
+use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::model::{ChatMessage, Target};
 use crate::protocol::{
@@ -21,6 +21,7 @@ use crate::protocol::{
     Send, ServerFrame, TypingState,
 };
 use crate::recall::{Recall, Recaller};
+use crate::receipts::{Receipts, history_frame};
 use crate::router::Router;
 
 /// Most users one connection may watch with `presence_subscribe`, so a
@@ -314,6 +315,14 @@ impl Node {
         }
     }
 
+    /// Receipts on this node's store and router.
+    pub fn receipts(&self) -> Receipts<'_> {
+        Receipts {
+            store: self.backends.store.as_ref(),
+            router: &self.router,
+        }
+    }
+
     /// Routes frames to users across the cluster.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
@@ -333,7 +342,7 @@ impl Node {
                     e
                 })
             }
-            ClientFrame::Ack { msg_ids } => self.on_ack(conn, &msg_ids).await,
+            ClientFrame::Ack { msg_ids } => self.receipts().ack(&conn.user, &msg_ids).await,
             ClientFrame::Recall {
                 conversation,
                 msg_id,
@@ -346,7 +355,11 @@ impl Node {
                 conversation,
                 seq,
                 msg_id,
-            } => self.on_read(conn, conversation, seq, msg_id).await,
+            } => {
+                self.receipts()
+                    .read(&conn.user, &conn.id, conversation, seq, msg_id)
+                    .await
+            }
             ClientFrame::Typing {
                 conversation,
                 state,
@@ -375,13 +388,7 @@ impl Node {
                     )
                     .await?;
                 conn.push(
-                    Arc::new(ServerFrame::History {
-                        conversation,
-                        before,
-                        after,
-                        messages: page.messages,
-                        has_more: page.has_more,
-                    }),
+                    Arc::new(history_frame(conversation, before, after, page)),
                     None,
                 );
                 Ok(())
@@ -429,13 +436,12 @@ impl Node {
                 },
             )
             .await?;
-        conn.push_bulk(Arc::new(ServerFrame::History {
+        conn.push_bulk(Arc::new(history_frame(
             conversation,
-            before: None,
-            after: Some(after),
-            messages: page.messages,
-            has_more: page.has_more,
-        }))
+            None,
+            Some(after),
+            page,
+        )))
         .await;
         Ok(())
     }
@@ -474,6 +480,7 @@ impl Node {
             content: s.content,
             format: s.format,
             recalled: false,
+            status: None,
             ts: now_millis(),
             client_msg_id: s.client_msg_id,
             chat_id: s.chat_id,
@@ -521,56 +528,6 @@ impl Node {
                 Some(&conn.id),
                 Some(accepted_at),
             )
-            .await;
-        Ok(())
-    }
-
-    async fn on_ack(&self, conn: &Arc<ConnHandle>, msg_ids: &[MsgId]) -> Result<(), FrameError> {
-        let acked = self.backends.store.ack(&conn.user, msg_ids).await?;
-        for m in acked {
-            let frame = ServerFrame::Delivered {
-                msg_id: m.msg_id,
-                conversation: m.conversation.clone(),
-                seq: m.seq,
-                user: conn.user.clone(),
-            };
-            self.router
-                .route(std::slice::from_ref(&m.from), frame, None, None)
-                .await;
-        }
-        Ok(())
-    }
-
-    async fn on_read(
-        &self,
-        conn: &Arc<ConnHandle>,
-        conversation: ConversationId,
-        seq: Option<u64>,
-        msg_id: Option<MsgId>,
-    ) -> Result<(), FrameError> {
-        let participants = self.participants(&conn.user, &conversation).await?;
-        let seq = match (seq, msg_id) {
-            (Some(seq), _) => seq,
-            (None, Some(id)) => match self.backends.store.find(&conversation, id).await? {
-                Some(m) => m.seq,
-                None => {
-                    return Err(FrameError::new(
-                        ErrorCode::UnknownMessage,
-                        "no such message in this conversation",
-                    ));
-                }
-            },
-            (None, None) => return Err(FrameError::new(ErrorCode::MissingField, "seq or msg_id")),
-        };
-        let frame = ServerFrame::Read {
-            conversation,
-            seq,
-            msg_id,
-            user: conn.user.clone(),
-        };
-        // Everyone, the reader's other devices included, but not this one.
-        self.router
-            .route(&participants, frame, Some(&conn.id), None)
             .await;
         Ok(())
     }

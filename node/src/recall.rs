@@ -151,6 +151,7 @@ fn tombstone_of(m: &ChatMessage) -> ChatMessage {
     ChatMessage {
         content: String::new(),
         recalled: true,
+        status: None,
         ..m.clone()
     }
 }
@@ -172,6 +173,7 @@ mod tests {
             content: "oops".into(),
             format: MsgFormat::Image,
             recalled: false,
+            status: None,
             ts,
             client_msg_id: Some("c".into()),
             chat_id: None,

@@ -46,6 +46,7 @@ async fn store_keeps_the_contract() {
     contract::history_pages(&s, "t3", 3000).await;
     contract::groups(&s, "t4", 4000).await;
     contract::recall(&s, "t5", 5000).await;
+    contract::receipts(&s, "t6", 6000).await;
 }
 
 #[tokio::test]
@@ -84,6 +85,7 @@ async fn dedup_keys_expire_after_their_ttl() {
         content: "x".into(),
         format: Default::default(),
         recalled: false,
+        status: None,
         ts: 0,
         client_msg_id: Some("same".into()),
         chat_id: None,

@@ -26,6 +26,7 @@ fn dm(id: u64, from: &UserId, to: &UserId, cid: Option<&str>) -> ChatMessage {
         content: format!("m{id} \"quoted\" \\ ünïcode \"seq\":0"),
         format: Default::default(),
         recalled: false,
+        status: None,
         ts: 1_795_441_148_453,
         client_msg_id: cid.map(str::to_owned),
         chat_id: None,
@@ -91,6 +92,7 @@ pub async fn recall(s: &dyn MessageStore, tag: &str, base: u64) {
     let tombstone = ChatMessage {
         content: String::new(),
         recalled: true,
+        status: None,
         ..ChatMessage::clone(&first)
     };
     assert!(
@@ -142,12 +144,62 @@ pub async fn recall(s: &dyn MessageStore, tag: &str, base: u64) {
     let gone = ChatMessage {
         content: String::new(),
         recalled: true,
+        status: None,
         ..ChatMessage::clone(&second)
     };
     assert!(
         !s.recall(&second, &gone, to_b, None).await.expect("recall"),
         "trimmed from history"
     );
+}
+
+/// History pages report which 1:1 messages are still in their recipient's
+/// inbox and every read watermark; a watermark only rises, and never past
+/// the conversation's last seq.
+pub async fn receipts(s: &dyn MessageStore, tag: &str, base: u64) {
+    let (a, b) = (u(tag, "a"), u(tag, "b"));
+    let to_b = std::slice::from_ref(&b);
+    let conv = ConversationId::direct(&a, &b);
+    let newest = HistoryQuery {
+        before: None,
+        after: None,
+        limit: 10,
+    };
+    assert_eq!(
+        s.mark_read(&conv, &b, 1, None).await.expect("read"),
+        None,
+        "nothing to read yet"
+    );
+    for i in 1..=2 {
+        s.append(dm(base + i, &a, &b, None), to_b)
+            .await
+            .expect("append");
+    }
+    let page = s.history(&conv, newest).await.expect("history");
+    assert!(page.read.is_empty());
+    assert_eq!(page.undelivered, [MsgId(base + 1), MsgId(base + 2)].into());
+    s.ack(&b, &[MsgId(base + 1)]).await.expect("ack");
+    assert_eq!(
+        s.mark_read(&conv, &b, 1, Some(MsgId(base + 1)))
+            .await
+            .expect("read"),
+        Some(1)
+    );
+    assert_eq!(s.mark_read(&conv, &b, 1, None).await.expect("read"), None);
+    let page = s.history(&conv, newest).await.expect("history");
+    assert_eq!(page.read, [(b.clone(), 1)].into());
+    assert_eq!(page.undelivered, [MsgId(base + 2)].into());
+    assert_eq!(
+        s.mark_read(&conv, &b, 99, None).await.expect("read"),
+        Some(2),
+        "clamped to the last seq"
+    );
+    assert_eq!(
+        s.mark_read(&conv, &a, 1, None).await.expect("read"),
+        Some(1)
+    );
+    let page = s.history(&conv, newest).await.expect("history");
+    assert_eq!(page.read, [(a.clone(), 1), (b.clone(), 2)].into());
 }
 
 /// Inbox entries stay until acked, in insertion order; acks are idempotent.
@@ -274,6 +326,7 @@ pub async fn groups(s: &dyn MessageStore, tag: &str, base: u64) {
         content: "to the group".into(),
         format: Default::default(),
         recalled: false,
+        status: None,
         ts: 1,
         client_msg_id: None,
         chat_id: None,

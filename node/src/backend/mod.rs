@@ -14,6 +14,7 @@ mod redis_lua;
 pub mod rocketmq;
 pub mod select;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -108,12 +109,16 @@ pub struct Appended {
 }
 
 /// One page of a conversation's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HistoryPage {
-    /// Ascending by `seq`.
+    /// Ascending by `seq`, as stored (no `status`).
     pub messages: Vec<Arc<ChatMessage>>,
     /// More messages exist beyond the page in the direction asked.
     pub has_more: bool,
+    /// The read watermark of every participant who has read something.
+    pub read: BTreeMap<UserId, u64>,
+    /// 1:1 messages of the page still in their recipient's inbox (not acked).
+    pub undelivered: BTreeSet<MsgId>,
 }
 
 /// Which part of a history to read: at most `limit` messages with
@@ -159,6 +164,18 @@ pub trait MessageStore: Send + Sync + Debug {
     /// Removes the ids from the user's inbox and returns the messages that
     /// were there (ids already acked or unknown are skipped).
     async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>>;
+    /// Raises `user`'s read watermark in `conversation` to `seq`, clamped to
+    /// the conversation's last seq; with the event outbox on, records a
+    /// `message_read` (with `msg_id` when the reader named one) when it rose,
+    /// in the same step. Returns the new watermark, or `None` when it did not
+    /// rise.
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        seq: u64,
+        msg_id: Option<MsgId>,
+    ) -> BackendResult<Option<u64>>;
     /// Replaces `original` (as [`MessageStore::find`] returned it) in its
     /// conversation's history by `tombstone` (same id and seq, no content),
     /// takes it out of the inboxes of `recipients`, points its sender's

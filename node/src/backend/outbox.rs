@@ -15,6 +15,9 @@
 //!   The recall script adds `{k: "recall", m: <tombstone JSON>, off: <the
 //!   user who recalled, empty for an admin>, pod}` to the conversation's
 //!   shard, after the message; the entry id's time is the recall time.
+//!   The read script adds `{k: "read", m: {conversation, msg_id?, seq},
+//!   off: <reader>, pod}` to the conversation's shard when a read watermark
+//!   rises.
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
 //!   dead pod's shards pass to a survivor when its lease expires. A pod hands
@@ -31,7 +34,7 @@ use redis::aio::ConnectionManager;
 
 use super::redis::Keys;
 use super::{BackendError, BackendResult};
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, MsgId};
 use crate::model::ChatMessage;
 
 /// Streams the outbox is split into. Fixed: changing it would move
@@ -71,6 +74,17 @@ pub struct OutboxEntry {
     pub pod: String,
 }
 
+/// `m` of a `read` entry: the store writes it without `seq`, the script
+/// appends the watermark it set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadEntry {
+    pub conversation: ConversationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<MsgId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
 /// What an outbox entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -88,6 +102,12 @@ pub enum Recorded {
         /// Who recalled it; `None`: an admin.
         by: Option<String>,
         /// When, ms since the Unix epoch (the outbox entry's time).
+        at_ms: i64,
+    },
+    /// A participant's read watermark rose.
+    Read {
+        user: String,
+        read: ReadEntry,
         at_ms: i64,
     },
     /// A user's first connection in the cluster.
@@ -238,6 +258,16 @@ impl RedisOutbox {
                     Ok(msg) => Recorded::Ack { msg },
                     Err(e) => Recorded::Unreadable {
                         reason: format!("ack: {e}"),
+                    },
+                },
+                "read" => match serde_json::from_str(m) {
+                    Ok(read) => Recorded::Read {
+                        user: off.clone(),
+                        read,
+                        at_ms: entry_ms(id),
+                    },
+                    Err(e) => Recorded::Unreadable {
+                        reason: format!("read: {e}"),
                     },
                 },
                 "recall" => match serde_json::from_str(m) {

@@ -128,8 +128,15 @@ end
 return reply
 "#;
 
+/// A page of history, with the conversation's read watermarks and, for a
+/// direct conversation, which of the page's messages are still in an inbox
+/// (not acked: the sender's own inbox never holds its message, so looking
+/// in both sides' inboxes finds the recipient's entry).
 const HISTORY: &str = r#"
--- KEYS: seq, hist   ARGV: before ('' = none), after ('' = none), limit
+-- KEYS: seq, hist, read:<conv>[, inbox:<a>, inbox:<b> for a direct conversation]
+-- ARGV: before ('' = none), after ('' = none), limit
+-- Reply: more, n, n messages, then (direct) the ids of the page's undelivered
+-- messages, '', then the read watermarks as user, seq pairs.
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local len = redis.call('LLEN', KEYS[2])
 local first = last - len + 1
@@ -146,11 +153,37 @@ else
   hi = e
   more = lo > 0
 end
-local out = {more and '1' or '0'}
-if hi > lo then
-  for _, m in ipairs(redis.call('LRANGE', KEYS[2], lo, hi - 1)) do table.insert(out, m) end
+local msgs = {}
+if hi > lo then msgs = redis.call('LRANGE', KEYS[2], lo, hi - 1) end
+local out = {more and '1' or '0', tostring(#msgs)}
+for _, m in ipairs(msgs) do table.insert(out, m) end
+if KEYS[5] then
+  for _, m in ipairs(msgs) do
+    local id = string.match(m, '^{"msg_id":"(%d+)"')
+    if id and (redis.call('ZSCORE', KEYS[4], id) or redis.call('ZSCORE', KEYS[5], id)) then
+      table.insert(out, id)
+    end
+  end
 end
+table.insert(out, '')
+for _, v in ipairs(redis.call('HGETALL', KEYS[3])) do table.insert(out, v) end
 return out
+"#;
+
+/// Raises a read watermark (never lowers it, never past the last seq) and,
+/// with the outbox on, records the read there when it rose.
+const MARK_READ: &str = r#"
+-- KEYS: seq, read:<conv>, outbox stream (or read again)
+-- ARGV: user, seq, outbox on (0/1), entry JSON (without the seq), pod
+local seq = math.min(tonumber(ARGV[2]), tonumber(redis.call('GET', KEYS[1]) or '0'))
+local mark = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if seq <= mark then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], seq)
+if ARGV[3] == '1' then
+  local m = string.sub(ARGV[4], 1, -2) .. ',"seq":' .. seq .. '}'
+  redis.call('XADD', KEYS[3], '*', 'k', 'read', 'm', m, 'off', ARGV[1], 'pod', ARGV[5])
+end
+return seq
 "#;
 
 const INBOX: &str = r#"
@@ -261,6 +294,7 @@ pub(super) static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::n
 pub(super) static UNREGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(UNREGISTER));
 pub(super) static FORGET_POD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_POD));
 pub(super) static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
+pub(super) static MARK_READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_READ));
 pub(super) static HISTORY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY));
 pub(super) static INBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INBOX));
 pub(super) static RECALL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECALL));

@@ -12,7 +12,8 @@ use switchboard_events::{
 };
 use switchboard_rocketmq::Record;
 
-use crate::backend::outbox::{OutboxEntry, Recorded};
+use crate::backend::outbox::{OutboxEntry, ReadEntry, Recorded};
+use crate::ids::ConversationId;
 use crate::model::ChatMessage;
 
 /// Which stream a record goes to.
@@ -41,6 +42,7 @@ pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
         Recorded::Recall { msg, by, at_ms } => {
             recall_records(msg, by.as_deref(), *at_ms, &entry.pod)
         }
+        Recorded::Read { user, read, at_ms } => vec![read_record(user, read, *at_ms, entry)],
         Recorded::Join { user, at_ms } => {
             vec![presence_record(EventType::UserJoin, user, *at_ms, entry)]
         }
@@ -72,6 +74,45 @@ fn presence_record(
         seq: None,
         to_user_id: None,
         group_id: None,
+        pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
+        recalled_by: None,
+    };
+    let mut rec = record(
+        kind.as_str(),
+        user,
+        vec![
+            (PROPERTY_EVENT_TYPE.into(), kind.as_str().into()),
+            (PROPERTY_USER_ID.into(), user.to_owned()),
+        ],
+        &event,
+    );
+    rec.keys[0] = format!("{user}:{}:{}", kind.as_str(), entry.id);
+    (Stream::Events, rec)
+}
+
+/// `message_read`: `user_id` the reader, `seq` the watermark it read up to
+/// (`msg_id` when the reader named a message), `to_user_id` the other side
+/// of a direct conversation or `group_id`; keys `<reader>:message_read:<outbox
+/// entry id>` (unique) and the reader.
+fn read_record(user: &str, read: &ReadEntry, at_ms: i64, entry: &OutboxEntry) -> (Stream, Record) {
+    let kind = EventType::MessageRead;
+    let (to_user_id, group_id) = match &read.conversation {
+        ConversationId::Direct(a, b) => (
+            Some(if a.as_str() == user { b } else { a }.to_string()),
+            None,
+        ),
+        ConversationId::Group(g) => (None, Some(g.to_string())),
+    };
+    let event = Event {
+        user_id: user.to_owned(),
+        message: String::new(),
+        timestamp: rfc3339_millis(at_ms),
+        kind,
+        msg_id: read.msg_id.map(|id| id.to_string()),
+        conversation: Some(read.conversation.to_string()),
+        seq: read.seq,
+        to_user_id,
+        group_id,
         pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
         recalled_by: None,
     };
@@ -302,6 +343,7 @@ mod tests {
             content: "hi".into(),
             format: Default::default(),
             recalled: false,
+            status: None,
             ts: 1_704_110_400_000,
             client_msg_id: Some("c1".into()),
             chat_id: None,

@@ -1,5 +1,6 @@
 //! Server -> client frames, rendered in one of two dialects.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +103,10 @@ pub enum ServerFrame {
         messages: Vec<Arc<ChatMessage>>,
         /// More messages exist beyond this page in the direction asked.
         has_more: bool,
+        /// Each participant's read watermark (read up to and including
+        /// that seq), for those who have read something.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        read: BTreeMap<UserId, u64>,
     },
     Pong {
         ts: i64,
@@ -218,6 +223,7 @@ mod tests {
             content: "hi".into(),
             format: Default::default(),
             recalled: false,
+            status: None,
             ts: 5,
             client_msg_id: Some("c1".into()),
             chat_id: Some("chat123".into()),

@@ -14,7 +14,9 @@
 //! - `Kpodconns:<pod>` set of `<user> <conn id>`: what to remove when the pod
 //!   is found dead (or starts again under the same name).
 //! - `Konline` sorted set user -> last heartbeat ms; `Klastseen` hash user -> ms.
-//! - `Kseq:<conv>` counter; `Khist:<conv>` list of message JSON, capped.
+//! - `Kseq:<conv>` counter; `Khist:<conv>` list of message JSON, capped
+//!   (a recalled message's entry is replaced by its tombstone).
+//! - `Kread:<conv>` hash participant -> read watermark (seq).
 //! - `Korder` counter: global insertion order of inbox entries.
 //! - `Kmsg:<id>` hash {b: JSON, r: inbox references, s: outbox shard stream
 //!   of a 1:1 message when events are on}: one body shared by all inboxes,

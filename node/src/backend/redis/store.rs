@@ -11,7 +11,7 @@ use super::{Keys, parse_msg, unavailable};
 use crate::backend::memory::StoreLimits;
 use crate::backend::redis_lua::{
     ACK_SCRIPT, ADD_MEMBERS_SCRIPT, APPEND_SCRIPT, CREATE_GROUP_SCRIPT, DELETE_GROUP_SCRIPT,
-    HISTORY_SCRIPT, INBOX_SCRIPT, RECALL_SCRIPT, REMOVE_MEMBER_SCRIPT,
+    HISTORY_SCRIPT, INBOX_SCRIPT, MARK_READ_SCRIPT, RECALL_SCRIPT, REMOVE_MEMBER_SCRIPT,
 };
 use crate::backend::{
     Appended, BackendError, BackendResult, HistoryPage, HistoryQuery, MessageStore,
@@ -115,6 +115,35 @@ impl RedisStore {
     }
 }
 
+/// The reply of the history script: more, n, n messages, the undelivered
+/// ids, '', then user/seq pairs.
+fn parse_history(reply: &[String]) -> BackendResult<HistoryPage> {
+    let bad = || BackendError::Unavailable("malformed history reply".into());
+    let (more, rest) = reply.split_first().ok_or_else(bad)?;
+    let (n, rest) = rest.split_first().ok_or_else(bad)?;
+    let n: usize = n.parse().map_err(|_| bad())?;
+    let msgs = rest.get(..n).ok_or_else(bad)?;
+    let rest = &rest[n..];
+    let sep = rest.iter().position(String::is_empty).ok_or_else(bad)?;
+    let undelivered = rest[..sep]
+        .iter()
+        .filter_map(|id| id.parse().ok().map(MsgId))
+        .collect();
+    let read = rest[sep + 1..]
+        .chunks_exact(2)
+        .filter_map(|kv| Some((UserId::parse(&kv[0]).ok()?, kv[1].parse().ok()?)))
+        .collect();
+    Ok(HistoryPage {
+        messages: msgs
+            .iter()
+            .map(|m| parse_msg(m))
+            .collect::<Result<_, _>>()?,
+        has_more: more == "1",
+        read,
+        undelivered,
+    })
+}
+
 #[async_trait]
 impl MessageStore for RedisStore {
     async fn append(&self, msg: ChatMessage, recipients: &[UserId]) -> BackendResult<Appended> {
@@ -198,26 +227,59 @@ impl MessageStore for RedisStore {
         q: HistoryQuery,
     ) -> BackendResult<HistoryPage> {
         let (seq_key, hist_key) = self.conv_keys(conversation);
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = HISTORY_SCRIPT
-            .key(seq_key)
+        let p = self.keys.prefix();
+        let mut inv = HISTORY_SCRIPT.prepare_invoke();
+        inv.key(seq_key)
             .key(hist_key)
-            .arg(q.before.map(|b| b.to_string()).unwrap_or_default())
+            .key(format!("{p}read:{conversation}"));
+        if let ConversationId::Direct(a, b) = conversation {
+            inv.key(format!("{p}inbox:{a}"))
+                .key(format!("{p}inbox:{b}"));
+        }
+        inv.arg(q.before.map(|b| b.to_string()).unwrap_or_default())
             .arg(q.after.map(|a| a.to_string()).unwrap_or_default())
-            .arg(q.limit)
+            .arg(q.limit);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        parse_history(&reply)
+    }
+
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        seq: u64,
+        msg_id: Option<MsgId>,
+    ) -> BackendResult<Option<u64>> {
+        let (seq_key, _) = self.conv_keys(conversation);
+        let read_key = format!("{}read:{conversation}", self.keys.prefix());
+        let stream = self.outbox.as_ref().map(|_| {
+            crate::backend::outbox::stream_key(
+                &self.keys,
+                crate::backend::outbox::shard_of(conversation),
+            )
+        });
+        let entry = crate::backend::outbox::ReadEntry {
+            conversation: conversation.clone(),
+            msg_id,
+            seq: None,
+        };
+        let entry =
+            serde_json::to_string(&entry).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let risen: u64 = MARK_READ_SCRIPT
+            .key(seq_key)
+            .key(&read_key)
+            .key(stream.as_deref().unwrap_or(&read_key))
+            .arg(user.as_str())
+            .arg(seq)
+            .arg(if stream.is_some() { "1" } else { "0" })
+            .arg(entry)
+            .arg(self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str()))
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let (more, msgs) = reply
-            .split_first()
-            .ok_or_else(|| BackendError::Unavailable("empty history reply".into()))?;
-        Ok(HistoryPage {
-            messages: msgs
-                .iter()
-                .map(|m| parse_msg(m))
-                .collect::<Result<_, _>>()?,
-            has_more: more == "1",
-        })
+        Ok((risen > 0).then_some(risen))
     }
 
     async fn find(

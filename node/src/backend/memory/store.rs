@@ -1,180 +1,17 @@
-//! In-memory backends: the standalone default, and the reference behaviour
-//! the networked backends are tested against.
-//!
-//! Everything lives in this process and is lost when it exits. Several nodes
-//! in one process can share one instance of each (that is how the cross-node
-//! routing is unit-tested without Redis or RocketMQ).
+//! The message store in memory (see [`super`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
-use super::{
-    Appended, BackendError, BackendResult, Bus, ConnectionInfo, Envelope, HistoryPage,
-    HistoryQuery, MessageStore, Registry,
+use super::lock;
+use crate::backend::{
+    Appended, BackendError, BackendResult, HistoryPage, HistoryQuery, MessageStore,
 };
-use crate::ids::{ConversationId, GroupId, MsgId, UserId, now_millis};
-use crate::model::{ChatMessage, Group, OnlineStats, Presence};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind, still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Registry in memory.
-#[derive(Debug, Default)]
-pub struct MemoryRegistry {
-    inner: Mutex<RegistryState>,
-}
-
-#[derive(Debug, Default)]
-struct RegistryState {
-    /// user -> [(conn_id, pod)]: a user has a handful of devices, and a Vec
-    /// is far smaller per user than a map.
-    conns: HashMap<UserId, Vec<(String, String)>>,
-    connections: usize,
-    last_seen: HashMap<UserId, i64>,
-}
-
-impl MemoryRegistry {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-#[async_trait]
-impl Registry for MemoryRegistry {
-    async fn register(&self, conn: &ConnectionInfo) -> BackendResult<bool> {
-        let mut st = lock(&self.inner);
-        let entry = st.conns.entry(conn.user.clone()).or_default();
-        let first = entry.is_empty();
-        if upsert(entry, &conn.conn_id, &conn.pod) {
-            st.connections += 1;
-        }
-        st.last_seen.insert(conn.user.clone(), now_millis());
-        Ok(first)
-    }
-
-    async fn unregister(&self, conn: &ConnectionInfo) -> BackendResult<bool> {
-        let mut st = lock(&self.inner);
-        let Some(entry) = st.conns.get_mut(&conn.user) else {
-            return Ok(false);
-        };
-        let before = entry.len();
-        entry.retain(|(c, _)| *c != conn.conn_id);
-        let removed = entry.len() < before;
-        let last = removed && entry.is_empty();
-        if last {
-            st.conns.remove(&conn.user);
-        }
-        if removed {
-            st.connections -= 1;
-            st.last_seen.insert(conn.user.clone(), now_millis());
-        }
-        Ok(last)
-    }
-
-    async fn connections(&self, user: &UserId) -> BackendResult<Vec<(String, String)>> {
-        let st = lock(&self.inner);
-        Ok(st.conns.get(user).cloned().unwrap_or_default())
-    }
-
-    async fn presence(&self, user: &UserId) -> BackendResult<Presence> {
-        let st = lock(&self.inner);
-        let conns = st.conns.get(user);
-        let pods: BTreeSet<String> = conns
-            .map(|m| m.iter().map(|(_, p)| p.clone()).collect())
-            .unwrap_or_default();
-        Ok(Presence {
-            user: user.clone(),
-            online: conns.is_some_and(|m| !m.is_empty()),
-            devices: conns.map_or(0, Vec::len),
-            pods: pods.into_iter().collect(),
-            last_seen: st.last_seen.get(user).copied(),
-        })
-    }
-
-    async fn stats(&self) -> BackendResult<OnlineStats> {
-        let st = lock(&self.inner);
-        Ok(OnlineStats {
-            online_users: st.conns.len(),
-            connections: st.connections,
-        })
-    }
-
-    async fn online_users(&self, limit: usize) -> BackendResult<Vec<UserId>> {
-        let st = lock(&self.inner);
-        let mut users: Vec<UserId> = st.conns.keys().cloned().collect();
-        users.sort();
-        users.truncate(limit);
-        Ok(users)
-    }
-
-    async fn forget_pod(&self, pod: &str) -> BackendResult<Vec<UserId>> {
-        let mut st = lock(&self.inner);
-        let now = now_millis();
-        let mut offline = Vec::new();
-        let mut removed = 0;
-        st.conns.retain(|user, conns| {
-            let before = conns.len();
-            conns.retain(|(_, p)| p != pod);
-            removed += before - conns.len();
-            if conns.is_empty() {
-                offline.push(user.clone());
-                false
-            } else {
-                true
-            }
-        });
-        st.connections -= removed;
-        for u in &offline {
-            st.last_seen.insert(u.clone(), now);
-        }
-        Ok(offline)
-    }
-
-    async fn pods(&self) -> BackendResult<Vec<String>> {
-        let st = lock(&self.inner);
-        let pods: BTreeSet<String> = st
-            .conns
-            .values()
-            .flatten()
-            .map(|(_, p)| p.clone())
-            .collect();
-        Ok(pods.into_iter().collect())
-    }
-
-    async fn heartbeat(&self, _pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()> {
-        // Nothing expires in memory; re-adding is what a flushed backend needs.
-        let mut st = lock(&self.inner);
-        let now = now_millis();
-        for c in conns {
-            let entry = st.conns.entry(c.user.clone()).or_default();
-            if upsert(entry, &c.conn_id, &c.pod) {
-                st.connections += 1;
-            }
-            st.last_seen.insert(c.user.clone(), now);
-        }
-        Ok(())
-    }
-}
-
-/// Sets the pod of a connection; true if the connection was new.
-fn upsert(conns: &mut Vec<(String, String)>, conn_id: &str, pod: &str) -> bool {
-    match conns.iter_mut().find(|(c, _)| c == conn_id) {
-        Some((_, p)) => {
-            pod.clone_into(p);
-            false
-        }
-        None => {
-            conns.push((conn_id.to_owned(), pod.to_owned()));
-            true
-        }
-    }
-}
+use crate::ids::{ConversationId, GroupId, MsgId, UserId};
+use crate::model::{ChatMessage, Group};
 
 /// Bounds of the message store.
 #[derive(Debug, Clone, Copy)]
@@ -209,6 +46,8 @@ struct Conversation {
     last_seq: u64,
     /// Contiguous seqs, oldest first.
     messages: VecDeque<Arc<ChatMessage>>,
+    /// Read watermarks.
+    read: BTreeMap<UserId, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -324,10 +163,7 @@ impl MessageStore for MemoryStore {
     ) -> BackendResult<HistoryPage> {
         let st = lock(&self.inner);
         let Some(conv) = st.conversations.get(conversation) else {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                has_more: false,
-            });
+            return Ok(HistoryPage::default());
         };
         // Retained seqs are contiguous: first..=last_seq.
         let len = conv.messages.len() as u64;
@@ -343,14 +179,47 @@ impl MessageStore for MemoryStore {
             let lo = end.saturating_sub(q.limit as u64);
             (lo, end, lo > 0)
         };
+        let messages: Vec<Arc<ChatMessage>> = conv
+            .messages
+            .range(lo as usize..hi as usize)
+            .cloned()
+            .collect();
+        let undelivered = messages
+            .iter()
+            .filter(|m| {
+                m.to.as_ref()
+                    .and_then(|to| st.inboxes.get(to))
+                    .is_some_and(|inbox| inbox.index.contains_key(&m.msg_id))
+            })
+            .map(|m| m.msg_id)
+            .collect();
         Ok(HistoryPage {
-            messages: conv
-                .messages
-                .range(lo as usize..hi as usize)
-                .cloned()
-                .collect(),
+            messages,
             has_more,
+            read: conv.read.clone(),
+            undelivered,
         })
+    }
+
+    async fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        seq: u64,
+        _msg_id: Option<MsgId>,
+    ) -> BackendResult<Option<u64>> {
+        let mut st = lock(&self.inner);
+        let Some(conv) = st.conversations.get_mut(conversation) else {
+            return Ok(None);
+        };
+        let seq = seq.min(conv.last_seq);
+        let mark = conv.read.entry(user.clone()).or_default();
+        if seq > *mark {
+            *mark = seq;
+            Ok(Some(seq))
+        } else {
+            Ok(None)
+        }
     }
 
     async fn find(
@@ -524,94 +393,5 @@ impl MessageStore for MemoryStore {
             .get(user)
             .map(|g| g.iter().cloned().collect())
             .unwrap_or_default())
-    }
-}
-
-/// Depth of each pod's queue on the in-memory bus. A pod that falls this far
-/// behind loses pushes (counted by the receiving node's metrics as gaps are
-/// never observed; the inbox still has the messages).
-const BUS_QUEUE: usize = 4096;
-
-/// Bus in memory: one queue per subscribed pod.
-#[derive(Debug, Default)]
-pub struct MemoryBus {
-    pods: Mutex<HashMap<String, mpsc::Sender<Envelope>>>,
-}
-
-impl MemoryBus {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-#[async_trait]
-impl Bus for MemoryBus {
-    async fn publish(&self, pod: &str, envelope: Envelope) -> BackendResult<()> {
-        let tx = lock(&self.pods).get(pod).cloned();
-        match tx {
-            // Best effort: a full or vanished queue drops the push only.
-            Some(tx) => {
-                let _ = tx.try_send(envelope);
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    async fn broadcast(
-        &self,
-        from_pod: &str,
-        _pods: &[String],
-        envelope: Envelope,
-    ) -> BackendResult<()> {
-        let targets: Vec<_> = lock(&self.pods)
-            .iter()
-            .filter(|(p, _)| p.as_str() != from_pod)
-            .map(|(_, tx)| tx.clone())
-            .collect();
-        for tx in targets {
-            let _ = tx.try_send(envelope.clone());
-        }
-        Ok(())
-    }
-
-    async fn subscribe(&self, pod: &str) -> BackendResult<mpsc::Receiver<Envelope>> {
-        let (tx, rx) = mpsc::channel(BUS_QUEUE);
-        lock(&self.pods).insert(pod.to_owned(), tx);
-        Ok(rx)
-    }
-
-    async fn unsubscribe(&self, pod: &str) {
-        lock(&self.pods).remove(pod);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::contract;
-
-    fn store() -> MemoryStore {
-        MemoryStore::new(StoreLimits {
-            history_limit: 5,
-            inbox_limit: 2,
-            dedup_ttl: Duration::from_secs(60),
-            max_group_members: 3,
-        })
-    }
-
-    #[tokio::test]
-    async fn store_keeps_the_contract() {
-        let s = store();
-        contract::append_and_dedup(&s, "t1", 1000).await;
-        contract::inbox_ack_and_limit(&s, "t2", 2000).await;
-        contract::history_pages(&s, "t3", 3000).await;
-        contract::groups(&s, "t4", 4000).await;
-        contract::recall(&s, "t5", 5000).await;
-    }
-
-    #[tokio::test]
-    async fn registry_keeps_the_contract() {
-        contract::registry(&MemoryRegistry::new(), "t1").await;
     }
 }

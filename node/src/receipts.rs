@@ -1,0 +1,125 @@
+//! Receipts: `ack` makes a message delivered, `read` raises a reader's
+//! watermark; both are pushed to whom they concern and stored, so history
+//! pages carry them to a client that was away ([`with_receipts`]).
+
+use std::sync::Arc;
+
+use crate::backend::{HistoryPage, MessageStore};
+use crate::ids::{ConversationId, MsgId, UserId};
+use crate::model::{ChatMessage, MsgStatus};
+use crate::protocol::{ErrorCode, FrameError, ServerFrame};
+use crate::router::Router;
+
+/// What receipts need from the node.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipts<'a> {
+    pub store: &'a dyn MessageStore,
+    pub router: &'a Router,
+}
+
+impl Receipts<'_> {
+    /// `user` acked `msg_ids`: they leave its inbox, and the sender of each
+    /// one that was there gets `delivered`.
+    pub async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> Result<(), FrameError> {
+        let acked = self.store.ack(user, msg_ids).await?;
+        for m in acked {
+            let frame = ServerFrame::Delivered {
+                msg_id: m.msg_id,
+                conversation: m.conversation.clone(),
+                seq: m.seq,
+                user: user.clone(),
+            };
+            self.router
+                .route(std::slice::from_ref(&m.from), frame, None, None)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// `user` (on connection `conn_id`) read `conversation` up to `seq`, or
+    /// up to the message `msg_id`. The watermark is stored (it only rises),
+    /// then every participant's connections but this one get `read`.
+    pub async fn read(
+        &self,
+        user: &UserId,
+        conn_id: &str,
+        conversation: ConversationId,
+        seq: Option<u64>,
+        msg_id: Option<MsgId>,
+    ) -> Result<(), FrameError> {
+        let participants =
+            crate::conversation::participants(self.store, user, &conversation).await?;
+        let seq = match (seq, msg_id) {
+            (Some(seq), _) => seq,
+            (None, Some(id)) => match self.store.find(&conversation, id).await? {
+                Some(m) => m.seq,
+                None => {
+                    return Err(FrameError::new(
+                        ErrorCode::UnknownMessage,
+                        "no such message in this conversation",
+                    ));
+                }
+            },
+            (None, None) => return Err(FrameError::new(ErrorCode::MissingField, "seq or msg_id")),
+        };
+        self.store
+            .mark_read(&conversation, user, seq, msg_id)
+            .await?;
+        let frame = ServerFrame::Read {
+            conversation,
+            seq,
+            msg_id,
+            user: user.clone(),
+        };
+        self.router
+            .route(&participants, frame, Some(conn_id), None)
+            .await;
+        Ok(())
+    }
+}
+
+/// The `history` frame of a page: its messages [`with_receipts`] and the
+/// conversation's read watermarks.
+pub fn history_frame(
+    conversation: ConversationId,
+    before: Option<u64>,
+    after: Option<u64>,
+    page: HistoryPage,
+) -> ServerFrame {
+    ServerFrame::History {
+        conversation,
+        before,
+        after,
+        messages: with_receipts(&page),
+        has_more: page.has_more,
+        read: page.read,
+    }
+}
+
+/// The page's messages with the `status` of each 1:1 message: `read` when
+/// its recipient's watermark covers it, `delivered` when it left the
+/// recipient's inbox (acked), none while neither. Tombstones get none.
+pub fn with_receipts(page: &HistoryPage) -> Vec<Arc<ChatMessage>> {
+    page.messages
+        .iter()
+        .map(|m| {
+            let Some(to) = m.to.as_ref().filter(|_| !m.recalled) else {
+                return m.clone();
+            };
+            let status = if page.read.get(to).is_some_and(|&w| w >= m.seq) {
+                Some(MsgStatus::Read)
+            } else if !page.undelivered.contains(&m.msg_id) {
+                Some(MsgStatus::Delivered)
+            } else {
+                None
+            };
+            match status {
+                Some(status) => Arc::new(ChatMessage {
+                    status: Some(status),
+                    ..ChatMessage::clone(m)
+                }),
+                None => m.clone(),
+            }
+        })
+        .collect()
+}
