@@ -17,7 +17,9 @@
 //!   shard, after the message; the entry id's time is the recall time.
 //!   The read script adds `{k: "read", m: {conversation, msg_id?, seq},
 //!   off: <reader>, pod}` to the conversation's shard when a read watermark
-//!   rises.
+//!   rises. The group scripts add `{k: "group", m: {action: "created" |
+//!   "added" | "removed", group, users}, pod}` to the group conversation's
+//!   shard when a group is created or its membership changes.
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
 //!   dead pod's shards pass to a survivor when its lease expires. A pod hands
@@ -85,6 +87,14 @@ pub struct ReadEntry {
     pub seq: Option<u64>,
 }
 
+/// `m` of a `group` entry, written by the group scripts.
+#[derive(serde::Deserialize)]
+struct GroupEntry {
+    action: String,
+    group: String,
+    users: serde_json::Value,
+}
+
 /// What an outbox entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -108,6 +118,14 @@ pub enum Recorded {
     Read {
         user: String,
         read: ReadEntry,
+        at_ms: i64,
+    },
+    /// Group membership changed (`created` with the initial members,
+    /// `added`/`removed` with the users whose membership changed).
+    Group {
+        action: String,
+        group: String,
+        users: Vec<String>,
         at_ms: i64,
     },
     /// A user's first connection in the cluster.
@@ -268,6 +286,24 @@ impl RedisOutbox {
                     },
                     Err(e) => Recorded::Unreadable {
                         reason: format!("read: {e}"),
+                    },
+                },
+                "group" => match serde_json::from_str::<GroupEntry>(m) {
+                    Ok(g) => Recorded::Group {
+                        action: g.action,
+                        group: g.group,
+                        // Lua's cjson writes an empty list as `{}`.
+                        users: match g.users {
+                            serde_json::Value::Array(users) => users
+                                .into_iter()
+                                .filter_map(|u| u.as_str().map(str::to_owned))
+                                .collect(),
+                            _ => Vec::new(),
+                        },
+                        at_ms: entry_ms(id),
+                    },
+                    Err(e) => Recorded::Unreadable {
+                        reason: format!("group: {e}"),
                     },
                 },
                 "recall" => match serde_json::from_str(m) {

@@ -245,38 +245,59 @@ end
 return out
 "#;
 
-const CREATE_GROUP: &str = r#"
--- KEYS: groups, group:<g>, ugroups:<m>...   ARGV: group id, max members, members...
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 'exists' end
-if #ARGV - 2 > tonumber(ARGV[2]) then return 'full' end
-redis.call('SADD', KEYS[1], ARGV[1])
-for i = 3, #ARGV do
-  redis.call('SADD', KEYS[2], ARGV[i])
-  redis.call('SADD', KEYS[i], ARGV[1])
+/// Records a membership change in the event outbox (the group
+/// conversation's shard, so it is ordered with the group's messages).
+/// Shared by the group scripts; `stream` nil = no outbox.
+const GROUP_EVENT: &str = r#"
+local function group_event(stream, action, group, users, pod)
+  if stream and (action == 'created' or #users > 0) then
+    local m = cjson.encode({action = action, group = group, users = users})
+    redis.call('XADD', stream, '*', 'k', 'group', 'm', m, 'off', '', 'pod', pod)
+  end
 end
+"#;
+
+const CREATE_GROUP: &str = r#"
+-- KEYS: groups, group:<g>, ugroups:<m>...[, outbox stream]
+-- ARGV: group id, max members, pod ('' = no outbox), members...
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 'exists' end
+if #ARGV - 3 > tonumber(ARGV[2]) then return 'full' end
+redis.call('SADD', KEYS[1], ARGV[1])
+local users = {}
+for i = 4, #ARGV do
+  redis.call('SADD', KEYS[2], ARGV[i])
+  redis.call('SADD', KEYS[i - 1], ARGV[1])
+  table.insert(users, ARGV[i])
+end
+if ARGV[3] ~= '' then group_event(KEYS[#KEYS], 'created', ARGV[1], users, ARGV[3]) end
 return 'ok'
 "#;
 
 const ADD_MEMBERS: &str = r#"
--- KEYS: groups, group:<g>, ugroups:<m>...   ARGV: group id, max members, members...
+-- KEYS: groups, group:<g>, ugroups:<m>...[, outbox stream]
+-- ARGV: group id, max members, pod ('' = no outbox), members...
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'missing' end
-local new = 0
-for i = 3, #ARGV do
-  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then new = new + 1 end
+local new = {}
+for i = 4, #ARGV do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then table.insert(new, ARGV[i]) end
 end
-if redis.call('SCARD', KEYS[2]) + new > tonumber(ARGV[2]) then return 'full' end
-for i = 3, #ARGV do
+if redis.call('SCARD', KEYS[2]) + #new > tonumber(ARGV[2]) then return 'full' end
+for i = 4, #ARGV do
   redis.call('SADD', KEYS[2], ARGV[i])
-  redis.call('SADD', KEYS[i], ARGV[1])
+  redis.call('SADD', KEYS[i - 1], ARGV[1])
 end
+if ARGV[3] ~= '' then group_event(KEYS[#KEYS], 'added', ARGV[1], new, ARGV[3]) end
 return 'ok'
 "#;
 
 const REMOVE_MEMBER: &str = r#"
--- KEYS: groups, group:<g>, ugroups:<user>   ARGV: group id, user
+-- KEYS: groups, group:<g>, ugroups:<user>[, outbox stream]
+-- ARGV: group id, user, pod ('' = no outbox)
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 'missing' end
-redis.call('SREM', KEYS[2], ARGV[2])
+local removed = {}
+if redis.call('SREM', KEYS[2], ARGV[2]) == 1 then table.insert(removed, ARGV[2]) end
 redis.call('SREM', KEYS[3], ARGV[1])
+if ARGV[3] ~= '' then group_event(KEYS[4], 'removed', ARGV[1], removed, ARGV[3]) end
 return 'ok'
 "#;
 
@@ -300,9 +321,10 @@ pub(super) static INBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(
 pub(super) static RECALL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECALL));
 pub(super) static ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACK));
 pub(super) static CREATE_GROUP_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(CREATE_GROUP));
-pub(super) static ADD_MEMBERS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_MEMBERS));
+    LazyLock::new(|| Script::new(&format!("{GROUP_EVENT}{CREATE_GROUP}")));
+pub(super) static ADD_MEMBERS_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{GROUP_EVENT}{ADD_MEMBERS}")));
 pub(super) static REMOVE_MEMBER_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(REMOVE_MEMBER));
+    LazyLock::new(|| Script::new(&format!("{GROUP_EVENT}{REMOVE_MEMBER}")));
 pub(super) static DELETE_GROUP_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(DELETE_GROUP));

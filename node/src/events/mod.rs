@@ -43,6 +43,12 @@ pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
             recall_records(msg, by.as_deref(), *at_ms, &entry.pod)
         }
         Recorded::Read { user, read, at_ms } => vec![read_record(user, read, *at_ms, entry)],
+        Recorded::Group {
+            action,
+            group,
+            users,
+            at_ms,
+        } => group_records(action, group, users, *at_ms, entry),
         Recorded::Join { user, at_ms } => {
             vec![presence_record(EventType::UserJoin, user, *at_ms, entry)]
         }
@@ -127,6 +133,61 @@ fn read_record(user: &str, read: &ReadEntry, at_ms: i64, entry: &OutboxEntry) ->
     );
     rec.keys[0] = format!("{user}:{}:{}", kind.as_str(), entry.id);
     (Stream::Events, rec)
+}
+
+/// `group_created` (`user_id` empty: made by an admin), then one
+/// `group_member_added` per initial member; or one `group_member_added` /
+/// `group_member_removed` per user whose membership changed. Keys
+/// `<user or group>:<type>:<outbox entry id>` (unique) and the user (or the
+/// group for `group_created`).
+fn group_records(
+    action: &str,
+    group: &str,
+    users: &[String],
+    at_ms: i64,
+    entry: &OutboxEntry,
+) -> Vec<(Stream, Record)> {
+    let one = |kind: EventType, user: &str, key: &str| {
+        let event = Event {
+            user_id: user.to_owned(),
+            message: String::new(),
+            timestamp: rfc3339_millis(at_ms),
+            kind,
+            msg_id: None,
+            conversation: Some(format!("group:{group}")),
+            seq: None,
+            to_user_id: None,
+            group_id: Some(group.to_owned()),
+            pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
+            recalled_by: None,
+        };
+        let mut rec = record(
+            kind.as_str(),
+            key,
+            vec![
+                (PROPERTY_EVENT_TYPE.into(), kind.as_str().into()),
+                (PROPERTY_USER_ID.into(), user.to_owned()),
+            ],
+            &event,
+        );
+        rec.keys[0] = format!("{key}:{}:{}", kind.as_str(), entry.id);
+        (Stream::Events, rec)
+    };
+    let (head, each) = match action {
+        "created" => (
+            Some(one(EventType::GroupCreated, "", group)),
+            EventType::GroupMemberAdded,
+        ),
+        "added" => (None, EventType::GroupMemberAdded),
+        "removed" => (None, EventType::GroupMemberRemoved),
+        other => {
+            tracing::error!(action = other, "unknown group outbox action: dropped");
+            return Vec::new();
+        }
+    };
+    head.into_iter()
+        .chain(users.iter().map(|u| one(each, u, u)))
+        .collect()
 }
 
 /// `C2C_CLIENT_RECEIVED_ACK` with the acked message's data, key

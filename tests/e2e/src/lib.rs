@@ -299,13 +299,39 @@ pub async fn wait_ready(p: &Pod) {
     }
 }
 
+/// `GET path` with the admin token; `(0, Null)` when nothing listens.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    http(addr, "GET", path, None).await
+}
+
+/// `POST path` with a JSON body and the admin token.
+pub async fn http_post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    http(addr, "POST", path, Some(body)).await
+}
+
+/// `DELETE path` with the admin token.
+pub async fn http_delete(addr: SocketAddr, path: &str) -> (u16, Value) {
+    http(addr, "DELETE", path, None).await
+}
+
+/// One HTTP/1.1 request (Connection: close) with the admin token: the status
+/// and the body as JSON (a string when it is not JSON).
+async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return (0, Value::Null);
     };
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n{content}\r\n{body}"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -324,31 +350,6 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
         status,
         serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
     )
-}
-
-/// `POST path` with a JSON body and the admin token.
-pub async fn http_post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = body.to_string();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// A WebSocket client authenticated with a JWT.

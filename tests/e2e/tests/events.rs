@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_e2e::Cluster;
-use switchboard_e2e::tap::{streams, with_tag};
+use switchboard_e2e::tap::{describe, streams, with_tag};
 use switchboard_events::{C2cMsg, ClusterEvent, ClusterEventType, Event, EventType, GroupMsg};
 use switchboard_rocketmq::Delivery;
 
@@ -276,6 +276,50 @@ async fn every_accepted_message_is_on_both_streams_with_the_seed_formats() {
         [("ben".into(), Some("sb-1".into()))]
     );
     drop(ana2);
+
+    // Membership: the group made above, then a member removed over the
+    // admin API; on the group conversation's queue, before its message.
+    let (st, _) =
+        switchboard_e2e::http_delete(c.pod(1).addr, "/api/v1/groups/crew/members/ben").await;
+    assert_eq!(st, 200);
+    let seen = events
+        .wait_until(WAIT, "group_member_removed", |s| {
+            !with_tag(s, "group_member_removed").is_empty()
+        })
+        .await;
+    let group = |tag: &str| -> Vec<(String, String)> {
+        with_tag(&seen, tag)
+            .iter()
+            .map(|d| {
+                let e: Event = serde_json::from_slice(&d.body).unwrap();
+                assert_eq!(e.group_id.as_deref(), Some("crew"), "{}", describe(d));
+                (e.user_id, d.key.clone().unwrap_or_default())
+            })
+            .collect()
+    };
+    let created = group("group_created");
+    assert_eq!(created.len(), 1);
+    assert!(created[0].0.is_empty() && created[0].1.starts_with("crew:group_created:"));
+    let mut added: Vec<String> = group("group_member_added")
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    added.sort();
+    assert_eq!(added, ["ana", "ben"]);
+    assert_eq!(group("group_member_removed")[0].0, "ben");
+    let at = |tag: &str| {
+        seen.iter()
+            .position(|d| d.tag.as_deref() == Some(tag))
+            .unwrap()
+    };
+    let crew_message = seen
+        .iter()
+        .position(|d| {
+            serde_json::from_slice::<Event>(&d.body).unwrap().msg_id == Some(id(&to_crew))
+        })
+        .unwrap();
+    assert!(at("group_created") < at("group_member_added"));
+    assert!(at("group_member_added") < crew_message);
     events.stop().await;
     cluster.stop().await;
 }

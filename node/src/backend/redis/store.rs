@@ -94,14 +94,33 @@ impl RedisStore {
             .key(format!("{}groups", k.prefix()))
             .key(format!("{}group:{id}", k.prefix()))
             .arg(id.as_str())
-            .arg(self.limits.max_group_members);
+            .arg(self.limits.max_group_members)
+            .arg(self.outbox_pod());
         for u in users {
             script
                 .key(format!("{}ugroups:{u}", k.prefix()))
                 .arg(u.as_str());
         }
+        if let Some(stream) = self.group_stream(id) {
+            script.key(stream);
+        }
         let mut conn = self.conn.clone();
         script.invoke_async(&mut conn).await.map_err(unavailable)
+    }
+
+    /// The pod recorded with outbox entries; empty when there is no outbox.
+    fn outbox_pod(&self) -> &str {
+        self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str())
+    }
+
+    /// The outbox shard stream of a group's conversation, with an outbox.
+    fn group_stream(&self, id: &GroupId) -> Option<String> {
+        self.outbox.as_ref().map(|_| {
+            crate::backend::outbox::stream_key(
+                &self.keys,
+                crate::backend::outbox::shard_of(&ConversationId::Group(id.clone())),
+            )
+        })
     }
 
     async fn existing_group(&self, id: &GroupId) -> BackendResult<Group> {
@@ -423,15 +442,17 @@ impl MessageStore for RedisStore {
 
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> BackendResult<Group> {
         let mut conn = self.conn.clone();
-        let r: String = REMOVE_MEMBER_SCRIPT
-            .key(format!("{}groups", self.keys.prefix()))
+        let mut inv = REMOVE_MEMBER_SCRIPT.prepare_invoke();
+        inv.key(format!("{}groups", self.keys.prefix()))
             .key(format!("{}group:{id}", self.keys.prefix()))
             .key(format!("{}ugroups:{user}", self.keys.prefix()))
             .arg(id.as_str())
             .arg(user.as_str())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(self.outbox_pod());
+        if let Some(stream) = self.group_stream(id) {
+            inv.key(stream);
+        }
+        let r: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         if r == "missing" {
             return Err(BackendError::NoSuchGroup(id.clone()));
         }
