@@ -32,7 +32,8 @@ pub struct ClusterArgs {
     #[arg(long, env = "SB_TEST_ROCKETMQ_NAMESRV")]
     pub rocketmq_namesrv: Option<String>,
 
-    /// Whether the nodes publish the business event streams (`SB_EVENTS`),
+    /// Whether the nodes publish the business event streams (`SB_EVENTS`,
+    /// `SB_CLUSTER_EVENTS`),
     /// to measure what the events' outbox and relay cost.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub events: bool,
@@ -97,6 +98,7 @@ impl Nodes {
                 // The loadgen connects with `?userId=`, as on a standalone node.
                 ("SB_DEV_AUTH", "true".to_owned()),
                 ("SB_EVENTS", cluster.events.to_string()),
+                ("SB_CLUSTER_EVENTS", cluster.events.to_string()),
             ]
             .map(|(k, v)| (k.to_owned(), v));
             match Target::spawn(target, &env).await {

@@ -82,11 +82,17 @@ pub struct Config {
     #[arg(long, env = "SB_ROCKETMQ_SECRET_KEY", hide_env_values = true)]
     pub rocketmq_secret_key: Option<Secret>,
 
-    /// Publish the business event streams (`<prefix>-events`,
-    /// `<prefix>-cluster-events`) through a transactional outbox in Redis.
-    /// Needs Redis and RocketMQ; ignored otherwise.
+    /// Publish the business event stream `<prefix>-events` (seed 000)
+    /// through a transactional outbox in Redis. Needs Redis and RocketMQ;
+    /// ignored otherwise.
     #[arg(long, env = "SB_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub events: bool,
+
+    /// Publish the ClusterEvent stream `<prefix>-cluster-events` (seed 001)
+    /// through the same outbox. With both streams off the outbox is not
+    /// written at all.
+    #[arg(long, env = "SB_CLUSTER_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cluster_events: bool,
 
     /// Event outbox entries (one per accepted message) that may wait for
     /// RocketMQ, all shards together; past that, sends are refused with
@@ -189,6 +195,9 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Largest `SB_EVENTS_OUTBOX_LIMIT` (the ChatCluster's bound too).
+pub const MAX_OUTBOX_LIMIT: usize = 100_000_000;
+
 impl Config {
     /// Dev auth after applying the default.
     pub fn dev_auth_enabled(&self) -> bool {
@@ -238,6 +247,12 @@ impl Config {
             switchboard_settings::check_jwt_secret(secret.expose()).map_err(|e| e.to_string())?;
         }
         self.rocketmq_credentials()?;
+        let shards = crate::backend::outbox::SHARDS as usize;
+        if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
+            return Err(format!(
+                "SB_EVENTS_OUTBOX_LIMIT must be {shards} (one entry per outbox shard) to {MAX_OUTBOX_LIMIT}"
+            ));
+        }
         self.settings().check().map_err(|e| e.to_string())
     }
 

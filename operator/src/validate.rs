@@ -85,6 +85,13 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
         &spec.presence.heartbeat_interval,
     )?;
     let presence_ttl = duration("spec.presence.ttl", &spec.presence.ttl)?;
+    // Zero is allowed: senders cannot recall then.
+    humantime::parse_duration(&spec.recall_window).map_err(|e| {
+        invalid(
+            "spec.recallWindow",
+            format!("{:?} is not a duration: {e}", spec.recall_window),
+        )
+    })?;
     let grace =
         Duration::from_secs(u64::try_from(spec.termination_grace_period_seconds).unwrap_or(0));
     // The node's own rules, so a spec accepted here never gives a pod that refuses to start.

@@ -131,6 +131,21 @@ fn cases() -> Vec<(&'static str, Value, Value)> {
             json!({"drainTimeout": "1ms"}),
             json!({"drainTimeout": "0s"}),
         ),
+        (
+            "recall window zero or more, a duration",
+            json!({"recallWindow": "0s"}),
+            json!({"recallWindow": "soon"}),
+        ),
+        (
+            "outbox of at least one entry per shard",
+            json!({"eventStreams": {"outboxLimit": 16}}),
+            json!({"eventStreams": {"outboxLimit": 15}}),
+        ),
+        (
+            "outbox at most 100M",
+            json!({"eventStreams": {"outboxLimit": 100_000_000}}),
+            json!({"eventStreams": {"outboxLimit": 100_000_001}}),
+        ),
     ]
 }
 

@@ -267,6 +267,6 @@ pub struct Backends {
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn Bus>,
     /// The relay of the business event streams (Redis and RocketMQ with
-    /// `SB_EVENTS` on), run by [`crate::run`].
+    /// `SB_EVENTS` or `SB_CLUSTER_EVENTS` on), run by [`crate::run`].
     pub relay: Option<Arc<crate::events::relay::Relay>>,
 }

@@ -63,15 +63,24 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
             )
             .await
             .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?;
-            let relay = if cfg.events {
+            let relay = if cfg.events || cfg.cluster_events {
                 store = store.with_outbox(cfg.events_outbox_per_shard(), &cfg.pod_name);
                 registry = registry.with_outbox();
                 let outbox =
                     super::outbox::RedisOutbox::new(conn.clone(), keys.clone(), &cfg.pod_name);
-                let relay =
-                    crate::events::relay::Relay::start(outbox, namesrv, prefix, credentials)
-                        .await
-                        .map_err(|e| format!("cannot start the event relay's producer: {e}"))?;
+                let streams = crate::events::Streams {
+                    events: cfg.events,
+                    cluster_events: cfg.cluster_events,
+                };
+                let relay = crate::events::relay::Relay::start(
+                    outbox,
+                    namesrv,
+                    prefix,
+                    credentials,
+                    streams,
+                )
+                .await
+                .map_err(|e| format!("cannot start the event relay's producer: {e}"))?;
                 Some(Arc::new(relay))
             } else {
                 None

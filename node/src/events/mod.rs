@@ -34,6 +34,22 @@ impl Stream {
     }
 }
 
+/// Which streams a cluster publishes (`SB_EVENTS`, `SB_CLUSTER_EVENTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streams {
+    pub events: bool,
+    pub cluster_events: bool,
+}
+
+impl Streams {
+    pub fn publishes(self, stream: Stream) -> bool {
+        match stream {
+            Stream::Events => self.events,
+            Stream::ClusterEvents => self.cluster_events,
+        }
+    }
+}
+
 /// The records of one outbox entry, in publishing order.
 pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
     match &entry.what {

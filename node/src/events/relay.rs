@@ -20,7 +20,7 @@ use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Credentials, Producer, Record, Runtime};
 use tokio_util::sync::CancellationToken;
 
-use super::{Stream, records};
+use super::{Stream, Streams, records};
 use crate::backend::BackendError;
 use crate::backend::outbox::{OutboxEntry, RedisOutbox};
 use crate::metrics::{EventMetrics, StreamLabel};
@@ -45,6 +45,8 @@ pub struct Relay {
     producer: Producer,
     events_topic: String,
     cluster_events_topic: String,
+    /// The streams switched on; records of the others are dropped.
+    streams: Streams,
     stop: CancellationToken,
     _rt: Runtime,
 }
@@ -66,6 +68,7 @@ impl Relay {
         namesrv: &str,
         prefix: &str,
         credentials: Option<Credentials>,
+        streams: Streams,
     ) -> Result<Self, switchboard_rocketmq::Error> {
         let rt = Runtime::new()?;
         let names = Names::new(prefix);
@@ -76,6 +79,7 @@ impl Relay {
             producer,
             events_topic: names.events_topic(),
             cluster_events_topic: names.cluster_events_topic(),
+            streams,
             stop: CancellationToken::new(),
             _rt: rt,
         })
@@ -167,6 +171,9 @@ impl Relay {
         let mut cluster_events = Vec::new();
         for entry in &entries {
             for (stream, record) in records(entry) {
+                if !self.streams.publishes(stream) {
+                    continue;
+                }
                 match stream {
                     Stream::Events => events.push(record),
                     Stream::ClusterEvents => cluster_events.push(record),

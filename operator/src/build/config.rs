@@ -56,6 +56,16 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
         "SB_MAX_GROUP_MEMBERS",
         s.limits.max_group_members.to_string(),
     );
+    put("SB_RECALL_WINDOW", s.recall_window.clone());
+    put("SB_EVENTS", s.event_streams.events.to_string());
+    put(
+        "SB_CLUSTER_EVENTS",
+        s.event_streams.cluster_events.to_string(),
+    );
+    put(
+        "SB_EVENTS_OUTBOX_LIMIT",
+        s.event_streams.outbox_limit.to_string(),
+    );
     if let Some(url) = &s.redis.url {
         put("SB_REDIS_URL", url.clone());
     }
@@ -154,10 +164,36 @@ mod tests {
         assert_eq!(c["SB_ROCKETMQ_NAMESRV"], "mq:9876");
         assert_eq!(c["SB_REDIS_URL"], "redis://redis:6379");
         assert!(!c.contains_key("SB_DEV_AUTH"), "dev auth is never rendered");
+        assert_eq!(
+            (
+                c["SB_RECALL_WINDOW"].as_str(),
+                c["SB_EVENTS"].as_str(),
+                c["SB_CLUSTER_EVENTS"].as_str(),
+                c["SB_EVENTS_OUTBOX_LIMIT"].as_str()
+            ),
+            ("2m", "true", "true", "160000"),
+            "the defaults are the node's own"
+        );
         assert!(
             !c.contains_key("SB_JWT_SECRET"),
             "secrets stay out of the ConfigMap"
         );
+    }
+
+    #[test]
+    fn event_streams_and_recall_window_are_rendered() {
+        let mut cc = sample();
+        cc.spec.recall_window = "0s".into();
+        cc.spec.event_streams.cluster_events = false;
+        cc.spec.event_streams.outbox_limit = 32;
+        let c = node_config(&cc, &validate(&cc, "n").unwrap());
+        assert_eq!(c["SB_RECALL_WINDOW"], "0s");
+        assert_eq!(c["SB_EVENTS"], "true");
+        assert_eq!(c["SB_CLUSTER_EVENTS"], "false");
+        assert_eq!(c["SB_EVENTS_OUTBOX_LIMIT"], "32");
+        cc.spec.recall_window = "soon".into();
+        let e = validate(&cc, "n").unwrap_err();
+        assert_eq!(e.field, "spec.recallWindow");
     }
 
     #[test]

@@ -131,6 +131,18 @@ pub struct ChatClusterSpec {
     #[serde(default = "defaults::drain_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub drain_timeout: String,
+
+    /// How long after sending a sender may recall a message (`0s`: senders cannot; the
+    /// admin API always can).
+    #[serde(default = "defaults::recall_window")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    pub recall_window: String,
+
+    /// The business event streams `<prefix>-events` (seed 000) and
+    /// `<prefix>-cluster-events` (seed 001), published through an outbox in Redis. Both on
+    /// by default.
+    #[serde(default)]
+    pub event_streams: EventStreamsSpec,
 }
 
 /// Image pull policy of the chat node container.
@@ -470,66 +482,10 @@ pub struct ChatClusterStatus {
     pub conditions: Vec<Condition>,
 }
 
-mod defaults {
-    pub fn replicas() -> i32 {
-        3
-    }
-    /// 40 s: room for the default 20 s drain + 15 s of preStop, close and flush.
-    pub fn termination_grace() -> i64 {
-        40
-    }
-    pub fn drain_timeout() -> String {
-        "20s".into()
-    }
-    pub fn queues() -> u32 {
-        4
-    }
-    pub fn retry_max() -> u32 {
-        3
-    }
-    pub fn heartbeat() -> String {
-        "30s".into()
-    }
-    pub fn presence_ttl() -> String {
-        "5m".into()
-    }
-    pub fn max_content() -> u32 {
-        4096
-    }
-    pub fn max_frame() -> u32 {
-        65536
-    }
-    pub fn rate_limit() -> u32 {
-        30
-    }
-    pub fn rate_burst() -> u32 {
-        60
-    }
-    pub fn max_connections() -> u32 {
-        100_000
-    }
-    pub fn history() -> u32 {
-        1000
-    }
-    pub fn inbox() -> u32 {
-        10_000
-    }
-    pub fn group_members() -> u32 {
-        1000
-    }
-    pub fn service_type() -> super::ServiceType {
-        super::ServiceType::ClusterIP
-    }
-    pub fn service_port() -> i32 {
-        80
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn one() -> i32 {
-        1
-    }
-}
+mod defaults;
+mod streams;
+
+pub use streams::EventStreamsSpec;
 
 #[cfg(test)]
 mod tests {
