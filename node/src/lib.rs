@@ -15,6 +15,7 @@ pub mod backend;
 pub mod config;
 pub mod conversation;
 pub mod events;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ids;

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use crate::auth::Authenticator;
 use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
 use crate::config::{Config, Secret};
+use crate::history;
 use crate::hub::{ConnHandle, Hub, Outbound};
 use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
@@ -21,7 +22,7 @@ use crate::protocol::{
     Send, ServerFrame, TypingState,
 };
 use crate::recall::{Recall, Recaller};
-use crate::receipts::{Receipts, history_frame};
+use crate::receipts::Receipts;
 use crate::router::Router;
 
 /// Most users one connection may watch with `presence_subscribe`, so a
@@ -374,29 +375,28 @@ impl Node {
                 after,
                 limit,
             } => {
-                self.participants(&conn.user, &conversation).await?;
-                let page = self
-                    .backends
-                    .store
-                    .history(
-                        &conversation,
-                        HistoryQuery {
-                            before,
-                            after,
-                            limit,
-                        },
-                    )
-                    .await?;
-                conn.push(
-                    Arc::new(history_frame(conversation, before, after, page)),
-                    None,
-                );
+                let query = HistoryQuery {
+                    before,
+                    after,
+                    limit,
+                };
+                let frame = history::page(self.store(), &conn.user, conversation, query).await?;
+                conn.push(Arc::new(frame), None);
                 Ok(())
             }
             ClientFrame::Resume { conversations } => {
+                let query = |after| HistoryQuery {
+                    before: None,
+                    after: Some(after),
+                    limit: MAX_HISTORY_LIMIT,
+                };
                 for (conversation, after) in conversations {
-                    if let Err(e) = self.resume_one(conn, conversation, after).await {
-                        self.send_error(conn, e);
+                    match history::page(self.store(), &conn.user, conversation, query(after)).await
+                    {
+                        Ok(frame) => {
+                            conn.push_bulk(Arc::new(frame)).await;
+                        }
+                        Err(e) => self.send_error(conn, e),
                     }
                 }
                 Ok(())
@@ -417,33 +417,8 @@ impl Node {
         }
     }
 
-    async fn resume_one(
-        &self,
-        conn: &Arc<ConnHandle>,
-        conversation: ConversationId,
-        after: u64,
-    ) -> Result<(), FrameError> {
-        self.participants(&conn.user, &conversation).await?;
-        let page = self
-            .backends
-            .store
-            .history(
-                &conversation,
-                HistoryQuery {
-                    before: None,
-                    after: Some(after),
-                    limit: MAX_HISTORY_LIMIT,
-                },
-            )
-            .await?;
-        conn.push_bulk(Arc::new(history_frame(
-            conversation,
-            None,
-            Some(after),
-            page,
-        )))
-        .await;
-        Ok(())
+    fn store(&self) -> &dyn crate::backend::MessageStore {
+        self.backends.store.as_ref()
     }
 
     /// Everyone in a conversation, if `me` is one of them.

@@ -1,12 +1,10 @@
 //! Receipts: `ack` makes a message delivered, `read` raises a reader's
 //! watermark; both are pushed to whom they concern and stored, so history
-//! pages carry them to a client that was away ([`with_receipts`]).
+//! pages carry them to a client that was away
+//! ([`crate::history::with_receipts`]).
 
-use std::sync::Arc;
-
-use crate::backend::{HistoryPage, MessageStore};
+use crate::backend::MessageStore;
 use crate::ids::{ConversationId, MsgId, UserId};
-use crate::model::{ChatMessage, MsgStatus};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame};
 use crate::router::Router;
 
@@ -76,50 +74,4 @@ impl Receipts<'_> {
             .await;
         Ok(())
     }
-}
-
-/// The `history` frame of a page: its messages [`with_receipts`] and the
-/// conversation's read watermarks.
-pub fn history_frame(
-    conversation: ConversationId,
-    before: Option<u64>,
-    after: Option<u64>,
-    page: HistoryPage,
-) -> ServerFrame {
-    ServerFrame::History {
-        conversation,
-        before,
-        after,
-        messages: with_receipts(&page),
-        has_more: page.has_more,
-        read: page.read,
-    }
-}
-
-/// The page's messages with the `status` of each 1:1 message: `read` when
-/// its recipient's watermark covers it, `delivered` when it left the
-/// recipient's inbox (acked), none while neither. Tombstones get none.
-pub fn with_receipts(page: &HistoryPage) -> Vec<Arc<ChatMessage>> {
-    page.messages
-        .iter()
-        .map(|m| {
-            let Some(to) = m.to.as_ref().filter(|_| !m.recalled) else {
-                return m.clone();
-            };
-            let status = if page.read.get(to).is_some_and(|&w| w >= m.seq) {
-                Some(MsgStatus::Read)
-            } else if !page.undelivered.contains(&m.msg_id) {
-                Some(MsgStatus::Delivered)
-            } else {
-                None
-            };
-            match status {
-                Some(status) => Arc::new(ChatMessage {
-                    status: Some(status),
-                    ..ChatMessage::clone(m)
-                }),
-                None => m.clone(),
-            }
-        })
-        .collect()
 }

@@ -333,7 +333,9 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) 
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n{content}\r\n{body}"
     );
-    s.write_all(req.as_bytes()).await.unwrap();
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, Value::Null);
+    }
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).to_string();

@@ -270,13 +270,24 @@ spec:
         addr
     }
 
-    /// The client Service of a ChatCluster, reached from the host.
+    /// The client Service of a ChatCluster, reached from the host, once it
+    /// answers: kube-proxy programs a new Service's rules a moment after the
+    /// Service exists, and until then the forwarder's inner connect fails.
     pub async fn service(&self, name: &str) -> SocketAddr {
         let svc = self
             .get_json(&["-n", CHAT_NS, "service", name])
             .expect("client Service");
         let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_owned();
         let port = svc["spec"]["ports"][0]["port"].as_u64().unwrap() as u16;
-        self.reach(&ip, port).await
+        let addr = self.reach(&ip, port).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::http_get(addr, "/healthz").await.0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the Service {name} ({ip}:{port}) never answered /healthz"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        addr
     }
 }

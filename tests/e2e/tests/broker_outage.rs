@@ -10,20 +10,38 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use switchboard_e2e::Cluster;
 use switchboard_e2e::tap::{streams, with_tag};
 use switchboard_events::{C2cMsg, ClusterEvent, Event};
 
 const OUTAGE: Duration = Duration::from_secs(20);
 
+fn deps_script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/deps")
+}
+
 async fn deps(cmd: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/deps");
-    let status = tokio::process::Command::new(&script)
+    let status = tokio::process::Command::new(deps_script())
         .arg(cmd)
         .status()
         .await
         .unwrap();
     assert!(status.success(), "scripts/deps {cmd} failed");
+}
+
+/// Starts the broker again if the test fails while it is stopped, so the
+/// test binaries after this one find it.
+struct BrokerBack(bool);
+
+impl Drop for BrokerBack {
+    fn drop(&mut self) {
+        if !self.0 {
+            let _ = std::process::Command::new(deps_script())
+                .arg("start-broker")
+                .status();
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,14 +58,31 @@ async fn every_event_appears_after_the_broker_was_away_for_20s() {
         })
         .await;
 
+    ana.close().await;
+    let mut back = BrokerBack(false);
     deps("stop-broker").await;
     let stopped = Instant::now();
+    // A new connection: the old one would have idled out (3 heartbeats of the
+    // test cluster) while the broker took its time to stop.
+    let mut ana = c.pod(0).connect("ana").await;
     let mut i = 0;
     while stopped.elapsed() < OUTAGE {
-        let sent = ana
-            .say("ben", &format!("out{i}"), &format!("during the outage {i}"))
+        ana.send(json!({"type": "send", "client_msg_id": format!("out{i}"), "to": "ben", "content": format!("during the outage {i}")}))
             .await;
-        assert_eq!(sent["type"], "sent", "refused while the broker was away");
+        let sent = loop {
+            match ana.next().await {
+                Some(v) if v["type"] == "presence" => continue,
+                Some(v) => break v,
+                None => panic!(
+                    "the connection ended during the outage; the pod's log:\n{}",
+                    c.pod(0).log().join("\n")
+                ),
+            }
+        };
+        assert_eq!(
+            sent["type"], "sent",
+            "refused while the broker was away: {sent}"
+        );
         ids.insert(sent["msg_id"].as_str().unwrap().to_owned());
         i += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -64,6 +99,7 @@ async fn every_event_appears_after_the_broker_was_away_for_20s() {
         .collect();
     assert_eq!(before.len(), 1, "published while the broker was away?");
     deps("start-broker").await;
+    back.0 = true;
     eprintln!(
         "{} messages sent while the broker was away for {:?}",
         ids.len() - 1,
