@@ -20,7 +20,8 @@ pub struct ClusterArgs {
     /// and RocketMQ. Pair i's sender connects to node i % N and its receiver to
     /// node (i + 1) % N, so with N > 1 every message crosses nodes through the
     /// broker. The loadgen creates the cluster's topics and groups first and
-    /// deletes them at the end. N > 1 needs --redis-url and --rocketmq-namesrv.
+    /// deletes them at the end. N > 1 (or --clustered) needs --redis-url and
+    /// --rocketmq-namesrv.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub nodes: u32,
 
@@ -32,9 +33,15 @@ pub struct ClusterArgs {
     #[arg(long, env = "SB_TEST_ROCKETMQ_NAMESRV")]
     pub rocketmq_namesrv: Option<String>,
 
+    /// Run even one node as a cluster (`--nodes 1 --clustered`): on Redis and
+    /// RocketMQ instead of standalone, e.g. to measure the event streams on
+    /// one node.
+    #[arg(long)]
+    pub clustered: bool,
+
     /// Whether the nodes publish the business event streams (`SB_EVENTS`,
-    /// `SB_CLUSTER_EVENTS`),
-    /// to measure what the events' outbox and relay cost.
+    /// `SB_CLUSTER_EVENTS`), to measure what the events' outbox and relay
+    /// cost.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub events: bool,
 }
@@ -56,7 +63,7 @@ pub struct Nodes {
 
 impl Nodes {
     pub async fn open(target: &TargetArgs, cluster: &ClusterArgs) -> anyhow::Result<Self> {
-        if cluster.nodes == 1 {
+        if cluster.nodes == 1 && !cluster.clustered {
             return Ok(Self {
                 targets: vec![Target::open(target).await?],
                 provisioned: None,
@@ -65,14 +72,15 @@ impl Nodes {
         if target.url.is_some() {
             bail!("--nodes starts its own cluster; it cannot be combined with --url");
         }
-        let redis = cluster
-            .redis_url
-            .clone()
-            .context("--nodes > 1 needs --redis-url (or SB_TEST_REDIS_URL)")?;
+        let redis = cluster.redis_url.clone().context(
+            "a cluster (--nodes > 1 or --clustered) needs --redis-url (or SB_TEST_REDIS_URL)",
+        )?;
         let namesrv = cluster
             .rocketmq_namesrv
             .clone()
-            .context("--nodes > 1 needs --rocketmq-namesrv (or SB_TEST_ROCKETMQ_NAMESRV)")?;
+            .context(
+                "a cluster (--nodes > 1 or --clustered) needs --rocketmq-namesrv (or SB_TEST_ROCKETMQ_NAMESRV)",
+            )?;
         let cluster_name = format!("lg{}", std::process::id());
         let prefix = names::prefix("loadgen", &cluster_name);
         let names = Names::new(&prefix);

@@ -228,6 +228,7 @@ impl Node {
                     max_content_bytes: self.cfg.max_content_bytes,
                     rate_per_sec: self.cfg.rate_limit,
                     rate_burst: self.cfg.rate_burst,
+                    recall_window_ms: self.cfg.recall_window.as_millis() as u64,
                 },
             }),
             None,

@@ -3,7 +3,8 @@
 // Starts the real `switchboard-node` binary on a free port, opens the page as
 // two users in two browser contexts, and checks typing, delivery and read
 // receipts, presence, inbox replay after a sign-out, reconnection and
-// catch-up after a dropped connection, and the `reconnect` frame's delay.
+// catch-up after a dropped connection, the `reconnect` frame's delay, recall
+// from the page, and receipts stored while the sender was away.
 //
 // Run: cargo build -p switchboard-node && (cd tests/browser && npm install) && node --test tests/browser/
 // Env: SB_NODE_BIN (default <repo>/target/debug/switchboard-node),
@@ -383,6 +384,71 @@ test('on a JWT node the page signs in with a token that never travels in the URL
 
   assert.ok(urls.length >= 3, `sockets seen: ${urls}`);
   for (const u of urls) assert.ok(!/token|eyJ/.test(u), `a token in a WebSocket URL: ${u}`);
+  assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
+  failed = false;
+});
+
+test('a sender recalls a message from the page and learns receipts stored while away', { timeout: 60_000 }, async (t) => {
+  const tag = randomBytes(3).toString('hex');
+  const erin = `erin-${tag}`;
+  const finn = `finn-${tag}`;
+  let failed = true;
+  t.after(async () => {
+    if (failed) console.error(`node log:\n${nodeLog.slice(-40).join('\n')}`);
+  });
+  const viewport = { width: 1000, height: 640 };
+  const ctxE = await browser.newContext({ viewport });
+  const pageE = await newPage(ctxE, 'erin');
+  await signIn(pageE, erin);
+  const ctxF = await browser.newContext({ viewport });
+  const pageF = await newPage(ctxF, 'finn');
+  await signIn(pageF, finn);
+  await pageE.locator(`[data-testid="online-user"][data-user="${finn}"]`).click({ timeout: T });
+  await pageF.locator(`[data-testid="online-user"][data-user="${erin}"]`).click({ timeout: T });
+
+  // Erin sends two messages and recalls the first: on both pages its bubble
+  // stays, marked recalled, without its content.
+  const oops = `oops ${tag}`;
+  const keep = `keep ${tag}`;
+  for (const text of [oops, keep]) {
+    await pageE.getByTestId('message-input').fill(text);
+    await pageE.getByTestId('message-input').press('Enter');
+    await bubbles(pageF, text, erin).waitFor({ timeout: T });
+  }
+  await bubbleStatus(pageE, oops, 'read');
+  await bubbles(pageE, oops, erin).getByTestId('recall').click({ timeout: T });
+  for (const page of [pageE, pageF]) {
+    await page.locator(`[data-testid="message"][data-recalled="true"][data-from="${erin}"]`).waitFor({ timeout: T });
+    await eventually('the content gone', async () => (await bubbles(page, oops).count()) === 0);
+  }
+  assert.equal(await bubbles(pageF, keep, erin).count(), 1, 'only that message');
+
+  // Receipts are stored: Finn goes away, Erin sends and goes away too; Finn
+  // comes back (the inbox replays it: delivered) and reads it; Erin comes back
+  // on a fresh page and sees it read, from the history page alone.
+  await ctxF.close();
+  const late = `late ${tag}`;
+  await pageE.getByTestId('message-input').fill(late);
+  await pageE.getByTestId('message-input').press('Enter');
+  await bubbleStatus(pageE, late, 'sent');
+  await ctxE.close();
+  const ctxF2 = await browser.newContext({ viewport });
+  const pageF2 = await newPage(ctxF2, 'finn-again');
+  await signIn(pageF2, finn);
+  await pageF2.getByTestId('new-chat-input').fill(erin);
+  await pageF2.getByTestId('new-chat-button').click();
+  await bubbles(pageF2, late, erin).waitFor({ timeout: T });
+  // The recalled message shows as recalled in Finn's history too.
+  await pageF2.locator(`[data-testid="message"][data-recalled="true"]`).waitFor({ timeout: T });
+  await delay(500); // the read receipt leaves
+  await ctxF2.close();
+  const ctxE2 = await browser.newContext({ viewport });
+  const pageE2 = await newPage(ctxE2, 'erin-again');
+  await signIn(pageE2, erin);
+  await pageE2.getByTestId('new-chat-input').fill(finn);
+  await pageE2.getByTestId('new-chat-button').click();
+  await bubbleStatus(pageE2, late, 'read');
+  await ctxE2.close();
   assert.deepEqual(pageErrors, [], 'no uncaught errors in the pages');
   failed = false;
 });

@@ -35,6 +35,8 @@ pub struct Limits {
     pub max_content_bytes: usize,
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// How long after sending a sender may recall a message.
+    pub recall_window_ms: u64,
 }
 
 /// Every frame the server sends.
