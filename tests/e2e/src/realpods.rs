@@ -170,6 +170,52 @@ impl Card {
             .flatten()
     }
 
+    /// The operator pods' last log lines and the Lease, for a failure message.
+    pub fn operator_state(&self) -> String {
+        let mut cmd = self.rc.kubectl();
+        cmd.args([
+            "-n",
+            SYSTEM_NS,
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=switchboard-operator",
+            "--tail",
+            "40",
+            "--prefix",
+        ]);
+        let logs = cmd
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let lease = self.get_json(&["-n", SYSTEM_NS, "lease", "switchboard"]);
+        format!("lease: {lease:?}\noperator logs:\n{logs}")
+    }
+
+    /// The pod holding the operator's Lease once `check` accepts it; panics
+    /// after `within` with the operator's logs and the Lease.
+    pub async fn lease_holder(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let holder = self
+                .get_json(&["-n", SYSTEM_NS, "lease", "switchboard"])
+                .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned));
+            if let Some(h) = holder.filter(|h| check(h)) {
+                return h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not after {within:?}\n{}",
+                self.operator_state()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn apply(&self, yaml: &str) {
         let mut cmd = self.rc.kubectl();
         cmd.args(["apply", "-f", "-"]);

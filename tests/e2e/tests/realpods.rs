@@ -34,15 +34,13 @@ async fn the_card_on_real_pods() {
         format!("ghcr.io/switchboard-dev/switchboard-operator:{VERSION}")
     );
     let op_name = op["metadata"]["name"].as_str().unwrap().to_owned();
-    let holder = wait_for(
-        "the operator holds the Lease",
-        Duration::from_secs(60),
-        || {
-            let lease = card.get_json(&["-n", SYSTEM_NS, "lease", "switchboard"])?;
-            lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
-        },
-    )
-    .await;
+    let holder = card
+        .lease_holder(
+            "the operator holds the Lease",
+            Duration::from_secs(60),
+            |_| true,
+        )
+        .await;
     assert_eq!(holder, op_name);
 
     // kubectl apply a ChatCluster: three node pods from the node image become Ready.
@@ -343,16 +341,13 @@ async fn rollouts_forced_deletes_and_a_killed_operator_lose_nothing() {
         "--grace-period=0",
         "--force",
     ]);
-    let next = wait_for(
-        "another operator pod holds the Lease",
-        Duration::from_secs(120),
-        || {
-            let lease = card.get_json(&["-n", SYSTEM_NS, "lease", "switchboard"])?;
-            let holder = lease["spec"]["holderIdentity"].as_str()?.to_owned();
-            (holder != op).then_some(holder)
-        },
-    )
-    .await;
+    let next = card
+        .lease_holder(
+            "another operator pod holds the Lease",
+            Duration::from_secs(120),
+            |holder| holder != op,
+        )
+        .await;
     eprintln!("operator killed -> {next} leads after {:?}", t.elapsed());
     // Let it reconcile everything it watches, then compare.
     wait_for(
