@@ -14,6 +14,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod conversation;
+mod drain;
 pub mod events;
 pub mod history;
 pub mod http;

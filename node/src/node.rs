@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -18,8 +17,8 @@ use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::model::{ChatMessage, Target};
 use crate::protocol::{
-    ClientFrame, CloseCode, Dialect, ErrorCode, FrameError, Limits, MAX_HISTORY_LIMIT, ParseLimits,
-    Send, ServerFrame, TypingState,
+    ClientFrame, Dialect, ErrorCode, FrameError, Limits, MAX_HISTORY_LIMIT, ParseLimits, Send,
+    ServerFrame, TypingState,
 };
 use crate::recall::{Recall, Recaller};
 use crate::receipts::Receipts;
@@ -31,29 +30,6 @@ pub const MAX_WATCHED_USERS: usize = 1024;
 
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
-
-impl From<BackendError> for FrameError {
-    fn from(e: BackendError) -> Self {
-        let code = match &e {
-            BackendError::Unavailable(_) => ErrorCode::Unavailable,
-            BackendError::InboxFull(_) => ErrorCode::InboxFull,
-            // Unknown group and non-member look the same from outside, so a
-            // client cannot probe which groups exist.
-            BackendError::NoSuchGroup(_) => ErrorCode::NotAMember,
-            BackendError::GroupExists(_) => ErrorCode::Conflict,
-            BackendError::GroupFull(..) => ErrorCode::InvalidField,
-        };
-        let reason = match &e {
-            // Never leak backend internals to clients.
-            BackendError::Unavailable(_) => {
-                "storage is unavailable; retry with the same client_msg_id".into()
-            }
-            BackendError::NoSuchGroup(_) => "not a member of this group".into(),
-            other => other.to_string(),
-        };
-        FrameError::new(code, reason)
-    }
-}
 
 /// One chat node.
 #[derive(Debug)]
@@ -557,43 +533,8 @@ impl Node {
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
         }
-        let conns = self.hub.all();
-        info!(connections = conns.len(), timeout = ?self.cfg.drain_timeout, "draining");
-        let jitter = self.cfg.reconnect_jitter.as_millis() as u64;
-        for c in &conns {
-            let delay_ms = if jitter == 0 {
-                0
-            } else {
-                rand::rng().random_range(0..=jitter)
-            };
-            c.push(
-                Arc::new(ServerFrame::Reconnect {
-                    reason: "draining".into(),
-                    delay_ms,
-                }),
-                None,
-            );
-        }
-        let deadline = Instant::now() + self.cfg.drain_timeout;
-        while !self.hub.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let left = self.hub.all();
-        if !left.is_empty() {
-            info!(
-                connections = left.len(),
-                "drain timeout: closing remaining connections"
-            );
-        }
-        for c in &left {
-            c.close_with(CloseCode::GoingAway);
-        }
-        // Let the connection tasks run their cleanup (registry removal), within
-        // the budget the operator counts into the pod's grace period.
-        let deadline = Instant::now() + switchboard_settings::CLOSE_BUDGET;
-        while !self.hub.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::drain::connections(&self.hub, self.cfg.drain_timeout, self.cfg.reconnect_jitter)
+            .await;
         self.backends.bus.unsubscribe(&self.pod.name).await;
         info!("drained");
     }

@@ -131,6 +131,35 @@ pub async fn recall(s: &dyn MessageStore, tag: &str, base: u64) {
         .expect("append");
     assert!(resend.duplicate);
     assert_eq!(*resend.msg, tombstone, "a resend brings back no content");
+    // A member who left the group since keeps nothing of it either.
+    let (c, g) = (
+        u(tag, "c"),
+        GroupId::parse(&format!("g{tag}")).expect("valid group"),
+    );
+    let mut to_group = dm(base + 10, &a, &b, None);
+    to_group.to = None;
+    to_group.group = Some(g.clone());
+    to_group.conversation = ConversationId::Group(g);
+    let stored = s
+        .append(to_group, &[b.clone(), c.clone()])
+        .await
+        .expect("append")
+        .msg;
+    let gone = ChatMessage {
+        content: String::new(),
+        recalled: true,
+        ..ChatMessage::clone(&stored)
+    };
+    assert!(
+        s.recall(&stored, &gone, to_b, Some(&a))
+            .await
+            .expect("recall")
+    );
+    assert!(
+        !ids(&s.inbox(&c, 10).await.expect("inbox")).contains(&(base + 10)),
+        "an ex-member's inbox still has a recalled message"
+    );
+    s.ack(&b, &[MsgId(base + 2)]).await.expect("ack");
     let second = s
         .find(&first.conversation, MsgId(base + 2))
         .await

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
 use crate::model::{ChatMessage, Group, OnlineStats, Presence};
-use crate::protocol::ServerFrame;
+use crate::protocol::{ErrorCode, FrameError, ServerFrame};
 
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +44,30 @@ pub enum BackendError {
 }
 
 pub type BackendResult<T> = Result<T, BackendError>;
+
+/// What a client is told when a backend call fails.
+impl From<BackendError> for FrameError {
+    fn from(e: BackendError) -> Self {
+        let code = match &e {
+            BackendError::Unavailable(_) => ErrorCode::Unavailable,
+            BackendError::InboxFull(_) => ErrorCode::InboxFull,
+            // Unknown group and non-member look the same from outside, so a
+            // client cannot probe which groups exist.
+            BackendError::NoSuchGroup(_) => ErrorCode::NotAMember,
+            BackendError::GroupExists(_) => ErrorCode::Conflict,
+            BackendError::GroupFull(..) => ErrorCode::InvalidField,
+        };
+        let reason = match &e {
+            // Never leak backend internals to clients.
+            BackendError::Unavailable(_) => {
+                "storage is unavailable; retry with the same client_msg_id".into()
+            }
+            BackendError::NoSuchGroup(_) => "not a member of this group".into(),
+            other => other.to_string(),
+        };
+        FrameError::new(code, reason)
+    }
+}
 
 /// A live connection as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -268,7 +268,7 @@ impl MessageStore for MemoryStore {
         &self,
         original: &ChatMessage,
         tombstone: &ChatMessage,
-        recipients: &[UserId],
+        _recipients: &[UserId],
         _by: Option<&UserId>,
     ) -> BackendResult<bool> {
         let mut st = lock(&self.inner);
@@ -288,16 +288,15 @@ impl MessageStore for MemoryStore {
         }
         let tombstone = Arc::new(tombstone.clone());
         *slot = tombstone.clone();
-        for u in recipients {
-            if let Some(inbox) = st.inboxes.get_mut(u)
-                && let Some(pos) = inbox.index.remove(&original.msg_id)
-            {
+        // Every inbox, not only the current participants': a member who left
+        // the group since still holds a copy with the content (recalls are
+        // rare, and a standalone node's inboxes with entries are few).
+        st.inboxes.retain(|_, inbox| {
+            if let Some(pos) = inbox.index.remove(&original.msg_id) {
                 inbox.entries.remove(&pos);
-                if inbox.entries.is_empty() {
-                    st.inboxes.remove(u);
-                }
             }
-        }
+            !inbox.entries.is_empty()
+        });
         if let Some(cid) = &original.client_msg_id
             && let Some(first) = st.dedup.get_mut(&(original.from.clone(), cid.clone()))
         {
