@@ -46,6 +46,8 @@ fn client_seeds() -> Vec<Value> {
     vec![
         json!({"type": "send", "client_msg_id": "c1", "to": "bob", "content": "hi"}),
         json!({"type": "send", "client_msg_id": "c2", "group": "g1", "content": "hi all"}),
+        json!({"type": "send", "client_msg_id": "c3", "to": "bob", "content": "a.png", "format": "image"}),
+        json!({"type": "recall", "conversation": "dm:alice:bob", "msg_id": "1234567890"}),
         json!({"type": "ack", "msg_ids": ["1234567890"]}),
         json!({"type": "read", "conversation": "dm:alice:bob", "seq": 3}),
         json!({"type": "read", "conversation": "group:g1", "msg_id": "1234567890"}),
@@ -77,6 +79,9 @@ fn envelope_seeds() -> Vec<Value> {
         to_users(json!({"type": "read", "conversation": "group:g1", "seq": 7, "user": "bob"})),
         to_users(
             json!({"type": "typing", "conversation": "dm:alice:bob", "user": "alice", "state": "stop"}),
+        ),
+        to_users(
+            json!({"type": "recalled", "conversation": "dm:alice:bob", "msg_id": "1234567890", "seq": 7, "by": "alice"}),
         ),
         json!({"Presence": {"user": "bob", "online": true, "devices": 2, "pods": ["sb-1"], "last_seen": 1_700_000_000_000_i64}}),
     ];

@@ -261,6 +261,14 @@ async fn trespass(s: Server) {
             "send to a group",
             json!({"type": "send", "client_msg_id": "m1", "group": "ab-only", "content": "let me in"}),
         ),
+        (
+            "recall in a DM",
+            json!({"type": "recall", "conversation": dm, "msg_id": dm_msg}),
+        ),
+        (
+            "recall in a group",
+            json!({"type": "recall", "conversation": "group:ab-only", "msg_id": group_msg}),
+        ),
     ];
     for (what, frame) in not_member {
         mallory.send(frame).await;
@@ -305,10 +313,28 @@ async fn trespass(s: Server) {
             "{m} {path}"
         );
     }
+    let tok = token("mallory");
+    let (st, e) = s
+        .http(
+            "POST",
+            "/api/v1/messages/recall",
+            Some(json!({"conversation": dm, "msg_id": dm_msg})),
+            Some(&tok),
+        )
+        .await;
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (403, Some("forbidden")),
+        "admin recall"
+    );
     // Alice and Bob lost nothing: Bob's copies are still his to read and
     // ack, and a reconnect replays both from his inbox.
     bob.expect("message").await;
     bob.expect("message").await;
+    // A member cannot take back what another member said.
+    bob.send(json!({"type": "recall", "conversation": dm, "msg_id": dm_msg}))
+        .await;
+    assert_eq!(bob.expect("error").await["code"], "not_yours");
     drop(bob);
     let mut bob = Client::connect(s.addr, &format!("/ws?token={}", token("bob"))).await;
     let mut got = vec![
