@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use crate::report::Counts;
@@ -54,7 +54,7 @@ pub struct ConnectError {
 }
 
 impl ConnectError {
-    fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
+    pub fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
         Self {
             kind: kind.into(),
             detail: detail.to_string(),
@@ -62,7 +62,8 @@ impl ConnectError {
     }
 }
 
-/// Connects as `user` and waits for the `welcome` frame.
+/// Connects as `user` and completes the protocol's handshake (Switchboard's
+/// `welcome`; Centrifugo's connect and subscribe).
 pub async fn connect(
     target: &Endpoint,
     user: &str,
@@ -70,7 +71,7 @@ pub async fn connect(
 ) -> Result<Ws, ConnectError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, user, cfg)).await {
         Ok(r) => r,
-        Err(_) => Err(ConnectError::new("timeout", "no welcome within 10 s")),
+        Err(_) => Err(ConnectError::new("timeout", "no handshake within 10 s")),
     }
 }
 
@@ -93,18 +94,8 @@ async fn connect_inner(
             tungstenite::Error::Io(io) => ConnectError::new(format!("io: {:?}", io.kind()), &e),
             _ => ConnectError::new("handshake", &e),
         })?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => match Frame::parse(t.as_str()) {
-                Some(f) if f.kind == "welcome" => return Ok(ws),
-                _ => return Err(ConnectError::new("no welcome", t.as_str())),
-            },
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(other)) => return Err(ConnectError::new("no welcome", other)),
-            Some(Err(e)) => return Err(ConnectError::new("read", e)),
-            None => return Err(ConnectError::new("closed", "closed before welcome")),
-        }
-    }
+    target.proto.handshake(&mut ws, user).await?;
+    Ok(ws)
 }
 
 /// The outcome of [`connect_many`].

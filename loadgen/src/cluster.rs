@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use switchboard_rocketmq::names::{self, Names};
 use switchboard_rocketmq::{Admin, Runtime};
 
+use crate::centrifugo::RedisEngine;
+use crate::proto::Proto;
 use crate::target::{Endpoint, Metrics, Target, TargetArgs};
 
 /// Queues per node topic and the retry maximum of a node group, as the e2e tests use.
@@ -63,6 +65,9 @@ pub struct Nodes {
 
 impl Nodes {
     pub async fn open(target: &TargetArgs, cluster: &ClusterArgs) -> anyhow::Result<Self> {
+        if target.server == Proto::Centrifugo {
+            return Self::centrifugo(target, cluster).await;
+        }
         if cluster.nodes == 1 && !cluster.clustered {
             return Ok(Self {
                 targets: vec![Target::open(target).await?],
@@ -132,6 +137,40 @@ impl Nodes {
         Ok(nodes)
     }
 
+    /// Centrifugo: one node on the memory engine, several on one Redis.
+    async fn centrifugo(target: &TargetArgs, cluster: &ClusterArgs) -> anyhow::Result<Self> {
+        let mut nodes = Self {
+            targets: Vec::new(),
+            provisioned: None,
+        };
+        let redis = if cluster.nodes > 1 || cluster.clustered {
+            let url = cluster.redis_url.as_deref().context(
+                "Centrifugo on several nodes (its Redis engine) needs --redis-url (or SB_TEST_REDIS_URL)",
+            )?;
+            Some(redis_address(url)?)
+        } else {
+            None
+        };
+        for node in 0..cluster.nodes {
+            let engine = redis.clone().map(|address| RedisEngine { address, node });
+            match crate::centrifugo::spawn(target, engine).await {
+                Ok(t) => nodes.targets.push(t),
+                Err(e) => {
+                    nodes.stop().await?;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// The protocol the servers speak.
+    pub fn proto(&self) -> Proto {
+        self.targets
+            .first()
+            .map_or(Proto::Switchboard, |t| t.endpoint.proto)
+    }
+
     pub fn len(&self) -> usize {
         self.targets.len()
     }
@@ -197,6 +236,19 @@ impl Nodes {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// `host:port` of a `redis://host:port[/db]` URL (no password: Centrifugo
+/// is given the address alone).
+fn redis_address(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("redis://").with_context(|| {
+        format!("Centrifugo's Redis engine needs a redis:// URL without credentials (got {url})")
+    })?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    if hostport.contains('@') || hostport.is_empty() {
+        bail!("Centrifugo's Redis engine needs a redis:// URL without credentials (got {url})");
+    }
+    Ok(hostport.to_owned())
 }
 
 /// Creates (`create`) or deletes the node topics and groups of `nodes` pods, with

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Ws};
+use crate::proto::Proto;
 use crate::report::{Counts, Out, counts_line, mib, r1};
 use crate::sys;
 use crate::target::{Target, TargetArgs};
@@ -64,6 +65,11 @@ struct IdleSummary {
 }
 
 pub async fn run(args: IdleArgs, out: Out) -> anyhow::Result<bool> {
+    if args.target.server == Proto::Centrifugo && args.hold_secs > 12.0 {
+        // Its first ping comes 12.5-25 s after connect and wants an answer
+        // from a connection nobody reads here.
+        anyhow::bail!("--hold-secs over 12 is for switchboard-node only");
+    }
     let mut failures = Vec::new();
     let mut target = Target::open(&args.target).await?;
     let pid = target.pid;

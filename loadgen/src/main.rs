@@ -5,11 +5,14 @@
 //! `docs/benchmarks.md`.
 #![allow(clippy::print_stdout)]
 
+mod centrifugo;
 mod client;
 mod cluster;
 mod idle;
+mod proto;
 mod report;
 mod sys;
+mod table;
 mod target;
 mod throughput;
 
@@ -50,6 +53,9 @@ enum Scenario {
     /// Open-loop messages between sender/receiver pairs at a fixed total
     /// rate; report counts, losses, errors, latency percentiles and CPU.
     Throughput(throughput::ThroughputArgs),
+    /// Summarise a directory of `--json` run summaries (what `scripts/compare`
+    /// collects) as one Markdown table and an SVG of latency against rate.
+    Table(table::TableArgs),
 }
 
 impl Scenario {
@@ -58,6 +64,7 @@ impl Scenario {
         let conns = match self {
             Self::Idle(a) => a.connections,
             Self::Throughput(a) => 2 * a.pairs,
+            Self::Table(_) => 0,
         };
         conns as u64 + 64
     }
@@ -101,6 +108,7 @@ fn run(cli: Cli, out: Out) -> anyhow::Result<bool> {
             match cli.scenario {
                 Scenario::Idle(a) => idle::run(a, out).await,
                 Scenario::Throughput(a) => throughput::run(a, out).await,
+                Scenario::Table(a) => table::run(a),
             }
         };
         // Dropping the scenario on Ctrl-C kills a started node (kill_on_drop).

@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::proto::Proto;
+
 /// How to reach (or start) the node. Shared by every scenario.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
@@ -32,6 +34,29 @@ pub struct TargetArgs {
     #[arg(long)]
     pub node_log: bool,
 
+    /// The server under test: switchboard-node, or Centrifugo for the
+    /// side-by-side comparison (docs/benchmarks.md), started from
+    /// `--centrifugo-bin` with the memory engine (one node) or the Redis
+    /// engine (`--nodes 2`, on `--redis-url`).
+    #[arg(long, value_enum, default_value_t = Proto::Switchboard)]
+    pub server: Proto,
+
+    /// Centrifugo binary (`scripts/peers build` builds it and prints its path).
+    #[arg(long, env = "SB_CENTRIFUGO_BIN")]
+    pub centrifugo_bin: Option<PathBuf>,
+
+    /// Centrifugo's history size per channel (0: off). With history on, a
+    /// publication is stored before it is sent, which is closer to
+    /// Switchboard's stored, acknowledged delivery.
+    #[arg(long, default_value_t = 0)]
+    pub centrifugo_history: u32,
+
+    /// Run each started server on these CPUs (`taskset -c LIST`, e.g. `0`),
+    /// so that the loadgen (pinned elsewhere by the caller, e.g. `taskset -c
+    /// 1 switchboard-loadgen ...`) does not share its core.
+    #[arg(long, value_name = "LIST")]
+    pub server_cpus: Option<String>,
+
     /// Extra arguments for the started node, after `--`. The loadgen sets
     /// `SB_LISTEN=127.0.0.1:0`, `SB_RATE_LIMIT=100000` and
     /// `SB_RATE_BURST=100000` in the node's environment; flags given here
@@ -46,13 +71,16 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Path and query prefix of the WebSocket endpoint, e.g. `/ws`.
     pub ws_path: String,
+    /// What the server speaks.
+    pub proto: Proto,
 }
 
 impl Endpoint {
-    /// `ws://ADDR/ws?userId=USER`.
+    /// `ws://ADDR/ws?userId=USER` (Switchboard), `ws://ADDR/connection/websocket`
+    /// (Centrifugo).
     pub fn ws_url(&self, user: &str) -> String {
-        let sep = if self.ws_path.contains('?') { '&' } else { '?' };
-        format!("ws://{}{}{sep}userId={user}", self.addr, self.ws_path)
+        self.proto
+            .ws_url(&format!("ws://{}{}", self.addr, self.ws_path), user)
     }
 }
 
@@ -66,11 +94,18 @@ pub struct Target {
 
 impl Target {
     pub async fn open(args: &TargetArgs) -> anyhow::Result<Self> {
+        if args.server == Proto::Centrifugo {
+            return crate::centrifugo::spawn(args, None).await;
+        }
         match &args.url {
             Some(url) => {
                 let (addr, ws_path) = parse_ws_url(url).await?;
                 Ok(Self {
-                    endpoint: Endpoint { addr, ws_path },
+                    endpoint: Endpoint {
+                        addr,
+                        ws_path,
+                        proto: Proto::Switchboard,
+                    },
                     pid: args.node_pid,
                     child: None,
                 })
@@ -81,7 +116,7 @@ impl Target {
 
     /// Starts a node with `env` added to its environment (before `--` arguments).
     pub async fn spawn(args: &TargetArgs, env: &[(String, String)]) -> anyhow::Result<Self> {
-        let mut child = Command::new(&args.node_bin)
+        let mut child = server_command(&args.node_bin, args.server_cpus.as_deref())
             .args(&args.node_args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("SB_LISTEN", "127.0.0.1:0")
@@ -136,11 +171,21 @@ impl Target {
         Ok(Self {
             endpoint: Endpoint {
                 addr,
-                ws_path: "/ws".into(),
+                ws_path: Proto::Switchboard.ws_path().into(),
+                proto: Proto::Switchboard,
             },
             pid: Some(pid),
             child: Some(child),
         })
+    }
+
+    /// A server child this module did not start itself (Centrifugo).
+    pub fn started(endpoint: Endpoint, child: Child) -> Self {
+        Self {
+            endpoint,
+            pid: child.id(),
+            child: Some(child),
+        }
     }
 
     /// Fails if a started node has exited.
@@ -167,6 +212,9 @@ impl Target {
 
     /// Whether `/readyz` answers 200 (a cluster node: its bus is up).
     pub async fn ready(&self) -> bool {
+        if self.endpoint.proto == Proto::Centrifugo {
+            return true;
+        }
         tokio::time::timeout(
             Duration::from_secs(2),
             http_get(self.endpoint.addr, "/readyz"),
@@ -185,6 +233,20 @@ impl Target {
         .context("GET /metrics timed out")??;
         Ok(Metrics::parse(&text))
     }
+}
+
+/// `bin`, under `taskset -c CPUS` when given; killed when dropped.
+pub fn server_command(bin: &std::path::Path, cpus: Option<&str>) -> Command {
+    let mut c = match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    c.kill_on_drop(true);
+    c
 }
 
 /// Finds `listening on http://ADDR` in a log line (ANSI colours removed).
@@ -234,7 +296,7 @@ async fn parse_ws_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
 }
 
 /// A minimal HTTP/1.0 GET (no chunked encoding to decode); returns the body.
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;

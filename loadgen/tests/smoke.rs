@@ -109,3 +109,52 @@ fn throughput_across_two_nodes_delivers_everything() {
     assert_eq!(v["received"], v["scheduled"], "{v}");
     assert_eq!(v["out_of_order"], 0, "{v}");
 }
+
+/// The side-by-side comparison's other half: the same workload through Centrifugo's
+/// protocol, on one node (memory engine) and across two (Redis engine on the Redis of
+/// `scripts/deps`), with the binary `scripts/peers build` makes (`scripts/test` exports
+/// `SB_CENTRIFUGO_BIN`).
+#[test]
+fn the_same_workload_runs_against_centrifugo() {
+    for var in ["SB_CENTRIFUGO_BIN", "SB_TEST_REDIS_URL"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run `export SB_CENTRIFUGO_BIN=$(scripts/peers build)` and \
+             `eval \"$(scripts/deps start)\"` first (scripts/test does)"
+        );
+    }
+    for nodes in ["1", "2"] {
+        let v = run(&[
+            "throughput",
+            "--server",
+            "centrifugo",
+            "--nodes",
+            nodes,
+            "--pairs",
+            "8",
+            "--rate",
+            "400",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+        ]);
+        assert_eq!(v["server"], "centrifugo", "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["received"], v["scheduled"], "{v}");
+        assert_eq!(v["sent_ok"], v["scheduled"], "{v}");
+        assert_eq!(v["out_of_order"], 0, "{v}");
+    }
+    let v = run(&[
+        "idle",
+        "--server",
+        "centrifugo",
+        "--connections",
+        "100",
+        "--settle-ms",
+        "200",
+        "--hold-secs",
+        "0",
+    ]);
+    assert_eq!(v["connections_open"], 100, "{v}");
+}

@@ -24,6 +24,8 @@ use crate::{Admin, Credentials, Error, Runtime};
 const PROPERTY_KEYS: &str = "KEYS";
 /// RocketMQ's message property holding the tag.
 const PROPERTY_TAGS: &str = "TAGS";
+/// Messages per handler hand-off of an in-order consumer (the client's default pull batch).
+const IN_ORDER_BATCH: u32 = 32;
 
 /// What a [`Consumer`] reads and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +49,13 @@ pub struct ConsumerConfig {
     pub max_reconsume_times: Option<u32>,
     /// `true`: one handler call at a time, and the messages of each queue in the
     /// order the broker stored them (what [`crate::Producer::send_ordered`] sends to
-    /// one lane arrives in that order). `false`: up to 20 calls at a time, order not
-    /// kept. Either way, a message whose handler fails is redelivered later through
-    /// the `%RETRY%` topic, after the ones behind it: a handler that needs order must
-    /// not fail for a reason that can pass (wait instead).
+    /// one lane arrives in that order); the client hands over what one pull brought
+    /// (up to 32 messages) at once, and a failure redelivers that whole batch, the
+    /// messages already handled included. `false`: up to 20 calls at a time, one
+    /// message each, order not kept. Either way, a message whose handler fails is
+    /// redelivered later through the `%RETRY%` topic, after the ones behind it: a
+    /// handler that needs order must not fail for a reason that can pass (wait
+    /// instead).
     pub in_order: bool,
     /// ACL credentials to sign every request with (`None`: a broker without ACL). The
     /// user needs `Sub` on the topic and the group.
@@ -212,8 +217,10 @@ impl Consumer {
             .consumer_group(config.group.as_str())
             .message_model(MessageModel::Clustering)
             .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
-            // One message per handler call, so one failure retries only that message.
-            .consume_message_batch_max_size(1)
+            // Concurrent: one message per call, so one failure retries only that message.
+            // In order: what one pull brought (up to 32 messages of one queue, in order)
+            // in one call: one hand-off to a consume thread per batch, not per message.
+            .consume_message_batch_max_size(if config.in_order { IN_ORDER_BATCH } else { 1 })
             .consume_thread_min(workers)
             .consume_thread_max(if config.in_order { 1 } else { 64 })
             .max_reconsume_times(i32::try_from(max_reconsume_times).unwrap_or(i32::MAX))

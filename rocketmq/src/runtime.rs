@@ -10,9 +10,11 @@ use tokio::sync::oneshot;
 use crate::Error;
 
 /// Worker threads of the client's own Tokio runtime. The client's work is network I/O
-/// and bookkeeping; two threads keep it off the application's runtime without
-/// competing for a small machine's cores.
-const WORKER_THREADS: usize = 2;
+/// and bookkeeping, off the application's runtime. One thread: profiled on two nodes
+/// at 100 msg/s, two workers spent most of their time waking each other (epoll,
+/// eventfd, futex); with one, node CPU per message fell by a quarter
+/// (docs/benchmarks.md, "Where the time goes").
+const WORKER_THREADS: usize = 1;
 /// Consumers call message handlers on the runtime's "metadata I/O" blocking lane, one
 /// thread per handler call. The profile for 2 cores allows 4 at a time (and queues 16,
 /// rejecting the rest after 5 s), which would cap every consumer together at 4

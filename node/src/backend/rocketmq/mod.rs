@@ -4,9 +4,11 @@
 //!
 //! An envelope for pod `sb-2` is sent to topic `PREFIX-node-2` with the
 //! message id as key; pod 2's push consumer of group `PREFIX-node-2` hands it
-//! to the node. A delivery the node cannot take (malformed, or its queue
-//! full) is retried by RocketMQ through the group's `%RETRY%` topic, at most
-//! `retry_max` times, then parked in `%DLQ%PREFIX-node-2`. Pushes older than
+//! to the node, in batches of what one pull brought. A message that does not
+//! parse is logged and dropped (it never will parse; retrying it would repeat
+//! its batch). One the node cannot take because it is stopping is retried by
+//! RocketMQ through the group's `%RETRY%` topic, at most `retry_max` times,
+//! then parked in `%DLQ%PREFIX-node-2`. Pushes older than
 //! [`STALE_AFTER`] are dropped: the recipient has the message in its inbox,
 //! and a push that old (a pod that was down) is noise.
 //!
@@ -185,8 +187,15 @@ impl Bus for RocketMqBus {
         // every push to the node's runtime and waiting for it there cost a thread
         // switch each way per message. It waits while the node's queue is full.
         let consumer = Consumer::start_blocking(&self.rt, config, move |d| {
-            let envelopes = lanes::decode(&d.body)
-                .map_err(|e| format!("malformed envelope {}: {e}", d.msg_id))?;
+            // A message that does not parse never will: redelivering it would
+            // only repeat the good messages of its batch. Logged and dropped.
+            let envelopes = match lanes::decode(&d.body) {
+                Ok(envelopes) => envelopes,
+                Err(e) => {
+                    warn!(msg_id = %d.msg_id, error = %e, "dropping a malformed bus message");
+                    return Ok(());
+                }
+            };
             let stale_before = crate::router::now_micros() - STALE_AFTER.as_micros() as i64;
             for env in envelopes {
                 if let Envelope::ToUsers { sent_at_us, .. } = &env

@@ -8,23 +8,26 @@
 //! the scheduled time and the time it was actually written (nanoseconds
 //! since `start`), so a receiver can compute both latencies.
 
-use std::collections::BTreeMap;
+mod pairs;
+mod summary;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
-use serde::Serialize;
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Frame, Ws};
+use self::pairs::{
+    PairStats, Shared, close_sink, new_histogram, pace, receive_loop, sender_read_loop, write_loop,
+};
+use self::summary::{Latency, ThroughputSummary};
+use crate::client::{self, Ws};
 use crate::cluster::{ClusterArgs, Nodes};
-use crate::report::{Counts, Out, counts_line, mib, r1};
+use crate::proto::Proto;
+use crate::report::{Out, counts_line, mib, r1};
 use crate::sys;
 use crate::target::{self, TargetArgs};
 
@@ -86,137 +89,6 @@ pub struct ThroughputArgs {
     pub cluster: ClusterArgs,
 }
 
-/// Counters of one pair, shared by its tasks and the progress loop.
-#[derive(Debug, Default)]
-struct PairStats {
-    /// `send` frames written.
-    written: AtomicU64,
-    /// `sent` replies.
-    sent_ok: AtomicU64,
-    /// `error` replies to the sender.
-    send_errors: AtomicU64,
-    /// `delivered` receipts (after the receiver's ack).
-    delivered: AtomicU64,
-    /// `message` frames at the receiver.
-    received: AtomicU64,
-    /// Messages whose `seq` was not above the previous one.
-    out_of_order: AtomicU64,
-    /// Connections that ended before the run did.
-    closed_early: AtomicU64,
-}
-
-/// What every task shares.
-#[derive(Debug)]
-struct Shared {
-    start: Instant,
-    warmup_ns: u64,
-    /// Largest receive time seen, ns since `start`.
-    last_receive_ns: AtomicU64,
-    errors: Mutex<Counts>,
-}
-
-impl Shared {
-    fn error(&self, code: &str) {
-        let mut e = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        *e.entry(code.to_owned()).or_default() += 1;
-    }
-
-    fn ns_since_start(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.start).as_nanos() as u64
-    }
-}
-
-/// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Serialize)]
-struct Latency {
-    samples: u64,
-    p50_us: f64,
-    p90_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    max_us: f64,
-    mean_us: f64,
-}
-
-impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
-        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
-        Self {
-            samples: h.len(),
-            p50_us: us(h.value_at_quantile(0.5)),
-            p90_us: us(h.value_at_quantile(0.9)),
-            p99_us: us(h.value_at_quantile(0.99)),
-            p999_us: us(h.value_at_quantile(0.999)),
-            max_us: us(h.max()),
-            mean_us: (h.mean() / 100.0).round() / 10.0,
-        }
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs (mean {} µs, n={})",
-            self.p50_us,
-            self.p90_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us,
-            self.mean_us,
-            self.samples
-        )
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct ThroughputSummary {
-    scenario: &'static str,
-    ok: bool,
-    /// Nodes under test; with more than one, every message crossed nodes.
-    nodes: usize,
-    failures: Vec<String>,
-    pairs: usize,
-    offered_rate: u64,
-    duration_secs: f64,
-    warmup_secs: f64,
-    content_bytes: u16,
-    ack_batch: usize,
-    connect_failures: Counts,
-    scheduled: u64,
-    written: u64,
-    sent_ok: u64,
-    received: u64,
-    delivered_receipts: u64,
-    lost: u64,
-    unconfirmed: u64,
-    out_of_order: u64,
-    closed_early: u64,
-    errors: Counts,
-    send_rate: f64,
-    receive_rate: f64,
-    /// How late the pacer handed over a message at worst (ms).
-    pacer_late_max_ms: f64,
-    /// From scheduled send time to receipt (includes the loadgen's own lag).
-    latency: Latency,
-    /// From the actual write to receipt.
-    latency_from_write: Latency,
-    /// Upper bounds of the node's own delivery histogram buckets (ms),
-    /// warm-up included.
-    node_delivery_p50_ms_le: Option<f64>,
-    node_delivery_p99_ms_le: Option<f64>,
-    node_cpu_secs: Option<f64>,
-    node_cpu_cores: Option<f64>,
-    node_cpu_us_per_msg: Option<f64>,
-    node_rss_after_bytes: Option<u64>,
-    loadgen_cpu_secs: f64,
-    loadgen_cpu_cores: f64,
-    /// All CPUs busy during the run, in cores.
-    machine_busy_cores: f64,
-    /// Busy CPU not used by the node or the loadgen, in cores.
-    other_processes_cores: f64,
-}
-
-type Sink = SplitSink<Ws, Message>;
-type Stream = SplitStream<Ws>;
-
 pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
     if args.pairs == 0 || args.rate == 0 || args.duration <= 0.0 {
         bail!("--pairs, --rate and --duration must be positive");
@@ -229,12 +101,16 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
     let mut target = Nodes::open(&args.target, &args.cluster).await?;
     let pids = target.pids();
     let node_count = target.len();
+    let target_proto = target.proto();
     out.line(format!(
         "throughput: {} node(s) at {}{}, {} pairs, {} msg/s for {} s ({} per sender/s), {} B content, ack every {} msgs or {} ms",
         target.len(),
         target.describe(),
         if target.len() > 1 {
-            " (every message crosses nodes through RocketMQ)"
+            match target.proto() {
+                Proto::Switchboard => " (every message crosses nodes through RocketMQ)",
+                Proto::Centrifugo => " (every message crosses nodes through Redis)",
+            }
         } else {
             ""
         },
@@ -295,12 +171,11 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
     let recv_conns: Vec<Ws> = receivers.conns.into_iter().flatten().collect();
     let send_conns: Vec<Ws> = senders.conns.into_iter().flatten().collect();
 
-    let shared = Arc::new(Shared {
-        start: Instant::now() + Duration::from_millis(300),
-        warmup_ns: (args.warmup.max(0.0) * 1e9) as u64,
-        last_receive_ns: AtomicU64::new(0),
-        errors: Mutex::new(BTreeMap::new()),
-    });
+    let shared = Arc::new(Shared::new(
+        Instant::now() + Duration::from_millis(300),
+        (args.warmup.max(0.0) * 1e9) as u64,
+        target.proto(),
+    ));
     let stats: Vec<Arc<PairStats>> = (0..args.pairs).map(|_| Arc::default()).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -323,6 +198,7 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
     for (i, ws) in send_conns.into_iter().enumerate() {
         let (sink, stream) = ws.split();
         let (tx, rx) = mpsc::unbounded_channel();
+        let pong = tx.clone();
         pacer_txs.push(tx);
         let to = format!("lg{me}r{i}");
         writer_tasks.push(tokio::spawn(write_loop(
@@ -338,6 +214,7 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
             stats[i].clone(),
             shared.clone(),
             stop_rx.clone(),
+            pong,
         )));
     }
 
@@ -577,6 +454,9 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
     out.summary(&ThroughputSummary {
         scenario: "throughput",
         ok,
+        server: target_proto,
+        centrifugo_history: (target_proto == Proto::Centrifugo)
+            .then_some(args.target.centrifugo_history),
         nodes: node_count,
         failures,
         pairs: args.pairs,
@@ -613,241 +493,4 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
         other_processes_cores: (other_cpu / wall * 100.0).round() / 100.0,
     })?;
     Ok(ok)
-}
-
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
-    // Nanoseconds, 1 µs resolution up to 2 ms, 3 significant digits above;
-    // anything beyond 2 minutes is clamped.
-    Ok(Histogram::new_with_bounds(1_000, 120_000_000_000, 3)?)
-}
-
-/// Hands each message to its sender at its due time; returns how far behind
-/// schedule it fell at worst. Runs on its own thread: tokio's timers have
-/// millisecond granularity, which would add up to a millisecond of
-/// scheduling delay to every measured latency.
-fn pace(
-    start: Instant,
-    rate: u64,
-    total: u64,
-    tick: Duration,
-    txs: Vec<mpsc::UnboundedSender<u64>>,
-) -> Duration {
-    sys::minimize_timer_slack();
-    let n = txs.len() as u64;
-    let due_ns = |j: u64| ((j as u128 * 1_000_000_000) / rate as u128) as u64;
-    let mut worst = Duration::ZERO;
-    let mut last_wake = Instant::now();
-    let mut j = 0;
-    while j < total {
-        let due = start + Duration::from_nanos(due_ns(j));
-        let wake = due.max(last_wake + tick);
-        let now = Instant::now();
-        if wake > now {
-            std::thread::sleep(wake - now);
-            continue;
-        }
-        last_wake = now;
-        worst = worst.max(now - due);
-        let now_ns = now.duration_since(start).as_nanos() as u64;
-        while j < total && due_ns(j) <= now_ns {
-            // A closed channel means that sender died; it is counted there.
-            let _ = txs[(j % n) as usize].send(due_ns(j));
-            j += 1;
-        }
-    }
-    worst
-}
-
-/// Writes the messages the pacer hands over, batching those already due.
-/// Returns the sink so it can be closed at the end (`None` if it failed).
-async fn write_loop(
-    mut sink: Sink,
-    mut rx: mpsc::UnboundedReceiver<u64>,
-    to: String,
-    content_bytes: usize,
-    stats: Arc<PairStats>,
-    shared: Arc<Shared>,
-) -> Option<Sink> {
-    let mut batch = Vec::new();
-    let mut k: u64 = 0;
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        for sched_ns in batch.drain(..) {
-            k += 1;
-            let write_ns = shared.ns_since_start(Instant::now());
-            let mut content = format!("{sched_ns} {write_ns} ");
-            let pad = content_bytes.saturating_sub(content.len());
-            content.extend(std::iter::repeat_n('x', pad));
-            let frame = format!(
-                r#"{{"type":"send","client_msg_id":"c{k}","to":"{to}","content":"{content}"}}"#
-            );
-            if sink.feed(Message::text(frame)).await.is_err() {
-                stats.closed_early.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            stats.written.fetch_add(1, Ordering::Relaxed);
-        }
-        if sink.flush().await.is_err() {
-            stats.closed_early.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-    }
-    Some(sink)
-}
-
-/// Reads a sender's replies: `sent`, `delivered`, `error`.
-async fn sender_read_loop(
-    mut stream: Stream,
-    stats: Arc<PairStats>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            m = stream.next() => m,
-        };
-        match msg {
-            Some(Ok(Message::Text(t))) => {
-                let Some(f) = Frame::parse(t.as_str()) else {
-                    shared.error("loadgen_unparsable_frame");
-                    continue;
-                };
-                match f.kind.as_ref() {
-                    "sent" => {
-                        stats.sent_ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    "delivered" => {
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    "error" => {
-                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        shared.error(f.code.as_deref().unwrap_or("unknown"));
-                    }
-                    _ => {}
-                }
-            }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                stats.closed_early.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// Reads a receiver's messages, records their latency and acks them in
-/// batches. Returns the two latency histograms and the sink.
-async fn receive_loop(
-    mut sink: Sink,
-    mut stream: Stream,
-    stats: Arc<PairStats>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-    ack_batch: usize,
-    ack_interval: Duration,
-) -> anyhow::Result<(Histogram<u64>, Histogram<u64>, Sink)> {
-    let mut hist = new_histogram()?;
-    let mut hist_write = new_histogram()?;
-    let mut pending: Vec<String> = Vec::new();
-    let mut ack_at: Option<tokio::time::Instant> = None;
-    let mut last_seq = 0;
-    let mut alive = true;
-    while alive {
-        let timer = async {
-            match ack_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        let msg = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            _ = timer => {
-                alive = send_ack(&mut sink, &mut pending).await;
-                ack_at = None;
-                continue;
-            }
-            m = stream.next() => m,
-        };
-        let now = Instant::now();
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                stats.closed_early.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            Some(Ok(_)) => continue,
-        };
-        let Some(f) = Frame::parse(text.as_str()) else {
-            shared.error("loadgen_unparsable_frame");
-            continue;
-        };
-        match f.kind.as_ref() {
-            "message" => {
-                stats.received.fetch_add(1, Ordering::Relaxed);
-                let now_ns = shared.ns_since_start(now);
-                shared.last_receive_ns.fetch_max(now_ns, Ordering::Relaxed);
-                let seq = f.seq.unwrap_or(0);
-                if seq <= last_seq {
-                    stats.out_of_order.fetch_add(1, Ordering::Relaxed);
-                }
-                last_seq = last_seq.max(seq);
-                let mut times = f
-                    .content
-                    .as_deref()
-                    .unwrap_or("")
-                    .split(' ')
-                    .map(|s| s.parse::<u64>().ok());
-                if let (Some(Some(sched)), Some(Some(written))) = (times.next(), times.next())
-                    && sched >= shared.warmup_ns
-                {
-                    hist.saturating_record(now_ns.saturating_sub(sched));
-                    hist_write.saturating_record(now_ns.saturating_sub(written));
-                }
-                if ack_batch > 0
-                    && let Some(id) = f.msg_id
-                {
-                    pending.push(id.into_owned());
-                    if pending.len() >= ack_batch {
-                        alive = send_ack(&mut sink, &mut pending).await;
-                        ack_at = None;
-                    } else if ack_at.is_none() {
-                        ack_at = Some(tokio::time::Instant::now() + ack_interval);
-                    }
-                }
-            }
-            "error" => shared.error(f.code.as_deref().unwrap_or("unknown")),
-            _ => {}
-        }
-    }
-    if !alive {
-        stats.closed_early.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok((hist, hist_write, sink))
-}
-
-/// Acks the pending message ids in one frame; false if the write failed.
-async fn send_ack(sink: &mut Sink, pending: &mut Vec<String>) -> bool {
-    if pending.is_empty() {
-        return true;
-    }
-    let ids = pending
-        .drain(..)
-        .map(|id| format!("\"{id}\""))
-        .collect::<Vec<_>>()
-        .join(",");
-    sink.send(Message::text(format!(
-        r#"{{"type":"ack","msg_ids":[{ids}]}}"#
-    )))
-    .await
-    .is_ok()
-}
-
-async fn close_sink(mut sink: Sink) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
 }
