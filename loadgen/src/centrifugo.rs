@@ -38,12 +38,19 @@ pub async fn spawn(args: &TargetArgs, redis: Option<RedisEngine>) -> anyhow::Res
         "--server centrifugo needs --centrifugo-bin (or SB_CENTRIFUGO_BIN); `scripts/peers build` prints it",
     )?;
     let port = free_port()?;
-    let config_path = write_config(port, args.centrifugo_history, redis.as_ref())?;
+    // A directory of its own: the config, and the working directory (Centrifugo
+    // reads a `.env` there). Removed when this returns; the process keeps running.
+    let dir = ScratchDir::new(port)?;
+    let config_path = dir.0.join("config.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_vec_pretty(&config(port, args.centrifugo_history, redis.as_ref()))?,
+    )
+    .with_context(|| format!("writing {}", config_path.display()))?;
     let mut cmd = server_command(&bin, args.server_cpus.as_deref());
     cmd.arg("--config")
         .arg(&config_path)
-        // Centrifugo reads a `.env` of its working directory.
-        .current_dir(std::env::temp_dir())
+        .current_dir(&dir.0)
         .stdin(Stdio::null())
         .stdout(if args.node_log {
             Stdio::inherit()
@@ -62,17 +69,13 @@ pub async fn spawn(args: &TargetArgs, redis: Option<RedisEngine>) -> anyhow::Res
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(addr).await.is_err() {
         if let Some(status) = child.try_wait()? {
-            bail!(
-                "centrifugo exited ({status}) before it listened (config {})",
-                config_path.display()
-            );
+            bail!("centrifugo exited ({status}) before it listened on {addr}");
         }
         if Instant::now() > deadline {
             bail!("centrifugo did not listen on {addr} within 15 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = std::fs::remove_file(&config_path);
     Ok(Target::started(
         Endpoint {
             addr,
@@ -118,24 +121,41 @@ fn config(port: u16, history: u32, redis: Option<&RedisEngine>) -> Value {
     c
 }
 
-fn write_config(port: u16, history: u32, redis: Option<&RedisEngine>) -> anyhow::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!(
-        "switchboard-loadgen-centrifugo-{}-{port}.json",
-        std::process::id()
-    ));
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&config(port, history, redis))?,
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+/// A directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(port: u16) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "switchboard-loadgen-centrifugo-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A port that was free a moment ago (Centrifugo cannot be told port 0 and
-/// report it).
+/// report it), from 20000-31999: below the kernel's ephemeral range, so an
+/// outgoing connection cannot take it meanwhile (as `scripts/deps` does).
 fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    for i in 0..200u32 {
+        let port = 20_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 12_000) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 20000-31999 after 200 tries")
 }
 
 /// CPUs in a `taskset -c` list such as `0`, `0,1` or `0-3`.

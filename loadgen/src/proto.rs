@@ -39,8 +39,8 @@ pub enum Event<'a> {
     Delivered,
     /// A refusal, with its code.
     Error(String),
-    /// The server asks for a pong (Centrifugo's `{}`), to be answered with
-    /// [`Proto::pong`].
+    /// The server asks for a pong (Centrifugo's `{}`, exactly), to be
+    /// answered with [`Proto::pong`].
     Ping,
     /// Anything else (welcome, presence, ...).
     Other,
@@ -95,18 +95,20 @@ impl Proto {
                     ws.send(Message::text(cmd))
                         .await
                         .map_err(|e| ConnectError::new("write", e))?;
-                    loop {
+                    'reply: loop {
                         let t = next_text(ws).await?;
-                        let r: Reply<'_> = serde_json::from_str(t.lines().next().unwrap_or(""))
-                            .map_err(|_| ConnectError::new("unparsable reply", &t))?;
-                        if r.id == Some(id) {
-                            if let Some(e) = r.error {
-                                return Err(ConnectError::new(
-                                    format!("centrifugo error {}", e.code),
-                                    e.message,
-                                ));
+                        for line in t.split('\n').filter(|l| !l.is_empty()) {
+                            let r: Reply<'_> = serde_json::from_str(line)
+                                .map_err(|_| ConnectError::new("unparsable reply", line))?;
+                            if r.id == Some(id) {
+                                if let Some(e) = r.error {
+                                    return Err(ConnectError::new(
+                                        format!("centrifugo error {}", e.code),
+                                        e.message,
+                                    ));
+                                }
+                                break 'reply;
                             }
-                            break;
                         }
                     }
                 }
@@ -143,9 +145,12 @@ impl Proto {
         }
     }
 
-    /// The answer to [`Event::Ping`].
-    pub fn pong(self) -> &'static str {
-        "{}"
+    /// The answer to [`Event::Ping`] (Centrifugo's `{}`); Switchboard asks for none.
+    pub fn pong(self) -> Option<&'static str> {
+        match self {
+            Self::Switchboard => None,
+            Self::Centrifugo => Some("{}"),
+        }
     }
 
     /// Calls `f` with every event of one text frame (Centrifugo may put
@@ -176,6 +181,11 @@ impl Proto {
 }
 
 fn centrifugo_event(line: &str) -> Event<'_> {
+    // Only `{}` itself is a ping: answering anything else with `{}` would be an
+    // unsolicited pong, which Centrifugo answers by closing the connection.
+    if line.trim() == "{}" {
+        return Event::Ping;
+    }
     let Ok(r) = serde_json::from_str::<Reply<'_>>(line) else {
         return Event::Unparsable;
     };
@@ -194,7 +204,6 @@ fn centrifugo_event(line: &str) -> Event<'_> {
     }
     match r.id {
         Some(id) if id > FIRST_PUBLISH_ID => Event::Sent,
-        None if r.is_empty() => Event::Ping,
         _ => Event::Other,
     }
 }
@@ -208,24 +217,6 @@ struct Reply<'a> {
     error: Option<ReplyError>,
     #[serde(borrow, default)]
     push: Option<Push<'a>>,
-    #[serde(default)]
-    publish: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    connect: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    subscribe: Option<serde::de::IgnoredAny>,
-}
-
-impl Reply<'_> {
-    /// `{}`: Centrifugo's ping.
-    fn is_empty(&self) -> bool {
-        self.id.is_none()
-            && self.error.is_none()
-            && self.push.is_none()
-            && self.publish.is_none()
-            && self.connect.is_none()
-            && self.subscribe.is_none()
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -110,14 +110,15 @@ impl Delivery {
 /// default), at most [`ConsumerConfig::max_reconsume_times`] times (by default the
 /// group's `retryMaxTimes`); then it moves to
 /// `%DLQ%<group>` and is not delivered again. Messages are handled concurrently (up to
-/// 20 at a time, order not kept) or one at a time in queue order
-/// ([`ConsumerConfig::in_order`]). A group that has never consumed starts
+/// 20 at a time, order not kept) or one handler call at a time in queue order, each
+/// taking what one pull brought ([`ConsumerConfig::in_order`]). A group that has never consumed starts
 /// with the oldest stored message, so nothing sent after provisioning is skipped;
 /// otherwise it resumes after the last consumed offset (committed every 5 seconds and
 /// at shutdown, so a crash may redeliver a few seconds of messages).
 ///
-/// A handler should finish well within 30 seconds: the client gives up waiting for a
-/// handler call then and treats it as failed (redelivery), while the call runs on.
+/// A handler call should finish well within 30 seconds (for an in-order consumer: the
+/// whole batch of up to 32 messages): the client gives up waiting for it then and
+/// treats it as failed (the batch is redelivered), while the call runs on.
 ///
 /// `start` returns before the consumer holds any queue: the client's first
 /// rebalance comes about a second later, or only after 20 s when the broker had

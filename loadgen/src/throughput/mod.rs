@@ -103,7 +103,7 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
     let node_count = target.len();
     let target_proto = target.proto();
     out.line(format!(
-        "throughput: {} node(s) at {}{}, {} pairs, {} msg/s for {} s ({} per sender/s), {} B content, ack every {} msgs or {} ms",
+        "throughput: {} node(s) at {}{}, {} pairs, {} msg/s for {} s ({} per sender/s), {} B content, {}",
         target.len(),
         target.describe(),
         if target.len() > 1 {
@@ -119,8 +119,14 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
         args.duration,
         args.rate as f64 / args.pairs as f64,
         args.content_bytes,
-        args.ack_batch,
-        args.ack_interval_ms
+        match target_proto {
+            Proto::Centrifugo => "no acks (Centrifugo has none)".to_owned(),
+            Proto::Switchboard if args.ack_batch == 0 => "acks off".to_owned(),
+            Proto::Switchboard => format!(
+                "ack every {} msgs or {} ms",
+                args.ack_batch, args.ack_interval_ms
+            ),
+        }
     ));
 
     // Receivers first, so they are online when the first message arrives.

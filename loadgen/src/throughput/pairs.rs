@@ -139,7 +139,10 @@ pub async fn write_loop(
         }
         for sched_ns in batch.drain(..) {
             let frame = if sched_ns == PONG {
-                shared.proto.pong().to_owned()
+                match shared.proto.pong() {
+                    Some(pong) => pong.to_owned(),
+                    None => continue,
+                }
             } else {
                 k += 1;
                 let write_ns = shared.ns_since_start(Instant::now());
@@ -298,8 +301,10 @@ pub async fn receive_loop(
             Event::Unparsable => shared.error("loadgen_unparsable_frame"),
             Event::Sent | Event::Delivered | Event::Other => {}
         });
-        for _ in 0..std::mem::take(&mut out.pongs) {
-            alive &= sink.send(Message::text(proto.pong())).await.is_ok();
+        if let Some(pong) = proto.pong() {
+            for _ in 0..std::mem::take(&mut out.pongs) {
+                alive &= sink.send(Message::text(pong)).await.is_ok();
+            }
         }
         if out.acks.len() >= ack_batch.max(1) {
             alive &= send_ack(&mut sink, proto, &mut out.acks).await;

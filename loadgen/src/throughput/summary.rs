@@ -50,11 +50,11 @@ impl Latency {
 pub struct ThroughputSummary {
     pub scenario: &'static str,
     pub ok: bool,
-    /// Nodes under test; with more than one, every message crossed nodes.
     /// The server under test.
     pub server: Proto,
     /// Centrifugo's history size per channel (Centrifugo only; 0: off).
     pub centrifugo_history: Option<u32>,
+    /// Nodes under test; with more than one, every message crossed nodes.
     pub nodes: usize,
     pub failures: Vec<String>,
     pub pairs: usize,

@@ -189,12 +189,40 @@ fn encode(batch: &[Outgoing]) -> Vec<u8> {
 }
 
 /// Reads a body: a batch, or a single envelope (as nodes before batching sent).
-pub fn decode(body: &[u8]) -> serde_json::Result<Vec<Envelope>> {
-    if body.first() == Some(&b'[') {
-        serde_json::from_slice(body)
-    } else {
-        serde_json::from_slice(body).map(|e| vec![e])
+pub fn decode(body: &[u8]) -> serde_json::Result<Decoded> {
+    if body.first() != Some(&b'[') {
+        return serde_json::from_slice(body).map(|e| Decoded {
+            envelopes: vec![e],
+            unreadable: 0,
+        });
     }
+    if let Ok(envelopes) = serde_json::from_slice::<Vec<Envelope>>(body) {
+        return Ok(Decoded {
+            envelopes,
+            unreadable: 0,
+        });
+    }
+    // One element this node cannot read (a newer node's kind of envelope during a
+    // rolling update, or garbage) must not cost the others.
+    let values: Vec<serde_json::Value> = serde_json::from_slice(body)?;
+    let all = values.len();
+    let envelopes: Vec<Envelope> = values
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    Ok(Decoded {
+        unreadable: all - envelopes.len(),
+        envelopes,
+    })
+}
+
+/// The envelopes of one bus message.
+#[derive(Debug, PartialEq)]
+pub struct Decoded {
+    /// In the order they were sent.
+    pub envelopes: Vec<Envelope>,
+    /// Elements of a batch that did not parse, left out.
+    pub unreadable: usize,
 }
 
 /// The message id of a chat message push, as the RocketMQ message key.
@@ -304,9 +332,29 @@ mod tests {
                 queued: Instant::now(),
             })
             .collect();
-        assert_eq!(decode(&encode(&batch)).unwrap(), vec![a.clone(), b]);
-        assert_eq!(decode(&serde_json::to_vec(&a).unwrap()).unwrap(), vec![a]);
-        assert!(decode(b"[{\"nope\":1}]").is_err());
+        assert_eq!(
+            decode(&encode(&batch)).unwrap().envelopes,
+            vec![a.clone(), b.clone()]
+        );
+        assert_eq!(
+            decode(&serde_json::to_vec(&a).unwrap()).unwrap().envelopes,
+            vec![a.clone()]
+        );
+        // An element it cannot read is left out; the others are kept, in order.
+        let mixed = format!(
+            "[{},{{\"Unknown\":{{}}}},{}]",
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+        assert_eq!(
+            decode(mixed.as_bytes()).unwrap(),
+            Decoded {
+                envelopes: vec![a, b],
+                unreadable: 1
+            }
+        );
+        assert!(decode(b"{\"nope\":1}").is_err());
+        assert!(decode(b"[1,").is_err());
         assert!(decode(b"").is_err());
         let p = Envelope::Presence(Presence {
             user: UserId::parse("bob").unwrap(),

@@ -5,8 +5,9 @@
 //! An envelope for pod `sb-2` is sent to topic `PREFIX-node-2` with the
 //! message id as key; pod 2's push consumer of group `PREFIX-node-2` hands it
 //! to the node, in batches of what one pull brought. A message that does not
-//! parse is logged and dropped (it never will parse; retrying it would repeat
-//! its batch). One the node cannot take because it is stopping is retried by
+//! parse is logged and dropped, and so is an envelope of a batch that does not
+//! (a newer node's kind during a rolling update): retrying would repeat the
+//! rest of its batch. One the node cannot take because it is stopping is retried by
 //! RocketMQ through the group's `%RETRY%` topic, at most `retry_max` times,
 //! then parked in `%DLQ%PREFIX-node-2`. Pushes older than
 //! [`STALE_AFTER`] are dropped: the recipient has the message in its inbox,
@@ -19,7 +20,7 @@
 //! until it would be stale. During a broker restart the pushes are late, not
 //! lost. Only a full outbox refuses a push (the message stays in the inbox).
 //!
-//! The consumer hands over one message at a time in queue order, so a pod
+//! The consumer hands over one batch at a time in queue order, so a pod
 //! writes the pushes of one conversation from one pod in the order they were
 //! routed there ([`switchboard_rocketmq::ConsumerConfig::in_order`]). When the
 //! node cannot take a push at once, the consumer waits (backpressure) instead of
@@ -187,10 +188,19 @@ impl Bus for RocketMqBus {
         // every push to the node's runtime and waiting for it there cost a thread
         // switch each way per message. It waits while the node's queue is full.
         let consumer = Consumer::start_blocking(&self.rt, config, move |d| {
-            // A message that does not parse never will: redelivering it would
-            // only repeat the good messages of its batch. Logged and dropped.
+            // What does not parse is logged and dropped: redelivering it would
+            // repeat the good messages of its batch.
             let envelopes = match lanes::decode(&d.body) {
-                Ok(envelopes) => envelopes,
+                Ok(decoded) => {
+                    if decoded.unreadable > 0 {
+                        warn!(
+                            msg_id = %d.msg_id,
+                            unreadable = decoded.unreadable,
+                            "dropping bus envelopes this node cannot read (a newer node's kind, or malformed)"
+                        );
+                    }
+                    decoded.envelopes
+                }
                 Err(e) => {
                     warn!(msg_id = %d.msg_id, error = %e, "dropping a malformed bus message");
                     return Ok(());
