@@ -90,7 +90,7 @@ impl Authenticator {
             .map(String::as_str)
             .or_else(|| subprotocol_token(headers))
             .or(bearer);
-        match (token, &self.jwt) {
+        let user = match (token, &self.jwt) {
             (Some(t), Some((key, validation))) => {
                 let data = jsonwebtoken::decode::<Claims>(t, key, validation)
                     .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
@@ -112,7 +112,14 @@ impl Authenticator {
                 UserId::parse(user).map_err(|e| AuthError::InvalidUser(e.to_string()))
             }
             _ => Err(AuthError::MissingToken),
+        }?;
+        if user.as_str() == crate::ids::SYSTEM_USER {
+            return Err(AuthError::InvalidUser(format!(
+                "{:?} is the service's own sender of notices",
+                crate::ids::SYSTEM_USER
+            )));
         }
+        Ok(user)
     }
 }
 
@@ -180,6 +187,11 @@ mod tests {
             &h,
         );
         assert!(matches!(forged, Err(AuthError::InvalidToken(_))));
+        let system = a.authenticate(&q(&[("token", &token("system", 60, SECRET))]), &h);
+        assert!(
+            matches!(system, Err(AuthError::InvalidUser(_))),
+            "{system:?}"
+        );
         let bad_sub = a.authenticate(&q(&[("token", &token("a:b", 60, SECRET))]), &h);
         assert!(matches!(bad_sub, Err(AuthError::InvalidUser(_))));
     }

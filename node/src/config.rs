@@ -193,6 +193,85 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "SB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub commands: CommandSettings,
+}
+
+/// Commands from backends on `<prefix>-commands` ([`crate::commands`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommandSettings {
+    /// Consume commands (group `<prefix>-commands`). Needs Redis and
+    /// RocketMQ; ignored otherwise.
+    #[arg(id = "commands", long = "commands", env = "SB_COMMANDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
+
+    /// Retries within the node after a failed attempt that may pass (Redis
+    /// away, a group not created yet), before the command goes back to
+    /// RocketMQ.
+    #[arg(
+        id = "command_retries",
+        long = "command-retries",
+        env = "SB_COMMAND_RETRIES",
+        default_value_t = 3
+    )]
+    pub retries: u32,
+
+    /// Wait before the first of those retries.
+    #[arg(id = "command_retry_initial", long = "command-retry-initial", env = "SB_COMMAND_RETRY_INITIAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub retry_initial: Duration,
+
+    /// Each further wait is the previous one times this.
+    #[arg(
+        id = "command_retry_multiplier",
+        long = "command-retry-multiplier",
+        env = "SB_COMMAND_RETRY_MULTIPLIER",
+        default_value_t = 2.0
+    )]
+    pub retry_multiplier: f64,
+
+    /// Longest single wait.
+    #[arg(id = "command_retry_max", long = "command-retry-max", env = "SB_COMMAND_RETRY_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+
+    /// Redeliveries through RocketMQ (after the broker's delay levels: 10 s,
+    /// 30 s, 1 min, 2 min, ...) once the retries within the node failed;
+    /// after the last, the command goes to the dead-letter topic.
+    #[arg(
+        id = "command_redeliveries",
+        long = "command-redeliveries",
+        env = "SB_COMMAND_REDELIVERIES",
+        default_value_t = 2
+    )]
+    pub redeliveries: u32,
+
+    /// How long an applied command's id is remembered: a delivery of the
+    /// same command within it changes nothing.
+    #[arg(id = "command_dedup_ttl", long = "command-dedup-ttl", env = "SB_COMMAND_DEDUP_TTL", default_value = "72h", value_parser = humantime::parse_duration)]
+    pub dedup_ttl: Duration,
+}
+
+impl CommandSettings {
+    /// The retry policy, as the shared rules see it.
+    pub fn retry(&self) -> switchboard_settings::commands::CommandRetry {
+        switchboard_settings::commands::CommandRetry {
+            retries: self.retries,
+            initial: self.retry_initial,
+            multiplier: self.retry_multiplier,
+            max: self.retry_max,
+            redeliveries: self.redeliveries,
+            dedup_ttl: self.dedup_ttl,
+        }
+    }
+
+    /// The waits before each retry within the node.
+    pub fn backoff(&self) -> Vec<Duration> {
+        self.retry().backoff()
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        self.retry().check().map_err(|e| e.to_string())
+    }
 }
 
 /// Largest `SB_EVENTS_OUTBOX_LIMIT` (the ChatCluster's bound too).
@@ -208,6 +287,15 @@ impl Config {
     /// No networked backend configured: everything in memory.
     pub fn is_standalone(&self) -> bool {
         self.redis_url.is_none() && self.rocketmq_namesrv.is_none()
+    }
+
+    /// Whether the node reads commands from backends (switched on, with
+    /// Redis and RocketMQ).
+    pub fn consumes_commands(&self) -> bool {
+        self.commands.enabled
+            && self.redis_url.is_some()
+            && self.rocketmq_namesrv.is_some()
+            && self.topic_prefix.is_some()
     }
 
     /// The namespace part of the cluster identity.
@@ -247,6 +335,7 @@ impl Config {
             switchboard_settings::check_jwt_secret(secret.expose()).map_err(|e| e.to_string())?;
         }
         self.rocketmq_credentials()?;
+        self.commands.check()?;
         let shards = crate::backend::outbox::SHARDS as usize;
         if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
             return Err(format!(

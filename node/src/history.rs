@@ -21,6 +21,29 @@ pub async fn page(
     Ok(history_frame(conversation, query.before, query.after, page))
 }
 
+/// Answers `resume`: one `history` page after each given seq (bulk pushes,
+/// which wait for room), or `error` for a conversation `conn`'s user is not in.
+pub async fn resume(
+    store: &dyn MessageStore,
+    conn: &crate::hub::ConnHandle,
+    conversations: Vec<(ConversationId, u64)>,
+    on_error: impl Fn(FrameError),
+) {
+    for (conversation, after) in conversations {
+        let query = HistoryQuery {
+            before: None,
+            after: Some(after),
+            limit: crate::protocol::MAX_HISTORY_LIMIT,
+        };
+        match page(store, &conn.user, conversation, query).await {
+            Ok(frame) => {
+                conn.push_bulk(Arc::new(frame)).await;
+            }
+            Err(e) => on_error(e),
+        }
+    }
+}
+
 /// The `history` frame of a page: its messages [`with_receipts`] and the
 /// conversation's read watermarks.
 pub fn history_frame(

@@ -10,11 +10,13 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::backend::BackendError;
+use crate::groups::Groups;
 use crate::ids::{GroupId, UserId};
+use crate::model::GroupProfile;
 use crate::node::Node;
 use crate::protocol::ErrorCode;
 use crate::ws;
@@ -259,6 +261,10 @@ struct CreateGroup {
     id: GroupId,
     #[serde(default)]
     members: Vec<UserId>,
+    #[serde(default)]
+    owner: Option<UserId>,
+    #[serde(default)]
+    title: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -267,38 +273,30 @@ struct AddMembers {
     users: Vec<UserId>,
 }
 
-#[derive(Serialize)]
-struct GroupBody {
-    id: GroupId,
-    members: Vec<UserId>,
-}
-
-impl From<crate::model::Group> for GroupBody {
-    fn from(g: crate::model::Group) -> Self {
-        Self {
-            id: g.id,
-            members: g.members,
-        }
-    }
-}
-
 async fn create_group(
     State(node): State<Arc<Node>>,
     body: Result<Json<CreateGroup>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body?;
-    let g = node
-        .backends()
-        .store
-        .create_group(&req.id, &req.members)
+    if let Some(title) = &req.title {
+        crate::model::check_title(title).map_err(|reason| {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, reason)
+        })?;
+    }
+    let profile = GroupProfile {
+        owner: req.owner,
+        title: req.title,
+    };
+    let g = Groups::of(&node)
+        .create(&req.id, &req.members, &profile)
         .await?;
-    Ok((StatusCode::CREATED, Json(GroupBody::from(g))).into_response())
+    Ok((StatusCode::CREATED, Json(g)).into_response())
 }
 
 async fn get_group(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = group_path(&id)?;
     match node.backends().store.group(&id).await? {
-        Some(g) => Ok(Json(GroupBody::from(g)).into_response()),
+        Some(g) => Ok(Json(g).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -312,7 +310,7 @@ async fn delete_group(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = group_path(&id)?;
-    if node.backends().store.delete_group(&id).await? {
+    if Groups::of(&node).delete(&id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::new(
@@ -330,8 +328,8 @@ async fn add_members(
 ) -> ApiResult<Response> {
     let id = group_path(&id)?;
     let Json(req) = body?;
-    let g = node.backends().store.add_members(&id, &req.users).await?;
-    Ok(Json(GroupBody::from(g)).into_response())
+    let g = Groups::of(&node).add(&id, &req.users).await?;
+    Ok(Json(g).into_response())
 }
 
 #[derive(Deserialize)]
@@ -365,6 +363,6 @@ async fn remove_member(
 ) -> ApiResult<Response> {
     let id = group_path(&id)?;
     let user = user_path(&user)?;
-    let g = node.backends().store.remove_member(&id, &user).await?;
-    Ok(Json(GroupBody::from(g)).into_response())
+    let g = Groups::of(&node).remove(&id, &user).await?;
+    Ok(Json(g).into_response())
 }

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 /// Longest accepted user or group id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 
+/// The sender of the service's own notices (format `system`). No client
+/// signs in as this user.
+pub const SYSTEM_USER: &str = "system";
+
 /// Why an id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

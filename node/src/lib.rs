@@ -12,10 +12,12 @@
 
 pub mod auth;
 pub mod backend;
+pub mod commands;
 pub mod config;
 pub mod conversation;
 mod drain;
 pub mod events;
+pub mod groups;
 pub mod history;
 pub mod http;
 pub mod hub;
@@ -46,6 +48,11 @@ pub use node::Node;
 /// after the drain (it was asked to stop when the drain began).
 const RELAY_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a stopping node waits, after the drain, for its command
+/// consumer to commit and leave the group (it was asked to when the drain
+/// began).
+const COMMANDS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `node` on `listener` until `shutdown` resolves, then drains: the
 /// node turns not-ready, tells clients to reconnect, waits up to the drain
 /// timeout, closes what is left and returns.
@@ -72,6 +79,11 @@ pub async fn run(
         let task = tokio::spawn(relay.clone().run(node.metrics.events.clone()));
         (relay, task)
     });
+    let commands_stop = tokio_util::sync::CancellationToken::new();
+    let commands = node
+        .cfg
+        .consumes_commands()
+        .then(|| tokio::spawn(commands::consumer::run(node.clone(), commands_stop.clone())));
     let drainer = node.clone();
     let header_timeout = node.cfg.http_header_timeout;
     let result = serve::serve(listener, app(node), header_timeout, async move {
@@ -82,8 +94,19 @@ pub async fn run(
         if let Some((relay, _)) = &relay {
             relay.stop();
         }
+        // No new commands while draining: the others' consumers take the
+        // queues (what this one consumed is committed first), alongside
+        // the drain.
+        commands_stop.cancel();
         // HTTP stays up while draining, so /readyz can say 503.
         drainer.drain().await;
+        if let Some(mut task) = commands
+            && tokio::time::timeout(COMMANDS_STOP_WAIT, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
         if let Some((_, mut task)) = relay {
             // Stuck on a broker that is away: abort. The entry it was sending
             // stays in the outbox (deleted only after publishing), and its

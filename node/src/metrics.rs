@@ -41,6 +41,49 @@ pub struct EventMetrics {
     pub outbox_depth: Gauge,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabel {
+    pub handler: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub handler: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub handler: &'static str,
+    pub kind: &'static str,
+}
+
+/// Handlers of messages from backends (commands), under seed 002's metric
+/// names (no `switchboard_` prefix). `handler` is the command type (or
+/// `unknown`).
+#[derive(Debug, Clone)]
+pub struct HandlerMetrics {
+    /// Time from taking a command to its end (retries within the node included).
+    pub duration: Family<HandlerLabel, Histogram>,
+    /// Commands by outcome: `applied`, `duplicate`, `dead_lettered`, `redelivered`.
+    pub handled: Family<OutcomeLabel, Counter>,
+    /// Failed attempts by kind: `retryable` (retried) or `rejected` (dead letter).
+    pub errors: Family<KindLabel, Counter>,
+}
+
+impl Default for HandlerMetrics {
+    fn default() -> Self {
+        Self {
+            // 1 ms .. ~33 s
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            handled: Family::default(),
+            errors: Family::default(),
+        }
+    }
+}
+
 /// All metrics of a node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -58,7 +101,10 @@ pub struct Metrics {
     /// Live tokio tasks, sampled at each scrape (a leak shows as growth).
     pub runtime_tasks: Gauge,
     pub events: EventMetrics,
+    pub handlers: HandlerMetrics,
     registry: Registry,
+    /// Metrics whose names the seeds give, without the prefix.
+    seed_registry: Registry,
 }
 
 impl Metrics {
@@ -78,7 +124,9 @@ impl Metrics {
             repushed: Counter::default(),
             runtime_tasks: Gauge::default(),
             events: EventMetrics::default(),
+            handlers: HandlerMetrics::default(),
             registry: Registry::with_prefix("switchboard"),
+            seed_registry: Registry::default(),
         };
         m.register()
     }
@@ -160,6 +208,22 @@ impl Metrics {
             "Outbox entries waiting to be relayed, all shards (refreshed every 2 s)",
             self.events.outbox_depth.clone(),
         );
+        let r = &mut self.seed_registry;
+        r.register(
+            "messaging_handler_duration_seconds",
+            "Time to handle a command from a backend, retries within the node included",
+            self.handlers.duration.clone(),
+        );
+        r.register(
+            "messaging_handler",
+            "Commands from backends handled, by handler and outcome",
+            self.handlers.handled.clone(),
+        );
+        r.register(
+            "messaging_handler_errors",
+            "Failed command attempts, by handler and kind (retryable, rejected)",
+            self.handlers.errors.clone(),
+        );
         self
     }
 
@@ -167,7 +231,9 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.seed_registry);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 

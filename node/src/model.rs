@@ -54,6 +54,10 @@ pub enum MsgFormat {
     Image,
     File,
     Custom,
+    /// A notice the service posts (commands from backends: a group was
+    /// created, a member joined). Only the node writes it; a client's send
+    /// with this format is refused.
+    System,
 }
 
 impl MsgFormat {
@@ -61,13 +65,16 @@ impl MsgFormat {
         *self == Self::Text
     }
 
-    /// Seed 001's `msgFormat` number: text 1, image 2, file 3, custom 4.
+    /// Seed 001's `msgFormat` number: text 1, image 2, file 3, custom 4;
+    /// Switchboard's system notices 5.
     pub fn code(self) -> u8 {
         match self {
             Self::Text => 1,
             Self::Image => 2,
             Self::File => 3,
             Self::Custom => 4,
+            // Not in seed 001 (which names 1-4): Switchboard's own.
+            Self::System => 5,
         }
     }
 }
@@ -113,4 +120,45 @@ pub struct OnlineStats {
 pub struct Group {
     pub id: GroupId,
     pub members: Vec<UserId>,
+    /// Who owns the group (set by a command or the admin API; the chat
+    /// protocol gives an owner no extra rights yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserId>,
+    /// The group's title.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+impl Group {
+    /// A group with no owner or title.
+    pub fn bare(id: GroupId, members: Vec<UserId>) -> Self {
+        Self {
+            id,
+            members,
+            owner: None,
+            title: None,
+        }
+    }
+}
+
+/// A group's owner and title, as [`crate::backend::MessageStore::set_group_profile`]
+/// stores them (`None` clears).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupProfile {
+    pub owner: Option<UserId>,
+    pub title: Option<String>,
+}
+
+/// Longest group title, in bytes.
+pub const MAX_GROUP_TITLE: usize = 256;
+
+/// A title is 1 to [`MAX_GROUP_TITLE`] bytes without control characters.
+pub fn check_title(title: &str) -> Result<(), String> {
+    if title.is_empty() || title.len() > MAX_GROUP_TITLE {
+        return Err(format!("`title` must be 1 to {MAX_GROUP_TITLE} bytes"));
+    }
+    if title.chars().any(char::is_control) {
+        return Err("`title` must not hold control characters".into());
+    }
+    Ok(())
 }

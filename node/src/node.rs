@@ -17,8 +17,8 @@ use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::model::{ChatMessage, Target};
 use crate::protocol::{
-    ClientFrame, Dialect, ErrorCode, FrameError, Limits, MAX_HISTORY_LIMIT, ParseLimits, Send,
-    ServerFrame, TypingState,
+    ClientFrame, Dialect, ErrorCode, FrameError, Limits, ParseLimits, Send, ServerFrame,
+    TypingState,
 };
 use crate::recall::{Recall, Recaller};
 use crate::receipts::Receipts;
@@ -301,6 +301,11 @@ impl Node {
         }
     }
 
+    /// A new message id of this pod.
+    pub fn next_msg_id(&self) -> crate::ids::MsgId {
+        self.ids.next_id()
+    }
+
     /// Routes frames to users across the cluster.
     pub fn router(&self) -> &Arc<Router> {
         &self.router
@@ -362,20 +367,10 @@ impl Node {
                 Ok(())
             }
             ClientFrame::Resume { conversations } => {
-                let query = |after| HistoryQuery {
-                    before: None,
-                    after: Some(after),
-                    limit: MAX_HISTORY_LIMIT,
-                };
-                for (conversation, after) in conversations {
-                    match history::page(self.store(), &conn.user, conversation, query(after)).await
-                    {
-                        Ok(frame) => {
-                            conn.push_bulk(Arc::new(frame)).await;
-                        }
-                        Err(e) => self.send_error(conn, e),
-                    }
-                }
+                history::resume(self.store(), conn, conversations, |e| {
+                    self.send_error(conn, e)
+                })
+                .await;
                 Ok(())
             }
             ClientFrame::PresenceSubscribe { users } => {

@@ -115,6 +115,9 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
         let (field, message) = v.for_spec();
         return Err(invalid(field, message));
     }
+    command_retry(&spec.commands)?
+        .check()
+        .map_err(|v| invalid(v.spec_field, v.message))?;
     if spec.rocketmq.name_server.trim().is_empty() {
         return Err(invalid("spec.rocketmq.nameServer", "empty"));
     }
@@ -136,6 +139,25 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
         heartbeat_interval,
         presence_ttl,
         topic_prefix,
+    })
+}
+
+/// The commands' retry policy, checked by the node's own rules.
+fn command_retry(
+    c: &crate::crd::CommandsSpec,
+) -> Result<switchboard_settings::commands::CommandRetry, Invalid> {
+    // Zero passes here; the rules judge it.
+    let d = |field: &'static str, v: &str| {
+        humantime::parse_duration(v)
+            .map_err(|e| invalid(field, format!("{v:?} is not a duration: {e}")))
+    };
+    Ok(switchboard_settings::commands::CommandRetry {
+        retries: c.retries,
+        initial: d("spec.commands.retryInitial", &c.retry_initial)?,
+        multiplier: f64::from(c.retry_multiplier),
+        max: d("spec.commands.retryMax", &c.retry_max)?,
+        redeliveries: c.redeliveries,
+        dedup_ttl: d("spec.commands.dedupTtl", &c.dedup_ttl)?,
     })
 }
 

@@ -58,9 +58,14 @@ pub fn prefix(namespace: &str, name: &str) -> String {
 }
 
 /// Whether `name` can be used as a topic or consumer-group name here: 1 to
-/// [`MAX_NAME_LEN`] characters, each a letter, digit, `_` or `-`.
+/// [`MAX_NAME_LEN`] characters, each a letter, digit, `_` or `-`, after
+/// RocketMQ's own `%DLQ%` or `%RETRY%` prefix if it has one.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME_LEN && name.bytes().all(is_kept_byte)
+    let rest = name
+        .strip_prefix("%DLQ%")
+        .or_else(|| name.strip_prefix("%RETRY%"))
+        .unwrap_or(name);
+    !rest.is_empty() && name.len() <= MAX_NAME_LEN && rest.bytes().all(is_kept_byte)
 }
 
 fn is_kept_byte(b: u8) -> bool {
@@ -152,6 +157,13 @@ impl Names {
         self.with("commands")
     }
 
+    /// `%DLQ%PREFIX-commands`: the dead-letter topic of the commands group
+    /// (RocketMQ's own name for it), where the nodes also write the commands
+    /// they refuse, with the reason.
+    pub fn commands_dead_letter_topic(&self) -> String {
+        format!("%DLQ%{}", self.commands_group())
+    }
+
     /// The topics every cluster has whatever its size (all but the per-node ones).
     pub fn shared_topics(&self) -> Vec<String> {
         vec![
@@ -160,6 +172,7 @@ impl Names {
             self.responses_topic(),
             self.commands_topic(),
             self.cluster_events_topic(),
+            self.commands_dead_letter_topic(),
         ]
     }
 
@@ -282,7 +295,7 @@ mod tests {
         assert_eq!(n.cluster_events_topic(), "chat__prod-cluster-events");
         assert_eq!(n.api_group(), "chat__prod-api");
         assert_eq!(n.commands_group(), "chat__prod-commands");
-        assert_eq!(n.shared_topics().len(), 5);
+        assert_eq!(n.shared_topics().len(), 6);
         assert_eq!(
             n.shared_groups(),
             vec!["chat__prod-api", "chat__prod-commands"]
@@ -304,5 +317,8 @@ mod tests {
         assert!(!is_valid_name(""));
         assert!(!is_valid_name("a.b"));
         assert!(!is_valid_name(&"a".repeat(MAX_NAME_LEN + 1)));
+        assert!(is_valid_name("%DLQ%a-commands"));
+        assert!(!is_valid_name("%DLQ%"));
+        assert!(!is_valid_name("a%DLQ%b"));
     }
 }

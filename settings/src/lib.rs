@@ -10,6 +10,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub mod commands;
+
 /// One setting, named as the node's environment and as the `ChatCluster` spec
 /// name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

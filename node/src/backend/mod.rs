@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
-use crate::model::{ChatMessage, Group, OnlineStats, Presence};
+use crate::model::{ChatMessage, Group, GroupProfile, OnlineStats, Presence};
 use crate::protocol::{ErrorCode, FrameError, ServerFrame};
 
 /// Why a backend call failed.
@@ -221,9 +221,22 @@ pub trait MessageStore: Send + Sync + Debug {
     async fn delete_group(&self, id: &GroupId) -> BackendResult<bool>;
     async fn add_members(&self, id: &GroupId, users: &[UserId]) -> BackendResult<Group>;
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> BackendResult<Group>;
+    /// Replaces the group's owner and title.
+    async fn set_group_profile(&self, id: &GroupId, profile: &GroupProfile)
+    -> BackendResult<Group>;
     async fn group(&self, id: &GroupId) -> BackendResult<Option<Group>>;
     /// Groups the user is a member of, in id order.
     async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>>;
+}
+
+/// The ids of the commands from backends that were applied, so a command
+/// RocketMQ delivers again changes nothing twice ([`crate::commands`]).
+#[async_trait]
+pub trait CommandLog: Send + Sync + Debug {
+    /// Whether `id` was marked applied within its time to live.
+    async fn is_applied(&self, id: &str) -> BackendResult<bool>;
+    /// Remembers `id` as applied for `ttl`.
+    async fn mark_applied(&self, id: &str, ttl: std::time::Duration) -> BackendResult<()>;
 }
 
 /// What travels between nodes.
@@ -290,6 +303,8 @@ pub struct Backends {
     pub registry: Arc<dyn Registry>,
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn Bus>,
+    /// Which commands from backends were applied.
+    pub command_log: Arc<dyn CommandLog>,
     /// The relay of the business event streams (Redis and RocketMQ with
     /// `SB_EVENTS` or `SB_CLUSTER_EVENTS` on), run by [`crate::run`].
     pub relay: Option<Arc<crate::events::relay::Relay>>,

@@ -302,12 +302,12 @@ return 'ok'
 "#;
 
 const DELETE_GROUP: &str = r#"
--- KEYS: groups, group:<g>   ARGV: group id, key prefix
+-- KEYS: groups, group:<g>, groupinfo:<g>   ARGV: group id, key prefix
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   redis.call('SREM', ARGV[2] .. 'ugroups:' .. m, ARGV[1])
 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 return 1
 "#;
 

@@ -20,10 +20,12 @@ fn limits(cfg: &Config) -> StoreLimits {
 
 /// In-memory backends for `cfg`.
 pub fn in_memory(cfg: &Config) -> Backends {
+    let store = Arc::new(MemoryStore::new(limits(cfg)));
     Backends {
         registry: Arc::new(MemoryRegistry::new()),
-        store: Arc::new(MemoryStore::new(limits(cfg))),
+        store: store.clone(),
         bus: Arc::new(MemoryBus::new()),
+        command_log: store,
         relay: None,
     }
 }
@@ -89,10 +91,12 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
         }
         _ => (Arc::new(MemoryBus::new()), None),
     };
+    let store = Arc::new(store);
     Ok(Backends {
         registry: Arc::new(registry),
-        store: Arc::new(store),
+        store: store.clone(),
         bus,
+        command_log: store,
         relay,
     })
 }

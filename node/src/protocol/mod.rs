@@ -438,6 +438,18 @@ fn validate_send(s: &Send, me: &UserId, limits: ParseLimits) -> Result<(), Frame
             format!("`client_msg_id` must be 1 to {MAX_CLIENT_MSG_ID} bytes"),
         ));
     }
+    if matches!(&s.target, Target::User(u) if u.as_str() == crate::ids::SYSTEM_USER) {
+        return Err(FrameError::new(
+            ErrorCode::InvalidField,
+            "`to`: \"system\" is the service's own sender; it reads nothing",
+        ));
+    }
+    if s.format == MsgFormat::System {
+        return Err(FrameError::new(
+            ErrorCode::InvalidField,
+            "`format` \"system\" is for the service's own notices",
+        ));
+    }
     if let Some(chat) = &s.chat_id
         && chat.len() > MAX_CLIENT_MSG_ID
     {

@@ -29,6 +29,17 @@ pub enum TypingState {
     Stop,
 }
 
+/// What happened to a group ([`ServerFrame::Group`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupChange {
+    Created,
+    Added,
+    Removed,
+    Updated,
+    Deleted,
+}
+
 /// Limits announced in `welcome` so clients can stay inside them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -95,6 +106,22 @@ pub enum ServerFrame {
         by: Option<UserId>,
     },
     Presence(Presence),
+    /// A group the user is (or was) a member of changed: sent to its members
+    /// after the change and to those it removed.
+    Group {
+        group: GroupId,
+        change: GroupChange,
+        /// Who joined or left (empty for `created` and `deleted`: see
+        /// `members`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        users: Vec<UserId>,
+        /// The members after the change (empty once deleted).
+        members: Vec<UserId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<UserId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+    },
     History {
         conversation: ConversationId,
         /// The request's cursor, echoed so a client can match the page.
@@ -139,6 +166,7 @@ impl ServerFrame {
             Self::Typing { .. } => "typing",
             Self::Recalled { .. } => "recalled",
             Self::Presence(_) => "presence",
+            Self::Group { .. } => "group",
             Self::History { .. } => "history",
             Self::Pong { .. } => "pong",
             Self::Error { .. } => "error",

@@ -43,6 +43,18 @@ fn parses_v1_send() {
 }
 
 #[test]
+fn a_client_cannot_send_a_system_notice() {
+    assert_eq!(
+        code(r#"{"type":"send","to":"bob","content":"hi","format":"system"}"#),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        code(r#"{"type":"send","to":"system","content":"hi"}"#),
+        ErrorCode::InvalidField
+    );
+}
+
+#[test]
 fn parses_recall() {
     assert_eq!(
         p(r#"{"type":"recall","conversation":"dm:alice:bob","msg_id":"42"}"#).unwrap(),

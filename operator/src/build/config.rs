@@ -66,6 +66,17 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
         "SB_EVENTS_OUTBOX_LIMIT",
         s.event_streams.outbox_limit.to_string(),
     );
+    let c = &s.commands;
+    put("SB_COMMANDS", c.enabled.to_string());
+    put("SB_COMMAND_RETRIES", c.retries.to_string());
+    put("SB_COMMAND_RETRY_INITIAL", c.retry_initial.clone());
+    put(
+        "SB_COMMAND_RETRY_MULTIPLIER",
+        c.retry_multiplier.to_string(),
+    );
+    put("SB_COMMAND_RETRY_MAX", c.retry_max.clone());
+    put("SB_COMMAND_REDELIVERIES", c.redeliveries.to_string());
+    put("SB_COMMAND_DEDUP_TTL", c.dedup_ttl.clone());
     if let Some(url) = &s.redis.url {
         put("SB_REDIS_URL", url.clone());
     }
@@ -194,6 +205,29 @@ mod tests {
         cc.spec.recall_window = "soon".into();
         let e = validate(&cc, "n").unwrap_err();
         assert_eq!(e.field, "spec.recallWindow");
+    }
+
+    #[test]
+    fn the_command_policy_is_rendered_and_checked_by_the_node_rules() {
+        let mut cc = sample();
+        cc.spec.commands.retries = 5;
+        cc.spec.commands.redeliveries = 0;
+        let c = node_config(&cc, &validate(&cc, "n").unwrap());
+        assert_eq!(c["SB_COMMANDS"], "true");
+        assert_eq!(c["SB_COMMAND_RETRIES"], "5");
+        assert_eq!(c["SB_COMMAND_RETRY_INITIAL"], "100ms");
+        assert_eq!(c["SB_COMMAND_RETRY_MULTIPLIER"], "2");
+        assert_eq!(c["SB_COMMAND_REDELIVERIES"], "0");
+        assert_eq!(c["SB_COMMAND_DEDUP_TTL"], "72h");
+        // 10 s, 10 s, 10 s: more than the 20 s the node allows.
+        cc.spec.commands.retries = 3;
+        cc.spec.commands.retry_initial = "10s".into();
+        let e = validate(&cc, "n").unwrap_err();
+        assert_eq!(e.field, "spec.commands.retries");
+        cc.spec.commands.retry_initial = "100ms".into();
+        cc.spec.commands.dedup_ttl = "10m".into();
+        let e = validate(&cc, "n").unwrap_err();
+        assert_eq!(e.field, "spec.commands.dedupTtl");
     }
 
     #[test]

@@ -257,8 +257,9 @@ mod tests {
             retry_max: 3,
         };
         let t = l.topics(0..2);
-        assert_eq!(t.len(), 7);
+        assert_eq!(t.len(), 8);
         assert!(t.contains(&"ns__c-node-1".to_owned()));
+        assert!(t.contains(&"%DLQ%ns__c-commands".to_owned()));
         assert!(t.contains(&"ns__c-events".to_owned()));
         assert_eq!(
             l.groups(0..1),

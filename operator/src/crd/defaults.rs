@@ -64,3 +64,21 @@ pub fn recall_window() -> String {
 pub fn outbox_limit() -> u32 {
     160_000
 }
+pub fn command_retries() -> u32 {
+    3
+}
+pub fn command_retry_initial() -> String {
+    "100ms".into()
+}
+pub fn command_retry_multiplier() -> u32 {
+    2
+}
+pub fn command_retry_max() -> String {
+    "10s".into()
+}
+pub fn command_redeliveries() -> u32 {
+    2
+}
+pub fn command_dedup_ttl() -> String {
+    "72h".into()
+}

@@ -143,6 +143,12 @@ pub struct ChatClusterSpec {
     /// by default.
     #[serde(default)]
     pub event_streams: EventStreamsSpec,
+
+    /// Commands from backends on `<prefix>-commands` (seed 002's activity events and
+    /// the generic group, notice and recall commands): on by default, retried with
+    /// seed 002's schedule, then dead-lettered with the reason.
+    #[serde(default)]
+    pub commands: CommandsSpec,
 }
 
 /// Image pull policy of the chat node container.
@@ -482,9 +488,11 @@ pub struct ChatClusterStatus {
     pub conditions: Vec<Condition>,
 }
 
+mod commands;
 mod defaults;
 mod streams;
 
+pub use commands::CommandsSpec;
 pub use streams::EventStreamsSpec;
 
 #[cfg(test)]

@@ -202,7 +202,8 @@ impl Cluster {
         self.set_env("SB_ROCKETMQ_SECRET_KEY", secret_key);
     }
 
-    /// Creates the shared topics (events, cluster events, ...) and the topics
+    /// Creates the shared topics (events, cluster events, commands, ...) and
+    /// groups (commands, api), and the topics
     /// and groups of ordinals `0..n` (with the project's own provisioning
     /// code, as the operator does).
     pub async fn provision(&self, n: u32) {
@@ -213,6 +214,9 @@ impl Cluster {
         let names = Names::new(&self.prefix);
         for topic in names.shared_topics() {
             admin.ensure_topic(&topic, 4).await.unwrap();
+        }
+        for group in names.shared_groups() {
+            admin.ensure_group(&group, 3).await.unwrap();
         }
         for i in 0..n {
             admin.ensure_topic(&names.node_topic(i), 4).await.unwrap();

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 
 use super::lock;
 use crate::backend::{
-    Appended, BackendError, BackendResult, HistoryPage, HistoryQuery, MessageStore,
+    Appended, BackendError, BackendResult, CommandLog, HistoryPage, HistoryQuery, MessageStore,
 };
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
-use crate::model::{ChatMessage, Group};
+use crate::model::{ChatMessage, Group, GroupProfile};
 
 /// Bounds of the message store.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +38,9 @@ struct StoreState {
     /// expiry order and expiring is a pop from the front.
     dedup_expiry: VecDeque<(Instant, (UserId, String))>,
     groups: HashMap<GroupId, BTreeSet<UserId>>,
+    profiles: HashMap<GroupId, GroupProfile>,
+    /// Command ids applied, until when they are remembered.
+    commands: HashMap<String, Instant>,
     user_groups: HashMap<UserId, BTreeSet<GroupId>>,
 }
 
@@ -83,9 +86,12 @@ impl StoreState {
             .groups
             .get(id)
             .ok_or_else(|| BackendError::NoSuchGroup(id.clone()))?;
+        let profile = self.profiles.get(id).cloned().unwrap_or_default();
         Ok(Group {
             id: id.clone(),
             members: members.iter().cloned().collect(),
+            owner: profile.owner,
+            title: profile.title,
         })
     }
 }
@@ -332,6 +338,7 @@ impl MessageStore for MemoryStore {
         let Some(members) = st.groups.remove(id) else {
             return Ok(false);
         };
+        st.profiles.remove(id);
         for u in members {
             if let Some(g) = st.user_groups.get_mut(&u) {
                 g.remove(id);
@@ -380,6 +387,19 @@ impl MessageStore for MemoryStore {
         st.group_of(id)
     }
 
+    async fn set_group_profile(
+        &self,
+        id: &GroupId,
+        profile: &GroupProfile,
+    ) -> BackendResult<Group> {
+        let mut st = lock(&self.inner);
+        if !st.groups.contains_key(id) {
+            return Err(BackendError::NoSuchGroup(id.clone()));
+        }
+        st.profiles.insert(id.clone(), profile.clone());
+        st.group_of(id)
+    }
+
     async fn group(&self, id: &GroupId) -> BackendResult<Option<Group>> {
         let st = lock(&self.inner);
         Ok(st.group_of(id).ok())
@@ -392,5 +412,24 @@ impl MessageStore for MemoryStore {
             .get(user)
             .map(|g| g.iter().cloned().collect())
             .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl CommandLog for MemoryStore {
+    async fn is_applied(&self, id: &str) -> BackendResult<bool> {
+        let st = lock(&self.inner);
+        Ok(st
+            .commands
+            .get(id)
+            .is_some_and(|until| *until > Instant::now()))
+    }
+
+    async fn mark_applied(&self, id: &str, ttl: Duration) -> BackendResult<()> {
+        let mut st = lock(&self.inner);
+        let now = Instant::now();
+        st.commands.retain(|_, until| *until > now);
+        st.commands.insert(id.to_owned(), now + ttl);
+        Ok(())
     }
 }

@@ -25,13 +25,17 @@
 //! - `Kdedup:<user>:<client_msg_id>` message JSON, TTL = dedup TTL.
 //! - `Koutbox:<shard>` streams and their leases: see [`crate::backend::outbox`].
 //! - `Kgroups` set of group ids; `Kgroup:<g>` set of members;
-//!   `Kugroups:<user>` set of the user's groups.
+//!   `Kgroupinfo:<g>` hash {owner, title}; `Kugroups:<user>` set of the
+//!   user's groups.
+//! - `Kcmd:<command id>` present while a command from a backend counts as
+//!   applied (TTL: `SB_COMMAND_DEDUP_TTL`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+mod groups;
 mod registry;
 mod store;
 

@@ -1,33 +1,31 @@
 //! The message store on Redis (layout: [`super`]).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
 
 use super::{Keys, parse_msg, unavailable};
 use crate::backend::memory::StoreLimits;
 use crate::backend::redis_lua::{
-    ACK_SCRIPT, ADD_MEMBERS_SCRIPT, APPEND_SCRIPT, CREATE_GROUP_SCRIPT, DELETE_GROUP_SCRIPT,
-    HISTORY_SCRIPT, INBOX_SCRIPT, MARK_READ_SCRIPT, RECALL_SCRIPT, REMOVE_MEMBER_SCRIPT,
+    ACK_SCRIPT, APPEND_SCRIPT, HISTORY_SCRIPT, INBOX_SCRIPT, MARK_READ_SCRIPT, RECALL_SCRIPT,
 };
 use crate::backend::{
     Appended, BackendError, BackendResult, HistoryPage, HistoryQuery, MessageStore,
 };
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
-use crate::model::{ChatMessage, Group};
+use crate::model::{ChatMessage, Group, GroupProfile};
 
 /// Message store on Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
-    keys: Keys,
-    limits: StoreLimits,
+    pub(super) conn: ConnectionManager,
+    pub(super) keys: Keys,
+    pub(super) limits: StoreLimits,
     /// Entries one outbox shard may hold (`None`: no event outbox), and the
     /// pod name recorded with each entry.
-    outbox: Option<(usize, String)>,
+    pub(super) outbox: Option<(usize, String)>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -63,74 +61,9 @@ impl RedisStore {
         )
     }
 
-    async fn group_members(&self, id: &GroupId) -> BackendResult<Option<Vec<UserId>>> {
-        let mut conn = self.conn.clone();
-        let (exists, members): (bool, Vec<String>) = redis::pipe()
-            .sismember(format!("{}groups", self.keys.prefix()), id.as_str())
-            .smembers(format!("{}group:{id}", self.keys.prefix()))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if !exists {
-            return Ok(None);
-        }
-        let mut m: Vec<UserId> = members
-            .iter()
-            .filter_map(|u| UserId::parse(u).ok())
-            .collect();
-        m.sort();
-        Ok(Some(m))
-    }
-
-    async fn group_script(
-        &self,
-        src: &Script,
-        id: &GroupId,
-        users: &[UserId],
-    ) -> BackendResult<String> {
-        let k = &self.keys;
-        let mut script = src.prepare_invoke();
-        script
-            .key(format!("{}groups", k.prefix()))
-            .key(format!("{}group:{id}", k.prefix()))
-            .arg(id.as_str())
-            .arg(self.limits.max_group_members)
-            .arg(self.outbox_pod());
-        for u in users {
-            script
-                .key(format!("{}ugroups:{u}", k.prefix()))
-                .arg(u.as_str());
-        }
-        if let Some(stream) = self.group_stream(id) {
-            script.key(stream);
-        }
-        let mut conn = self.conn.clone();
-        script.invoke_async(&mut conn).await.map_err(unavailable)
-    }
-
     /// The pod recorded with outbox entries; empty when there is no outbox.
-    fn outbox_pod(&self) -> &str {
+    pub(super) fn outbox_pod(&self) -> &str {
         self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str())
-    }
-
-    /// The outbox shard stream of a group's conversation, with an outbox.
-    fn group_stream(&self, id: &GroupId) -> Option<String> {
-        self.outbox.as_ref().map(|_| {
-            crate::backend::outbox::stream_key(
-                &self.keys,
-                crate::backend::outbox::shard_of(&ConversationId::Group(id.clone())),
-            )
-        })
-    }
-
-    async fn existing_group(&self, id: &GroupId) -> BackendResult<Group> {
-        match self.group_members(id).await? {
-            Some(members) => Ok(Group {
-                id: id.clone(),
-                members,
-            }),
-            None => Err(BackendError::NoSuchGroup(id.clone())),
-        }
     }
 }
 
@@ -393,87 +326,34 @@ impl MessageStore for RedisStore {
     }
 
     async fn create_group(&self, id: &GroupId, members: &[UserId]) -> BackendResult<Group> {
-        let set: BTreeSet<UserId> = members.iter().cloned().collect();
-        let members: Vec<UserId> = set.into_iter().collect();
-        match self
-            .group_script(&CREATE_GROUP_SCRIPT, id, &members)
-            .await?
-            .as_str()
-        {
-            "exists" => Err(BackendError::GroupExists(id.clone())),
-            "full" => Err(BackendError::GroupFull(
-                id.clone(),
-                self.limits.max_group_members,
-            )),
-            _ => Ok(Group {
-                id: id.clone(),
-                members,
-            }),
-        }
+        self.create_group_now(id, members).await
     }
 
     async fn delete_group(&self, id: &GroupId) -> BackendResult<bool> {
-        let mut conn = self.conn.clone();
-        let deleted: i64 = DELETE_GROUP_SCRIPT
-            .key(format!("{}groups", self.keys.prefix()))
-            .key(format!("{}group:{id}", self.keys.prefix()))
-            .arg(id.as_str())
-            .arg(self.keys.prefix())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(deleted == 1)
+        self.delete_group_now(id).await
     }
 
     async fn add_members(&self, id: &GroupId, users: &[UserId]) -> BackendResult<Group> {
-        match self
-            .group_script(&ADD_MEMBERS_SCRIPT, id, users)
-            .await?
-            .as_str()
-        {
-            "missing" => Err(BackendError::NoSuchGroup(id.clone())),
-            "full" => Err(BackendError::GroupFull(
-                id.clone(),
-                self.limits.max_group_members,
-            )),
-            _ => self.existing_group(id).await,
-        }
+        self.add_members_now(id, users).await
     }
 
     async fn remove_member(&self, id: &GroupId, user: &UserId) -> BackendResult<Group> {
-        let mut conn = self.conn.clone();
-        let mut inv = REMOVE_MEMBER_SCRIPT.prepare_invoke();
-        inv.key(format!("{}groups", self.keys.prefix()))
-            .key(format!("{}group:{id}", self.keys.prefix()))
-            .key(format!("{}ugroups:{user}", self.keys.prefix()))
-            .arg(id.as_str())
-            .arg(user.as_str())
-            .arg(self.outbox_pod());
-        if let Some(stream) = self.group_stream(id) {
-            inv.key(stream);
-        }
-        let r: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-        if r == "missing" {
-            return Err(BackendError::NoSuchGroup(id.clone()));
-        }
-        self.existing_group(id).await
+        self.remove_member_now(id, user).await
+    }
+
+    async fn set_group_profile(
+        &self,
+        id: &GroupId,
+        profile: &GroupProfile,
+    ) -> BackendResult<Group> {
+        self.set_group_profile_now(id, profile).await
     }
 
     async fn group(&self, id: &GroupId) -> BackendResult<Option<Group>> {
-        Ok(self.group_members(id).await?.map(|members| Group {
-            id: id.clone(),
-            members,
-        }))
+        self.read_group(id).await
     }
 
     async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>> {
-        let mut conn = self.conn.clone();
-        let ids: Vec<String> = conn
-            .smembers(format!("{}ugroups:{user}", self.keys.prefix()))
-            .await
-            .map_err(unavailable)?;
-        let mut g: Vec<GroupId> = ids.iter().filter_map(|g| GroupId::parse(g).ok()).collect();
-        g.sort();
-        Ok(g)
+        self.groups_of_now(user).await
     }
 }

@@ -1,0 +1,318 @@
+//! Reads `<prefix>-commands` and applies each command once in effect.
+//!
+//! The schedule of one command (defaults in brackets):
+//! 1. its id is looked up in the command log: applied before, nothing is
+//!    done again (outcome `duplicate`);
+//! 2. it is parsed: refused, it goes to the dead-letter topic at once;
+//! 3. it is applied; a failure that may pass is retried within the node
+//!    after `SB_COMMAND_RETRY_INITIAL` [100 ms], then x
+//!    `SB_COMMAND_RETRY_MULTIPLIER` [2] up to `SB_COMMAND_RETRY_MAX` [10 s]
+//!    per wait, `SB_COMMAND_RETRIES` [3] times: 100, 200, 400 ms;
+//! 4. still failing, it goes back to RocketMQ, which delivers it again after
+//!    the broker's delay level of that redelivery (10 s, then 30 s, 1 min,
+//!    2 min ...), `SB_COMMAND_REDELIVERIES` [2] times, each again with step 3;
+//! 5. after the last, it goes to the dead-letter topic
+//!    `%DLQ%<prefix>-commands` with the reason.
+//!
+//! Once applied, its id is marked in the log (`SB_COMMAND_DEDUP_TTL` [72 h]).
+//! A node dying between the effect and the mark lets the command be applied
+//! again by whoever gets it next: every effect is idempotent ([`super::apply`]).
+//!
+//! The consumer reads in queue order, one command at a time: commands a
+//! backend sends to one queue (the same sharding key: the activity or group)
+//! are applied in the order sent, except one that goes back to RocketMQ
+//! (step 4), which comes back after those behind it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_rocketmq::names::{Names, fnv1a64};
+use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Delivery, Producer, Record, Runtime};
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{Failure, apply};
+use super::parse::{Command, parse};
+use crate::config::CommandSettings;
+use crate::metrics::{HandlerLabel, KindLabel, OutcomeLabel};
+use crate::node::Node;
+
+/// The property of a dead letter holding the refusal's stable code.
+pub const DEAD_LETTER_CODE: &str = "dead_letter_code";
+/// The property of a dead letter holding the reason for people.
+pub const DEAD_LETTER_REASON: &str = "dead_letter_reason";
+/// Properties naming where a dead letter came from.
+pub const ORIGIN_MSG_ID: &str = "origin_msg_id";
+pub const ORIGIN_TOPIC: &str = "origin_topic";
+/// How many times RocketMQ had delivered it before it died.
+pub const DELIVERIES: &str = "deliveries";
+/// How long the start waits for the consumer to hold a queue.
+const ASSIGN_WAIT: Duration = Duration::from_secs(30);
+/// Wait between attempts to start the consumer (broker away, group missing).
+const START_RETRY: Duration = Duration::from_secs(10);
+
+/// Runs the command consumer of `node` until `stop`: starts it (again every
+/// 10 s while it cannot), then shuts it down, committing what it consumed.
+pub async fn run(node: Arc<Node>, stop: CancellationToken) {
+    let cfg = &node.cfg;
+    let (Some(namesrv), Some(prefix)) = (cfg.rocketmq_namesrv.clone(), cfg.topic_prefix.clone())
+    else {
+        return;
+    };
+    let names = Names::new(&prefix);
+    loop {
+        match start(&node, &namesrv, &names).await {
+            Ok((consumer, producer, rt)) => {
+                tracing::info!(topic = %names.commands_topic(), "consuming commands");
+                stop.cancelled().await;
+                consumer.shutdown().await;
+                // The handler may still hold a reference; the runtime's
+                // shutdown ends the client then.
+                if let Ok(producer) = Arc::try_unwrap(producer) {
+                    producer.shutdown().await;
+                }
+                rt.shutdown().await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, topic = %names.commands_topic(), "cannot consume commands; trying again in 10 s");
+                tokio::select! {
+                    () = tokio::time::sleep(START_RETRY) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn start(
+    node: &Arc<Node>,
+    namesrv: &str,
+    names: &Names,
+) -> Result<(Consumer, Arc<Producer>, Runtime), String> {
+    let credentials = node.cfg.rocketmq_credentials()?;
+    let rt = Runtime::new().map_err(|e| e.to_string())?;
+    // A consumer of a missing group starts without error and receives
+    // nothing: say so instead.
+    let admin = Admin::connect_as(&rt, namesrv, credentials.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let exists = admin.group_exists(&names.commands_group()).await;
+    admin.shutdown().await;
+    if !exists.map_err(|e| e.to_string())? {
+        rt.shutdown().await;
+        return Err(format!(
+            "consumer group {} does not exist (the operator provisions it)",
+            names.commands_group()
+        ));
+    }
+    let producer = Producer::start_as(
+        &rt,
+        namesrv,
+        &format!("{}-dead-letters", names.commands_group()),
+        credentials.clone(),
+    )
+    .await
+    .map_err(|e| format!("dead-letter producer: {e}"))?;
+    let producer = Arc::new(producer);
+    let handler = Arc::new(Handler {
+        node: node.clone(),
+        producer: producer.clone(),
+        dead_letters: names.commands_dead_letter_topic(),
+        settings: node.cfg.commands.clone(),
+    });
+    let settings = &node.cfg.commands;
+    let config = ConsumerConfig {
+        namesrv: namesrv.to_owned(),
+        topic: names.commands_topic(),
+        group: names.commands_group(),
+        // Two more than the node's own redeliveries: RocketMQ's own move to
+        // the DLQ (without a reason) only if writing the dead letter failed.
+        max_reconsume_times: Some(settings.redeliveries + 2),
+        in_order: true,
+        credentials,
+    };
+    let consumer = Consumer::start(&rt, config, move |d: Delivery| {
+        let handler = handler.clone();
+        async move { handler.handle(d).await }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    // Take the queues now rather than at the client's next rebalance (up
+    // to 20 s away on a fresh start).
+    if let Err(e) = consumer.wait_assigned(ASSIGN_WAIT).await {
+        tracing::warn!(error = %e, "the commands consumer holds no queue yet (more consumers than queues?)");
+    }
+    Ok((consumer, producer, rt))
+}
+
+struct Handler {
+    node: Arc<Node>,
+    producer: Arc<Producer>,
+    dead_letters: String,
+    settings: CommandSettings,
+}
+
+/// How a command ended.
+enum Outcome {
+    Applied,
+    Duplicate,
+}
+
+impl Handler {
+    async fn handle(&self, d: Delivery) -> Result<(), String> {
+        let started = Instant::now();
+        let event_type = d.properties.get("event_type").map(String::as_str);
+        let max_content = self.node.cfg.max_content_bytes;
+        let cmd = match parse(d.tag.as_deref(), event_type, &d.body, max_content) {
+            Ok(cmd) => cmd,
+            Err(r) => {
+                // A known type keeps its label; anything else is `unknown`.
+                let named = d.tag.as_deref().or(event_type);
+                let handler = super::parse::TYPES
+                    .iter()
+                    .find(|t| Some(**t) == named)
+                    .copied()
+                    .unwrap_or("unknown");
+                self.count_error(handler, "rejected");
+                self.dead_letter(&d, r.code, &r.reason).await?;
+                self.finish(handler, "dead_lettered", started);
+                return Ok(());
+            }
+        };
+        let handler = cmd.kind();
+        let id = command_id(&d, &cmd);
+        let mut waits = self.settings.backoff().into_iter();
+        let failed = loop {
+            match self.attempt(&cmd, &id).await {
+                Ok(Outcome::Applied) => {
+                    self.finish(handler, "applied", started);
+                    return Ok(());
+                }
+                Ok(Outcome::Duplicate) => {
+                    self.finish(handler, "duplicate", started);
+                    return Ok(());
+                }
+                Err(Failure::Reject { code, reason }) => {
+                    self.count_error(handler, "rejected");
+                    break (code, reason);
+                }
+                Err(Failure::Retry(reason)) => {
+                    self.count_error(handler, "retryable");
+                    if let Some(wait) = waits.next() {
+                        tokio::time::sleep(wait).await;
+                    } else if d.reconsume_times < self.settings.redeliveries {
+                        tracing::warn!(handler, command = %id, attempt = d.reconsume_times, %reason, "command failed; RocketMQ delivers it again later");
+                        self.finish(handler, "redelivered", started);
+                        return Err(reason);
+                    } else {
+                        break ("retries_exhausted", reason);
+                    }
+                }
+            }
+        };
+        let (code, reason) = failed;
+        self.dead_letter(&d, code, &reason).await?;
+        self.finish(handler, "dead_lettered", started);
+        Ok(())
+    }
+
+    async fn attempt(&self, cmd: &Command, id: &str) -> Result<Outcome, Failure> {
+        let log = &self.node.backends().command_log;
+        if log.is_applied(id).await? {
+            return Ok(Outcome::Duplicate);
+        }
+        apply(&self.node, cmd, &notice_key(id)).await?;
+        log.mark_applied(id, self.settings.dedup_ttl).await?;
+        Ok(Outcome::Applied)
+    }
+
+    /// Writes the command to the dead-letter topic: its tag, keys, body and
+    /// user properties (names with a lower-case letter), and why.
+    async fn dead_letter(&self, d: &Delivery, code: &str, reason: &str) -> Result<(), String> {
+        tracing::warn!(msg_id = %d.msg_id, code, reason, "command dead-lettered");
+        let mut properties: BTreeMap<String, String> = d
+            .properties
+            .iter()
+            .filter(|(k, _)| k.bytes().any(|b| b.is_ascii_lowercase()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let reason: String = reason.chars().take(1024).collect();
+        for (k, v) in [
+            (DEAD_LETTER_CODE, code.to_owned()),
+            (DEAD_LETTER_REASON, reason),
+            (ORIGIN_MSG_ID, origin_id(d).to_owned()),
+            (ORIGIN_TOPIC, d.topic.clone()),
+            (DELIVERIES, (d.reconsume_times + 1).to_string()),
+        ] {
+            properties.insert(k.to_owned(), v);
+        }
+        let record = Record {
+            tag: d.tag.clone(),
+            keys: d.key.iter().cloned().collect(),
+            properties: properties.into_iter().collect(),
+            body: d.body.clone(),
+        };
+        self.producer
+            .send_batch(&self.dead_letters, 0, &[record])
+            .await
+            .map_err(|e| format!("cannot write the dead letter: {e}"))
+    }
+
+    fn count_error(&self, handler: &'static str, kind: &'static str) {
+        self.node
+            .metrics
+            .handlers
+            .errors
+            .get_or_create(&KindLabel { handler, kind })
+            .inc();
+    }
+
+    fn finish(&self, handler: &'static str, outcome: &'static str, started: Instant) {
+        let m = &self.node.metrics.handlers;
+        m.handled
+            .get_or_create(&OutcomeLabel { handler, outcome })
+            .inc();
+        m.duration
+            .get_or_create(&HandlerLabel { handler })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// RocketMQ's id of the message as first sent (kept across redeliveries).
+fn origin_id(d: &Delivery) -> &str {
+    d.properties
+        .get("UNIQ_KEY")
+        .or_else(|| d.properties.get("ORIGIN_MESSAGE_ID"))
+        .unwrap_or(&d.msg_id)
+}
+
+/// What makes two deliveries the same command: the message key when the
+/// backend set one; for seed 002's activity events, the event itself (its
+/// body, which carries the activity, the user and the time stamp);
+/// otherwise RocketMQ's id of the message as first sent.
+pub fn command_id(d: &Delivery, cmd: &Command) -> String {
+    let raw = match (&d.key, cmd) {
+        (Some(key), _) if !key.trim().is_empty() => {
+            format!("key:{}", key.split_whitespace().next().unwrap_or(key))
+        }
+        (
+            _,
+            Command::ActivityCreated { .. }
+            | Command::ActivityMemberJoined { .. }
+            | Command::ActivityMemberLeft { .. },
+        ) => format!("{}:{:016x}", cmd.kind(), fnv1a64(&d.body)),
+        _ => format!("msg:{}", origin_id(d)),
+    };
+    if raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic()) {
+        raw
+    } else {
+        format!("h:{:016x}", fnv1a64(raw.as_bytes()))
+    }
+}
+
+/// The idempotency key of a command's notice (at most 64 bytes, as a
+/// client's `client_msg_id`).
+fn notice_key(id: &str) -> String {
+    format!("cmd-{:016x}", fnv1a64(id.as_bytes()))
+}

@@ -1,0 +1,162 @@
+//! The retry policy of commands from backends: the node's
+//! `SB_COMMAND_*` settings and a `ChatCluster`'s `spec.commands`.
+
+use std::time::Duration;
+
+/// The longest the retries within the node may wait in all: the node's
+/// in-order consumer must hand a command back well within the RocketMQ
+/// client's 30 s.
+pub const MAX_TOTAL_WAIT: Duration = Duration::from_secs(20);
+/// Most retries within the node.
+pub const MAX_RETRIES: u32 = 10;
+/// Most redeliveries through RocketMQ (its delay levels after the first two).
+pub const MAX_REDELIVERIES: u32 = 16;
+/// Shortest time an applied command's id is remembered.
+pub const MIN_DEDUP_TTL: Duration = Duration::from_secs(3600);
+
+/// How a failing command is retried, and how long its id is remembered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRetry {
+    pub retries: u32,
+    pub initial: Duration,
+    pub multiplier: f64,
+    pub max: Duration,
+    pub redeliveries: u32,
+    pub dedup_ttl: Duration,
+}
+
+/// A broken rule: the node's variable, the spec field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{env}: {message}")]
+pub struct CommandViolation {
+    pub env: &'static str,
+    pub spec_field: &'static str,
+    pub message: String,
+}
+
+fn violation(env: &'static str, spec_field: &'static str, message: String) -> CommandViolation {
+    CommandViolation {
+        env,
+        spec_field,
+        message,
+    }
+}
+
+impl CommandRetry {
+    /// The waits before each retry within the node: `initial`, then times
+    /// `multiplier`, each at most `max`.
+    pub fn backoff(&self) -> Vec<Duration> {
+        let mut waits = Vec::with_capacity(self.retries.min(MAX_RETRIES) as usize);
+        let mut next = self.initial;
+        for _ in 0..self.retries.min(MAX_RETRIES) {
+            waits.push(next.min(self.max));
+            next = next.mul_f64(self.multiplier).min(self.max);
+        }
+        waits
+    }
+
+    pub fn check(&self) -> Result<(), CommandViolation> {
+        if self.retries > MAX_RETRIES {
+            return Err(violation(
+                "SB_COMMAND_RETRIES",
+                "spec.commands.retries",
+                format!("must be 0 to {MAX_RETRIES}"),
+            ));
+        }
+        if !(1.0..=10.0).contains(&self.multiplier) {
+            return Err(violation(
+                "SB_COMMAND_RETRY_MULTIPLIER",
+                "spec.commands.retryMultiplier",
+                "must be 1 to 10".into(),
+            ));
+        }
+        if self.initial > self.max {
+            return Err(violation(
+                "SB_COMMAND_RETRY_INITIAL",
+                "spec.commands.retryInitial",
+                "must not exceed the longest wait (SB_COMMAND_RETRY_MAX)".into(),
+            ));
+        }
+        let total: Duration = self.backoff().iter().sum();
+        if total > MAX_TOTAL_WAIT {
+            return Err(violation(
+                "SB_COMMAND_RETRIES",
+                "spec.commands.retries",
+                format!(
+                    "the retries within the node would wait {total:?} in all; at most {MAX_TOTAL_WAIT:?} (fewer retries or a shorter longest wait)"
+                ),
+            ));
+        }
+        if self.redeliveries > MAX_REDELIVERIES {
+            return Err(violation(
+                "SB_COMMAND_REDELIVERIES",
+                "spec.commands.redeliveries",
+                format!("must be 0 to {MAX_REDELIVERIES} (RocketMQ's delay levels)"),
+            ));
+        }
+        if self.dedup_ttl < MIN_DEDUP_TTL {
+            return Err(violation(
+                "SB_COMMAND_DEDUP_TTL",
+                "spec.commands.dedupTtl",
+                "must be at least 1h (it must outlast RocketMQ's redeliveries)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed() -> CommandRetry {
+        CommandRetry {
+            retries: 3,
+            initial: Duration::from_millis(100),
+            multiplier: 2.0,
+            max: Duration::from_secs(10),
+            redeliveries: 2,
+            dedup_ttl: Duration::from_secs(72 * 3600),
+        }
+    }
+
+    #[test]
+    fn seed_schedule_and_its_bounds() {
+        let ms = |v: u64| Duration::from_millis(v);
+        assert_eq!(seed().backoff(), [ms(100), ms(200), ms(400)]);
+        assert!(seed().check().is_ok());
+        let capped = CommandRetry {
+            retries: 5,
+            max: ms(300),
+            ..seed()
+        };
+        assert_eq!(
+            capped.backoff(),
+            [ms(100), ms(200), ms(300), ms(300), ms(300)]
+        );
+        let long = CommandRetry {
+            retries: 4,
+            initial: Duration::from_secs(10),
+            ..seed()
+        };
+        assert_eq!(
+            long.check().unwrap_err().spec_field,
+            "spec.commands.retries"
+        );
+        let fast = CommandRetry {
+            multiplier: 0.5,
+            ..seed()
+        };
+        assert_eq!(fast.check().unwrap_err().env, "SB_COMMAND_RETRY_MULTIPLIER");
+        let short = CommandRetry {
+            dedup_ttl: Duration::from_secs(60),
+            ..seed()
+        };
+        assert_eq!(short.check().unwrap_err().env, "SB_COMMAND_DEDUP_TTL");
+        let many = CommandRetry {
+            redeliveries: 17,
+            ..seed()
+        };
+        assert!(many.check().is_err());
+    }
+}
