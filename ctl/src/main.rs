@@ -1,6 +1,10 @@
-//! `switchboard-ctl events tail`: prints a cluster's business event records
-//! as they arrive, one JSON object per line (`docs/integration.md`), for
-//! operators and for debugging a consumer.
+//! `switchboard-ctl`: a cluster's RocketMQ side from a terminal
+//! (`docs/integration.md`): `events tail` prints the business event records
+//! as they arrive, one JSON object per line; `request` and `command` drive
+//! the cluster as a backend would; `dead-letters list|redrive` handles the
+//! commands that failed.
+
+mod backend;
 
 use std::io::Write;
 use std::time::Duration;
@@ -14,16 +18,38 @@ use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Credentials, Deliver
 #[command(name = "switchboard-ctl", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Top,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Top {
     /// The business event streams.
     Events {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Sends one request (seed 000) and prints the answer; exits 1 when it
+    /// is a failure. Reads the answers with a group of its own,
+    /// `<prefix>-ctl-request-<pid>`, deleted at exit.
+    Request(backend::RequestArgs),
+    /// Publishes one command to `<prefix>-commands`.
+    Command(backend::CommandArgs),
+    /// The commands' dead-letter topic `%DLQ%<prefix>-commands`.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// Prints every dead letter (oldest first, one JSON line each, with
+    /// `dead_letter_code` and `dead_letter_reason`) until none arrived for
+    /// `--idle`.
+    List(backend::DeadLetterArgs),
+    /// Publishes the dead letters not re-driven before to `<prefix>-commands`
+    /// again (the group `<prefix>-ctl-redrive` remembers how far it got).
+    Redrive(backend::DeadLetterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,12 +94,22 @@ enum Stream {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let Cli {
-        command: Command::Events {
+    match Cli::parse().command {
+        Top::Events {
             command: EventsCommand::Tail(args),
+        } => tail(args).await,
+        Top::Request(args) => {
+            if !backend::request(args).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Top::Command(args) => backend::command(args).await,
+        Top::DeadLetters { command } => match command {
+            DeadLettersCommand::List(args) => backend::dead_letters(args, false).await,
+            DeadLettersCommand::Redrive(args) => backend::dead_letters(args, true).await,
         },
-    } = Cli::parse();
-    tail(args).await
+    }
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<()> {

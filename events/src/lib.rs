@@ -14,6 +14,8 @@
 //! queue `shard % queues`, where `shard = lane(conversation) % 16` (see
 //! [`lane`]); joins and leaves go to shard 0.
 
+pub mod api;
+
 use serde::{Deserialize, Serialize};
 
 /// Message property naming the event type (seed 000).

@@ -196,6 +196,16 @@ pub struct Config {
 
     #[command(flatten)]
     pub commands: CommandSettings,
+
+    /// Answer the request-response API on `<prefix>-requests` (group
+    /// `<prefix>-api`). Needs Redis and RocketMQ; ignored otherwise.
+    #[arg(long, env = "SB_REQUESTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub requests: bool,
+
+    /// How long after a backend sent a request (its `deadline_ms` property
+    /// overrides) the node still executes it; later it answers `timeout`.
+    #[arg(long, env = "SB_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
 }
 
 /// Commands from backends on `<prefix>-commands` ([`crate::commands`]).
@@ -298,6 +308,15 @@ impl Config {
             && self.topic_prefix.is_some()
     }
 
+    /// Whether the node answers requests from backends (switched on, with
+    /// Redis and RocketMQ).
+    pub fn answers_requests(&self) -> bool {
+        self.requests
+            && self.redis_url.is_some()
+            && self.rocketmq_namesrv.is_some()
+            && self.topic_prefix.is_some()
+    }
+
     /// The namespace part of the cluster identity.
     pub fn namespace(&self) -> &str {
         self.pod_namespace.as_deref().unwrap_or("default")
@@ -336,6 +355,8 @@ impl Config {
         }
         self.rocketmq_credentials()?;
         self.commands.check()?;
+        switchboard_settings::commands::check_request_timeout(self.request_timeout)
+            .map_err(|m| format!("SB_REQUEST_TIMEOUT {m}"))?;
         let shards = crate::backend::outbox::SHARDS as usize;
         if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
             return Err(format!(

@@ -273,11 +273,27 @@ struct AddMembers {
     users: Vec<UserId>,
 }
 
+/// `system` sends notices; it is never a member or an owner.
+fn no_system_user<'a>(users: impl IntoIterator<Item = &'a UserId>) -> ApiResult<()> {
+    if users
+        .into_iter()
+        .any(|u| u.as_str() == crate::ids::SYSTEM_USER)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidField,
+            "\"system\" is the service's own sender; it cannot be a member or an owner",
+        ));
+    }
+    Ok(())
+}
+
 async fn create_group(
     State(node): State<Arc<Node>>,
     body: Result<Json<CreateGroup>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body?;
+    no_system_user(req.members.iter().chain(req.owner.as_ref()))?;
     if let Some(title) = &req.title {
         crate::model::check_title(title).map_err(|reason| {
             ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, reason)
@@ -328,6 +344,7 @@ async fn add_members(
 ) -> ApiResult<Response> {
     let id = group_path(&id)?;
     let Json(req) = body?;
+    no_system_user(&req.users)?;
     let g = Groups::of(&node).add(&id, &req.users).await?;
     Ok(Json(g).into_response())
 }

@@ -29,8 +29,10 @@ pub mod protocol;
 pub mod readiness;
 pub mod recall;
 pub mod receipts;
+pub mod requests;
 pub mod router;
 pub mod secret;
+pub mod sending;
 mod serve;
 pub use serve::bind;
 mod ws;
@@ -84,6 +86,10 @@ pub async fn run(
         .cfg
         .consumes_commands()
         .then(|| tokio::spawn(commands::consumer::run(node.clone(), commands_stop.clone())));
+    let requests = node
+        .cfg
+        .answers_requests()
+        .then(|| tokio::spawn(requests::consumer::run(node.clone(), commands_stop.clone())));
     let drainer = node.clone();
     let header_timeout = node.cfg.http_header_timeout;
     let result = serve::serve(listener, app(node), header_timeout, async move {
@@ -94,18 +100,19 @@ pub async fn run(
         if let Some((relay, _)) = &relay {
             relay.stop();
         }
-        // No new commands while draining: the others' consumers take the
-        // queues (what this one consumed is committed first), alongside
-        // the drain.
+        // No new commands or requests while draining: the others'
+        // consumers take the queues (what this one consumed is committed
+        // first), alongside the drain.
         commands_stop.cancel();
         // HTTP stays up while draining, so /readyz can say 503.
         drainer.drain().await;
-        if let Some(mut task) = commands
-            && tokio::time::timeout(COMMANDS_STOP_WAIT, &mut task)
+        for mut task in [commands, requests].into_iter().flatten() {
+            if tokio::time::timeout(COMMANDS_STOP_WAIT, &mut task)
                 .await
                 .is_err()
-        {
-            task.abort();
+            {
+                task.abort();
+            }
         }
         if let Some((_, mut task)) = relay {
             // Stuck on a broker that is away: abort. The entry it was sending

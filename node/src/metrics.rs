@@ -84,6 +84,47 @@ impl Default for HandlerMetrics {
     }
 }
 
+/// The request-response API. `action` is one of the actions or `unknown`.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics {
+    /// Requests answered, by action and outcome: `ok`, `business_error`,
+    /// `system_error`, `timeout` (deadline passed, not executed),
+    /// `repeated` (answered before: the same answer again), `in_progress`
+    /// (another node is executing it and answers).
+    pub answered: Family<ActionOutcomeLabel, Counter>,
+    /// From the backend sending a request (its clock) to the answer stored
+    /// by the broker.
+    pub duration: Family<ActionLabel, Histogram>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabel {
+    pub consumer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionOutcomeLabel {
+    pub action: &'static str,
+    pub outcome: &'static str,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self {
+            answered: Family::default(),
+            // 1 ms .. ~33 s
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+        }
+    }
+}
+
 /// All metrics of a node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -102,6 +143,10 @@ pub struct Metrics {
     pub runtime_tasks: Gauge,
     pub events: EventMetrics,
     pub handlers: HandlerMetrics,
+    pub requests: RequestMetrics,
+    /// 1 while the consumer of backends' messages (`commands`, `requests`)
+    /// runs (its start waits up to 30 s for queues), 0 otherwise.
+    pub consumer_up: Family<ConsumerLabel, Gauge>,
     registry: Registry,
     /// Metrics whose names the seeds give, without the prefix.
     seed_registry: Registry,
@@ -125,6 +170,8 @@ impl Metrics {
             runtime_tasks: Gauge::default(),
             events: EventMetrics::default(),
             handlers: HandlerMetrics::default(),
+            requests: RequestMetrics::default(),
+            consumer_up: Family::default(),
             registry: Registry::with_prefix("switchboard"),
             seed_registry: Registry::default(),
         };
@@ -208,6 +255,21 @@ impl Metrics {
             "Outbox entries waiting to be relayed, all shards (refreshed every 2 s)",
             self.events.outbox_depth.clone(),
         );
+        r.register(
+            "consumer_up",
+            "1 while the consumer of commands or requests from backends runs, by consumer",
+            self.consumer_up.clone(),
+        );
+        r.register(
+            "requests",
+            "Requests from backends answered, by action and outcome",
+            self.requests.answered.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "From a backend sending a request to its answer stored, by action",
+            self.requests.duration.clone(),
+        );
         let r = &mut self.seed_registry;
         r.register(
             "messaging_handler_duration_seconds",
@@ -243,6 +305,13 @@ impl Metrics {
                 code: code.as_str(),
             })
             .inc();
+    }
+
+    /// Marks the consumer of backends' `consumer` messages up or down.
+    pub fn consumer(&self, consumer: &'static str, up: bool) {
+        self.consumer_up
+            .get_or_create(&ConsumerLabel { consumer })
+            .set(i64::from(up));
     }
 
     /// Counts and logs a failed backend call (the caller carries on).

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -15,7 +15,6 @@ use crate::history;
 use crate::hub::{ConnHandle, Hub, Outbound};
 use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
-use crate::model::{ChatMessage, Target};
 use crate::protocol::{
     ClientFrame, Dialect, ErrorCode, FrameError, Limits, ParseLimits, Send, ServerFrame,
     TypingState,
@@ -403,80 +402,30 @@ impl Node {
     }
 
     async fn on_send(&self, conn: &Arc<ConnHandle>, s: Send) -> Result<(), FrameError> {
-        if self.backends.bus.is_saturated() {
-            return Err(FrameError::new(
-                ErrorCode::Unavailable,
-                "the cross-node bus is saturated; resend shortly with the same client_msg_id",
-            ));
-        }
-        let me = &conn.user;
-        let (conversation, to, group) = match s.target {
-            Target::User(u) => (ConversationId::direct(me, &u), Some(u), None),
-            Target::Group(g) => (ConversationId::Group(g.clone()), None, Some(g)),
-        };
-        let mut recipients = self.participants(me, &conversation).await?;
-        recipients.retain(|u| u != me);
-        let accepted_at = Instant::now();
-        let msg = ChatMessage {
-            msg_id: self.ids.next_id(),
-            conversation,
-            seq: 0,
-            from: me.clone(),
-            to,
-            group,
+        let out = crate::sending::Outgoing {
+            from: conn.user.clone(),
+            target: s.target,
             content: s.content,
             format: s.format,
-            recalled: false,
-            status: None,
-            ts: now_millis(),
             client_msg_id: s.client_msg_id,
             chat_id: s.chat_id,
         };
-        let appended = self.backends.store.append(msg, &recipients).await?;
-        let m = &appended.msg;
-        conn.push(
-            Arc::new(ServerFrame::Sent {
-                client_msg_id: m.client_msg_id.clone(),
-                msg_id: m.msg_id,
-                conversation: m.conversation.clone(),
-                seq: m.seq,
-                ts: m.ts,
-                duplicate: appended.duplicate,
-            }),
-            None,
-        );
-        if appended.duplicate {
-            // A resend means the sender never saw the first answer: the first
-            // try may have stored the message and failed before pushing it.
-            // Push again; clients drop msg ids they already have.
-            self.metrics.repushed.inc();
-            let mut everyone = recipients;
-            everyone.push(me.clone());
-            self.router
-                .route(
-                    &everyone,
-                    ServerFrame::Message(appended.msg),
-                    Some(&conn.id),
-                    None,
-                )
-                .await;
-            return Ok(());
-        }
-        self.metrics.messages_stored.inc();
-        self.metrics
-            .inbox_skipped
-            .inc_by(appended.inbox_skipped.len() as u64);
-        // The sender's other devices get the message too.
-        recipients.push(me.clone());
-        self.router
-            .route(
-                &recipients,
-                ServerFrame::Message(appended.msg),
-                Some(&conn.id),
-                Some(accepted_at),
-            )
-            .await;
-        Ok(())
+        crate::sending::send(self, out, Some(&conn.id), |appended| {
+            let m = &appended.msg;
+            conn.push(
+                Arc::new(ServerFrame::Sent {
+                    client_msg_id: m.client_msg_id.clone(),
+                    msg_id: m.msg_id,
+                    conversation: m.conversation.clone(),
+                    seq: m.seq,
+                    ts: m.ts,
+                    duplicate: appended.duplicate,
+                }),
+                None,
+            );
+        })
+        .await
+        .map(drop)
     }
 
     async fn on_typing(

@@ -250,6 +250,16 @@ async fn group_messages_fan_out_to_members_only() {
         .http("DELETE", "/api/v1/groups/team/members/gwen", None, None)
         .await;
     assert_eq!(st, 200);
+    // The member removed learns of it, with the members left.
+    let g = gwen.expect("group").await;
+    assert_eq!(
+        (
+            g["change"].as_str(),
+            g["users"].clone(),
+            g["members"].clone()
+        ),
+        (Some("removed"), json!(["gwen"]), json!(["gil", "gus"]))
+    );
     gwen.send(json!({"type": "send", "group": "team", "content": "still here?"}))
         .await;
     assert_eq!(gwen.expect("error").await["code"], "not_a_member");
@@ -262,6 +272,21 @@ async fn group_messages_fan_out_to_members_only() {
         )
         .await;
     assert_eq!(st, 200);
+    let g = out.expect("group").await;
+    assert_eq!(
+        (g["change"].as_str(), g["users"].clone()),
+        (Some("added"), json!(["otto"]))
+    );
+    // `system` sends notices; it is never a member.
+    let (st, body) = s
+        .http(
+            "POST",
+            "/api/v1/groups/team/members",
+            Some(json!({"users": ["system"]})),
+            None,
+        )
+        .await;
+    assert_eq!((st, body["code"].as_str()), (400, Some("invalid_field")));
     gil.send(json!({"type": "send", "group": "team", "content": "welcome otto"}))
         .await;
     gil.expect("sent").await;

@@ -45,6 +45,7 @@ async fn store_keeps_the_contract() {
     contract::inbox_ack_and_limit(&s, "t2", 2000).await;
     contract::history_pages(&s, "t3", 3000).await;
     contract::groups(&s, "t4", 4000).await;
+    contract::command_log(&s, "t7").await;
     contract::recall(&s, "t5", 5000).await;
     contract::receipts(&s, "t6", 6000).await;
 }

@@ -118,6 +118,10 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
     command_retry(&spec.commands)?
         .check()
         .map_err(|v| invalid(v.spec_field, v.message))?;
+    // The node's rule (SB_REQUEST_TIMEOUT).
+    let timeout = duration("spec.requests.timeout", &spec.requests.timeout)?;
+    switchboard_settings::commands::check_request_timeout(timeout)
+        .map_err(|m| invalid("spec.requests.timeout", m))?;
     if spec.rocketmq.name_server.trim().is_empty() {
         return Err(invalid("spec.rocketmq.nameServer", "empty"));
     }

@@ -81,6 +81,8 @@ pub struct Delivery {
     pub msg_id: String,
     /// How many times it was delivered before (0 the first time).
     pub reconsume_times: u32,
+    /// When the producer sent it (its clock), ms since the Unix epoch.
+    pub born_at_ms: i64,
 }
 
 impl Delivery {
@@ -97,6 +99,7 @@ impl Delivery {
             body: msg.body().map(|b| b.to_vec()).unwrap_or_default(),
             msg_id: msg.msg_id().to_string(),
             reconsume_times: u32::try_from(msg.reconsume_times()).unwrap_or(0),
+            born_at_ms: msg.born_timestamp(),
         }
     }
 }

@@ -14,6 +14,16 @@ pub const MAX_REDELIVERIES: u32 = 16;
 /// Shortest time an applied command's id is remembered.
 pub const MIN_DEDUP_TTL: Duration = Duration::from_secs(3600);
 
+/// Whether a request timeout (`SB_REQUEST_TIMEOUT`, `spec.requests.timeout`) is
+/// within 1 s to 5 min.
+pub fn check_request_timeout(timeout: Duration) -> Result<(), String> {
+    if (Duration::from_secs(1)..=Duration::from_secs(300)).contains(&timeout) {
+        Ok(())
+    } else {
+        Err("must be 1s to 5m".into())
+    }
+}
+
 /// How a failing command is retried, and how long its id is remembered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandRetry {

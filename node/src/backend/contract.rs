@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
-use super::{BackendError, ConnectionInfo, HistoryPage, HistoryQuery, MessageStore, Registry};
+use super::{
+    BackendError, Claim, CommandLog, ConnectionInfo, HistoryPage, HistoryQuery, MessageStore,
+    Registry,
+};
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
 use crate::model::ChatMessage;
 
@@ -371,6 +374,27 @@ pub async fn groups(s: &dyn MessageStore, tag: &str, base: u64) {
         [base + 10]
     );
 
+    // Owner and title: set, read back, cleared, and gone with the group.
+    let profile = crate::model::GroupProfile {
+        owner: Some(a.clone()),
+        title: Some("周末 \"hike\"".into()),
+    };
+    let set = s.set_group_profile(&g, &profile).await.expect("profile");
+    assert_eq!(
+        (set.owner.as_ref(), set.title.as_deref()),
+        (Some(&a), Some("周末 \"hike\""))
+    );
+    let read = s.group(&g).await.expect("group").expect("exists");
+    assert_eq!(
+        (read.owner, read.title),
+        (profile.owner.clone(), profile.title.clone())
+    );
+    assert!(matches!(
+        s.set_group_profile(&GroupId::parse("nope-nope").expect("id"), &profile)
+            .await,
+        Err(BackendError::NoSuchGroup(_))
+    ));
+
     let after = s.remove_member(&g, &a).await.expect("remove");
     assert_eq!(after.members, vec![b.clone(), c.clone()]);
     assert!(s.groups_of(&a).await.expect("groups_of").is_empty());
@@ -382,7 +406,67 @@ pub async fn groups(s: &dyn MessageStore, tag: &str, base: u64) {
     assert!(s.delete_group(&g).await.expect("delete"));
     assert!(!s.delete_group(&g).await.expect("delete again"));
     assert!(s.group(&g).await.expect("group").is_none());
+    // Created again: no profile left over.
+    let again = s.create_group(&g, &[]).await.expect("create again");
+    assert_eq!((again.owner, again.title), (None, None));
+    assert!(s.delete_group(&g).await.expect("delete"));
     assert!(s.groups_of(&b).await.expect("groups_of").is_empty());
+}
+
+/// One claim at a time per command id; released, it can be claimed again;
+/// applied, it stays applied; request answers are kept.
+pub async fn command_log(l: &dyn CommandLog, tag: &str) {
+    use std::time::Duration;
+    let id = format!("cmd-{tag}");
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        l.claim(&id, "t1", ttl).await.expect("claim"),
+        Claim::Claimed
+    );
+    assert_eq!(l.claim(&id, "t2", ttl).await.expect("claim"), Claim::Busy);
+    l.release(&id, "t2")
+        .await
+        .expect("release by another: no effect");
+    assert_eq!(l.claim(&id, "t2", ttl).await.expect("claim"), Claim::Busy);
+    l.release(&id, "t1").await.expect("release");
+    assert_eq!(
+        l.claim(&id, "t2", ttl).await.expect("claim"),
+        Claim::Claimed
+    );
+    l.mark_applied(&id, ttl).await.expect("mark");
+    assert_eq!(
+        l.claim(&id, "t3", ttl).await.expect("claim"),
+        Claim::Applied
+    );
+    l.release(&id, "t2")
+        .await
+        .expect("release after the mark: no effect");
+    assert_eq!(
+        l.claim(&id, "t3", ttl).await.expect("claim"),
+        Claim::Applied
+    );
+    // A claim of a node that died expires.
+    let short = format!("short-{tag}");
+    let brief = Duration::from_millis(50);
+    assert_eq!(
+        l.claim(&short, "t1", brief).await.expect("claim"),
+        Claim::Claimed
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        l.claim(&short, "t2", ttl).await.expect("claim"),
+        Claim::Claimed
+    );
+
+    let req = format!("req-{tag}");
+    assert_eq!(l.reply(&req).await.expect("reply"), None);
+    l.keep_reply(&req, "{\"success\":true}", ttl)
+        .await
+        .expect("keep");
+    assert_eq!(
+        l.reply(&req).await.expect("reply").as_deref(),
+        Some("{\"success\":true}")
+    );
 }
 
 /// Devices, presence, stats deltas, and forgetting a dead pod.

@@ -229,14 +229,40 @@ pub trait MessageStore: Send + Sync + Debug {
     async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>>;
 }
 
-/// The ids of the commands from backends that were applied, so a command
-/// RocketMQ delivers again changes nothing twice ([`crate::commands`]).
+/// What backends asked for: the ids of the commands that were applied, so
+/// a command RocketMQ delivers again changes nothing twice
+/// ([`crate::commands`]), and the answers to requests, so a request
+/// delivered again gets the same answer ([`crate::requests`]).
 #[async_trait]
 pub trait CommandLog: Send + Sync + Debug {
-    /// Whether `id` was marked applied within its time to live.
-    async fn is_applied(&self, id: &str) -> BackendResult<bool>;
-    /// Remembers `id` as applied for `ttl`.
+    /// Takes `id` for applying it, as `token` (unique per attempt), for at
+    /// most `ttl` (a node that dies while applying holds it no longer):
+    /// at most one attempt holds a command at a time, across the nodes.
+    async fn claim(&self, id: &str, token: &str, ttl: std::time::Duration) -> BackendResult<Claim>;
+    /// Gives up the claim `token` holds (the attempt failed).
+    async fn release(&self, id: &str, token: &str) -> BackendResult<()>;
+    /// Remembers `id` as applied for `ttl` (the claim ends).
     async fn mark_applied(&self, id: &str, ttl: std::time::Duration) -> BackendResult<()>;
+    /// The answer kept for request `id`, if any.
+    async fn reply(&self, id: &str) -> BackendResult<Option<String>>;
+    /// Keeps `answer` for request `id` for `ttl`.
+    async fn keep_reply(
+        &self,
+        id: &str,
+        answer: &str,
+        ttl: std::time::Duration,
+    ) -> BackendResult<()>;
+}
+
+/// What [`CommandLog::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Now held by the caller.
+    Claimed,
+    /// Applied before (within its time to live).
+    Applied,
+    /// Held by another attempt.
+    Busy,
 }
 
 /// What travels between nodes.

@@ -14,9 +14,13 @@
 //! 5. after the last, it goes to the dead-letter topic
 //!    `%DLQ%<prefix>-commands` with the reason.
 //!
-//! Once applied, its id is marked in the log (`SB_COMMAND_DEDUP_TTL` [72 h]).
-//! A node dying between the effect and the mark lets the command be applied
-//! again by whoever gets it next: every effect is idempotent ([`super::apply`]).
+//! An attempt claims the command's id in the log first (one attempt at a
+//! time across the nodes: RocketMQ may hand one message to two consumers
+//! while queues move between them; the claim lasts at most 15 s), and once
+//! applied marks it applied (`SB_COMMAND_DEDUP_TTL` [72 h]). A node dying
+//! between the effect and the mark lets the command be applied again once
+//! its claim expired, by whoever gets it next: every effect is idempotent
+//! ([`super::apply`]).
 //!
 //! The consumer reads in queue order, one command at a time: commands a
 //! backend sends to one queue (the same sharding key: the activity or group)
@@ -33,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply::{Failure, apply};
 use super::parse::{Command, parse};
+use crate::backend::Claim;
 use crate::config::CommandSettings;
 use crate::metrics::{HandlerLabel, KindLabel, OutcomeLabel};
 use crate::node::Node;
@@ -46,6 +51,9 @@ pub const ORIGIN_MSG_ID: &str = "origin_msg_id";
 pub const ORIGIN_TOPIC: &str = "origin_topic";
 /// How many times RocketMQ had delivered it before it died.
 pub const DELIVERIES: &str = "deliveries";
+/// How long one attempt holds a command: a node that dies applying it
+/// blocks it no longer.
+const CLAIM_TTL: Duration = Duration::from_secs(15);
 /// How long the start waits for the consumer to hold a queue.
 const ASSIGN_WAIT: Duration = Duration::from_secs(30);
 /// Wait between attempts to start the consumer (broker away, group missing).
@@ -60,11 +68,14 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
         return;
     };
     let names = Names::new(&prefix);
+    node.metrics.consumer("commands", false);
     loop {
         match start(&node, &namesrv, &names).await {
             Ok((consumer, producer, rt)) => {
+                node.metrics.consumer("commands", true);
                 tracing::info!(topic = %names.commands_topic(), "consuming commands");
                 stop.cancelled().await;
+                node.metrics.consumer("commands", false);
                 consumer.shutdown().await;
                 // The handler may still hold a reference; the runtime's
                 // shutdown ends the client then.
@@ -217,13 +228,35 @@ impl Handler {
         Ok(())
     }
 
+    /// One attempt: claims the command (one attempt at a time across the
+    /// nodes: RocketMQ may hand one message to two consumers while queues
+    /// move), applies it, marks it applied; a failed attempt gives the
+    /// claim up.
     async fn attempt(&self, cmd: &Command, id: &str) -> Result<Outcome, Failure> {
         let log = &self.node.backends().command_log;
-        if log.is_applied(id).await? {
-            return Ok(Outcome::Duplicate);
+        let token = format!("{}:{}", self.node.pod.name, self.node.next_msg_id());
+        match log.claim(id, &token, CLAIM_TTL).await? {
+            Claim::Applied => return Ok(Outcome::Duplicate),
+            Claim::Busy => {
+                return Err(Failure::Retry(
+                    "another attempt (another node) is applying it".into(),
+                ));
+            }
+            Claim::Claimed => {}
         }
-        apply(&self.node, cmd, &notice_key(id)).await?;
-        log.mark_applied(id, self.settings.dedup_ttl).await?;
+        let applied = match apply(&self.node, cmd, &notice_key(id)).await {
+            Ok(()) => log
+                .mark_applied(id, self.settings.dedup_ttl)
+                .await
+                .map_err(Failure::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
+            if let Err(released) = log.release(id, &token).await {
+                tracing::warn!(error = %released, "cannot release a command's claim; it expires in 15 s");
+            }
+            return Err(e);
+        }
         Ok(Outcome::Applied)
     }
 

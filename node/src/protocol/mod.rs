@@ -413,7 +413,8 @@ fn parse_kind(
     Ok(frame)
 }
 
-fn validate_send(s: &Send, me: &UserId, limits: ParseLimits) -> Result<(), FrameError> {
+/// Checks a `send` as the frame parser does (also for a backend's `send_message`).
+pub fn validate_send(s: &Send, me: &UserId, limits: ParseLimits) -> Result<(), FrameError> {
     if s.content.is_empty() {
         return Err(FrameError::new(
             ErrorCode::InvalidField,

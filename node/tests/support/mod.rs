@@ -205,14 +205,18 @@ impl Client {
         }
     }
 
-    /// The next frame of type `ty`, skipping presence frames only.
+    /// The next frame of type `ty`, skipping presence and group frames only.
     pub async fn expect(&mut self, ty: &str) -> Value {
         loop {
             let v = self.next().await;
             if v["type"] == ty {
                 return v;
             }
-            assert_eq!(v["type"], "presence", "expected {ty}, got {v}");
+            // Membership changes (`group`) come with the admin API's calls.
+            assert!(
+                v["type"] == "presence" || v["type"] == "group",
+                "expected {ty}, got {v}"
+            );
         }
     }
 

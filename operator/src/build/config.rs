@@ -77,6 +77,8 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
     put("SB_COMMAND_RETRY_MAX", c.retry_max.clone());
     put("SB_COMMAND_REDELIVERIES", c.redeliveries.to_string());
     put("SB_COMMAND_DEDUP_TTL", c.dedup_ttl.clone());
+    put("SB_REQUESTS", s.requests.enabled.to_string());
+    put("SB_REQUEST_TIMEOUT", s.requests.timeout.clone());
     if let Some(url) = &s.redis.url {
         put("SB_REDIS_URL", url.clone());
     }
@@ -219,6 +221,8 @@ mod tests {
         assert_eq!(c["SB_COMMAND_RETRY_MULTIPLIER"], "2");
         assert_eq!(c["SB_COMMAND_REDELIVERIES"], "0");
         assert_eq!(c["SB_COMMAND_DEDUP_TTL"], "72h");
+        assert_eq!(c["SB_REQUESTS"], "true");
+        assert_eq!(c["SB_REQUEST_TIMEOUT"], "10s");
         // 10 s, 10 s, 10 s: more than the 20 s the node allows.
         cc.spec.commands.retries = 3;
         cc.spec.commands.retry_initial = "10s".into();
@@ -228,6 +232,10 @@ mod tests {
         cc.spec.commands.dedup_ttl = "10m".into();
         let e = validate(&cc, "n").unwrap_err();
         assert_eq!(e.field, "spec.commands.dedupTtl");
+        cc.spec.commands.dedup_ttl = "72h".into();
+        cc.spec.requests.timeout = "10m".into();
+        let e = validate(&cc, "n").unwrap_err();
+        assert_eq!(e.field, "spec.requests.timeout");
     }
 
     #[test]

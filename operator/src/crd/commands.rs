@@ -1,4 +1,5 @@
-//! Commands from backends to a ChatCluster (`docs/integration.md`, "Commands").
+//! Commands and requests from backends to a ChatCluster (`docs/integration.md`,
+//! "Commands" and "Requests").
 
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,30 @@ impl Default for CommandsSpec {
             retry_max: defaults::command_retry_max(),
             redeliveries: defaults::command_redeliveries(),
             dedup_ttl: defaults::command_dedup_ttl(),
+        }
+    }
+}
+
+/// Whether the nodes answer the request-response API on `<prefix>-requests` (group
+/// `<prefix>-api`), and how long a request stays worth executing.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestsSpec {
+    /// Answer requests.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// How long after a backend sent a request (unless its `deadline_ms` property says
+    /// otherwise) a node still executes it; later it answers `timeout`. 1s to 5m.
+    #[serde(default = "defaults::request_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    pub timeout: String,
+}
+
+impl Default for RequestsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            timeout: defaults::request_timeout(),
         }
     }
 }

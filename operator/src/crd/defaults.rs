@@ -82,3 +82,6 @@ pub fn command_redeliveries() -> u32 {
 pub fn command_dedup_ttl() -> String {
     "72h".into()
 }
+pub fn request_timeout() -> String {
+    "10s".into()
+}

@@ -149,6 +149,11 @@ pub struct ChatClusterSpec {
     /// seed 002's schedule, then dead-lettered with the reason.
     #[serde(default)]
     pub commands: CommandsSpec,
+
+    /// The request-response API on `<prefix>-requests` / `<prefix>-responses` (seed 000):
+    /// on by default, requests older than `timeout` answered `timeout` unexecuted.
+    #[serde(default)]
+    pub requests: RequestsSpec,
 }
 
 /// Image pull policy of the chat node container.
@@ -492,7 +497,7 @@ mod commands;
 mod defaults;
 mod streams;
 
-pub use commands::CommandsSpec;
+pub use commands::{CommandsSpec, RequestsSpec};
 pub use streams::EventStreamsSpec;
 
 #[cfg(test)]

@@ -291,6 +291,30 @@ impl Cluster {
     }
 }
 
+/// Waits until every pod of `c` runs its consumer of backends' `consumer`
+/// messages (`commands`, `requests`), from its metrics.
+pub async fn wait_consumers(c: &Cluster, consumer: &str) {
+    let line = format!("switchboard_consumer_up{{consumer=\"{consumer}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &c.pods {
+        loop {
+            let metrics = http_get(p.addr, "/metrics").await.1;
+            if metrics
+                .as_str()
+                .is_some_and(|m| m.lines().any(|l| l == line))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {consumer} consumer",
+                p.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Waits until `/readyz` says 200 (subscribed to its topic).
 pub async fn wait_ready(p: &Pod) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -442,7 +466,7 @@ impl Client {
         }
     }
 
-    /// The next frame of type `ty`, skipping presence frames.
+    /// The next frame of type `ty`, skipping presence and group frames.
     pub async fn expect(&mut self, ty: &str) -> Value {
         loop {
             let v = self
@@ -452,7 +476,11 @@ impl Client {
             if v["type"] == ty {
                 return v;
             }
-            assert_eq!(v["type"], "presence", "expected {ty}, got {v}");
+            // Membership changes (`group`) come with the admin API's calls.
+            assert!(
+                v["type"] == "presence" || v["type"] == "group",
+                "expected {ty}, got {v}"
+            );
         }
     }
 

@@ -258,6 +258,7 @@ mod tests {
         contract::history_pages(&s, "t3", 3000).await;
         contract::groups(&s, "t4", 4000).await;
         contract::recall(&s, "t5", 5000).await;
+        contract::command_log(&s, "t7").await;
         contract::receipts(&s, "t6", 6000).await;
     }
 

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 
 use super::lock;
 use crate::backend::{
-    Appended, BackendError, BackendResult, CommandLog, HistoryPage, HistoryQuery, MessageStore,
+    Appended, BackendError, BackendResult, Claim, CommandLog, HistoryPage, HistoryQuery,
+    MessageStore,
 };
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
 use crate::model::{ChatMessage, Group, GroupProfile};
@@ -39,8 +40,11 @@ struct StoreState {
     dedup_expiry: VecDeque<(Instant, (UserId, String))>,
     groups: HashMap<GroupId, BTreeSet<UserId>>,
     profiles: HashMap<GroupId, GroupProfile>,
-    /// Command ids applied, until when they are remembered.
-    commands: HashMap<String, Instant>,
+    /// Command ids until when they are remembered: applied (`None`) or
+    /// claimed by a token.
+    commands: HashMap<String, (Instant, Option<String>)>,
+    /// Answers to requests, until when they are kept.
+    replies: HashMap<String, (Instant, String)>,
     user_groups: HashMap<UserId, BTreeSet<GroupId>>,
 }
 
@@ -417,19 +421,56 @@ impl MessageStore for MemoryStore {
 
 #[async_trait]
 impl CommandLog for MemoryStore {
-    async fn is_applied(&self, id: &str) -> BackendResult<bool> {
-        let st = lock(&self.inner);
-        Ok(st
+    async fn claim(&self, id: &str, token: &str, ttl: Duration) -> BackendResult<Claim> {
+        let mut st = lock(&self.inner);
+        let now = Instant::now();
+        st.commands.retain(|_, (until, _)| *until > now);
+        Ok(match st.commands.get(id) {
+            Some((_, None)) => Claim::Applied,
+            Some((_, Some(_))) => Claim::Busy,
+            None => {
+                st.commands
+                    .insert(id.to_owned(), (now + ttl, Some(token.to_owned())));
+                Claim::Claimed
+            }
+        })
+    }
+
+    async fn release(&self, id: &str, token: &str) -> BackendResult<()> {
+        let mut st = lock(&self.inner);
+        if st
             .commands
             .get(id)
-            .is_some_and(|until| *until > Instant::now()))
+            .is_some_and(|(_, held)| held.as_deref() == Some(token))
+        {
+            st.commands.remove(id);
+        }
+        Ok(())
     }
 
     async fn mark_applied(&self, id: &str, ttl: Duration) -> BackendResult<()> {
         let mut st = lock(&self.inner);
+        st.commands
+            .insert(id.to_owned(), (Instant::now() + ttl, None));
+        Ok(())
+    }
+
+    async fn reply(&self, id: &str) -> BackendResult<Option<String>> {
+        let st = lock(&self.inner);
         let now = Instant::now();
-        st.commands.retain(|_, until| *until > now);
-        st.commands.insert(id.to_owned(), now + ttl);
+        Ok(st
+            .replies
+            .get(id)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, answer)| answer.clone()))
+    }
+
+    async fn keep_reply(&self, id: &str, answer: &str, ttl: Duration) -> BackendResult<()> {
+        let mut st = lock(&self.inner);
+        let now = Instant::now();
+        st.replies.retain(|_, (until, _)| *until > now);
+        st.replies
+            .insert(id.to_owned(), (now + ttl, answer.to_owned()));
         Ok(())
     }
 }

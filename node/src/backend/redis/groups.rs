@@ -1,4 +1,4 @@
-//! Groups and the command log on Redis (layout: [`super`]).
+//! Groups, the command log and request answers on Redis (layout: [`super`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use super::{RedisStore, unavailable};
 use crate::backend::redis_lua::{
     ADD_MEMBERS_SCRIPT, CREATE_GROUP_SCRIPT, DELETE_GROUP_SCRIPT, REMOVE_MEMBER_SCRIPT,
 };
-use crate::backend::{BackendError, BackendResult, CommandLog};
+use crate::backend::{BackendError, BackendResult, Claim, CommandLog};
 use crate::ids::{ConversationId, GroupId, UserId};
 use crate::model::{Group, GroupProfile};
 
@@ -217,20 +217,89 @@ return 1
     )
 });
 
+/// The value of an applied command's key (a claim holds its token).
+const APPLIED: &str = "applied";
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// KEYS: cmd:<id>   ARGV: token, ttl ms. Returns `claimed`, or what holds it.
+static CLAIM_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'claimed' end
+return redis.call('GET', KEYS[1]) or 'busy'
+"#,
+    )
+});
+
+/// KEYS: cmd:<id>   ARGV: token. Deletes the key only while the token holds it.
+static RELEASE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
 #[async_trait]
 impl CommandLog for RedisStore {
-    async fn is_applied(&self, id: &str) -> BackendResult<bool> {
+    async fn claim(&self, id: &str, token: &str, ttl: Duration) -> BackendResult<Claim> {
         let mut conn = self.conn.clone();
-        conn.exists(format!("{}cmd:{id}", self.keys.prefix()))
+        let held: String = CLAIM_SCRIPT
+            .key(format!("{}cmd:{id}", self.keys.prefix()))
+            .arg(token)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(match held.as_str() {
+            "claimed" => Claim::Claimed,
+            // "1": what the first release of the command log stored.
+            APPLIED | "1" => Claim::Applied,
+            _ => Claim::Busy,
+        })
+    }
+
+    async fn release(&self, id: &str, token: &str) -> BackendResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = RELEASE_SCRIPT
+            .key(format!("{}cmd:{id}", self.keys.prefix()))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn mark_applied(&self, id: &str, ttl: Duration) -> BackendResult<()> {
         let mut conn = self.conn.clone();
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        conn.pset_ex(format!("{}cmd:{id}", self.keys.prefix()), 1u8, ms)
+        conn.pset_ex(
+            format!("{}cmd:{id}", self.keys.prefix()),
+            APPLIED,
+            millis(ttl),
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn reply(&self, id: &str) -> BackendResult<Option<String>> {
+        let mut conn = self.conn.clone();
+        conn.get(format!("{}reply:{id}", self.keys.prefix()))
             .await
             .map_err(unavailable)
+    }
+
+    async fn keep_reply(&self, id: &str, answer: &str, ttl: Duration) -> BackendResult<()> {
+        let mut conn = self.conn.clone();
+        conn.pset_ex(
+            format!("{}reply:{id}", self.keys.prefix()),
+            answer,
+            millis(ttl),
+        )
+        .await
+        .map_err(unavailable)
     }
 }

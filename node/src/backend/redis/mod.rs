@@ -27,8 +27,11 @@
 //! - `Kgroups` set of group ids; `Kgroup:<g>` set of members;
 //!   `Kgroupinfo:<g>` hash {owner, title}; `Kugroups:<user>` set of the
 //!   user's groups.
-//! - `Kcmd:<command id>` present while a command from a backend counts as
-//!   applied (TTL: `SB_COMMAND_DEDUP_TTL`).
+//! - `Kcmd:<command id>` `applied` while a command from a backend counts as
+//!   applied (TTL: `SB_COMMAND_DEDUP_TTL`), or the token of the attempt
+//!   holding it (TTL 15 s); `Kcmd:request:<request id>` the same claim for
+//!   a request being executed.
+//! - `Kreply:<request id>` the JSON answer to a request, TTL 1 h.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -252,7 +252,15 @@ pub fn lane_of(envelope: &Envelope) -> u32 {
                 h.write(b"group:");
                 h.write(g.as_str().as_bytes());
             }
-            None => h.write(users.first().map_or("", |u| u.as_str()).as_bytes()),
+            None => match frame {
+                // A membership change keeps its order with the group's
+                // messages (a member sees `added` before the notice after it).
+                ServerFrame::Group { group, .. } => {
+                    h.write(b"group:");
+                    h.write(group.as_str().as_bytes());
+                }
+                _ => h.write(users.first().map_or("", |u| u.as_str()).as_bytes()),
+            },
         },
         Envelope::Presence(p) => h.write(p.user.as_str().as_bytes()),
     }
@@ -265,6 +273,7 @@ fn conversation_of(frame: &ServerFrame) -> Option<&ConversationId> {
         ServerFrame::Sent { conversation, .. }
         | ServerFrame::Delivered { conversation, .. }
         | ServerFrame::Read { conversation, .. }
+        | ServerFrame::Recalled { conversation, .. }
         | ServerFrame::Typing { conversation, .. } => Some(conversation),
         _ => None,
     }
@@ -319,6 +328,25 @@ mod tests {
             .map(|i| lane_of(&typing(&format!("group:g{i}"), "bob")))
             .collect();
         assert!(lanes.len() > LANES as usize / 2, "{lanes:?}");
+    }
+
+    #[test]
+    fn a_group_change_takes_its_group_lane() {
+        let g = crate::ids::GroupId::parse("g1").unwrap();
+        let change = Envelope::ToUsers {
+            users: vec![UserId::parse("carol").unwrap()],
+            except: None,
+            frame: ServerFrame::Group {
+                group: g,
+                change: crate::protocol::server::GroupChange::Added,
+                users: Vec::new(),
+                members: Vec::new(),
+                owner: None,
+                title: None,
+            },
+            sent_at_us: 0,
+        };
+        assert_eq!(lane_of(&change), lane_of(&typing("group:g1", "bob")));
     }
 
     #[test]

@@ -1,0 +1,241 @@
+//! Driving a cluster as a backend would: `request`, `command`, and the
+//! commands' dead letters (`dead-letters list`, `dead-letters redrive`).
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchboard_client::{ClientConfig, CommandPublisher, RequestClient};
+use switchboard_rocketmq::names::Names;
+use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Credentials, Delivery, Runtime};
+
+/// Where the cluster is.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// RocketMQ name server (`host:port`).
+    #[arg(long, env = "SB_ROCKETMQ_NAMESRV")]
+    pub namesrv: String,
+    /// The cluster's topic prefix (`status.topics` of the ChatCluster shows it).
+    #[arg(long, env = "SB_TOPIC_PREFIX")]
+    pub prefix: String,
+    /// RocketMQ ACL user, for a broker with ACL (with `--secret-key`).
+    #[arg(long, env = "SB_ROCKETMQ_ACCESS_KEY")]
+    pub access_key: Option<String>,
+    /// RocketMQ ACL password.
+    #[arg(long, env = "SB_ROCKETMQ_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+}
+
+impl Target {
+    fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        Credentials::from_parts(self.access_key.as_deref(), self.secret_key.as_deref())
+            .context("--access-key / --secret-key")
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The user the request acts as.
+    #[arg(long)]
+    pub user: String,
+    /// `send_message`, `get_history`, `get_presence`, `get_online`, `get_group`.
+    #[arg(long)]
+    pub action: String,
+    /// The request's `data`, as JSON.
+    #[arg(long, default_value = "{}")]
+    pub data: String,
+    /// How long to wait for the answer (also the request's deadline).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Sends one request and prints the answer (exit 1 if it is a failure).
+pub async fn request(args: RequestArgs) -> anyhow::Result<bool> {
+    let data: serde_json::Value = serde_json::from_str(&args.data).context("--data is not JSON")?;
+    let credentials = args.target.credentials()?;
+    let group = format!("{}-ctl-request-{}", args.target.prefix, std::process::id());
+    let rt = Runtime::new()?;
+    let admin = Admin::connect_as(&rt, &args.target.namesrv, credentials.as_ref()).await?;
+    admin.ensure_group(&group, 0).await?;
+    let client = RequestClient::start(ClientConfig {
+        namesrv: args.target.namesrv.clone(),
+        prefix: args.target.prefix.clone(),
+        responses_group: group.clone(),
+        credentials,
+        timeout: args.timeout,
+    })
+    .await;
+    let outcome = match client {
+        Ok(client) => {
+            let answer = client.request(&args.user, &args.action, data).await;
+            client.shutdown().await;
+            answer.map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(e.into()),
+    };
+    let deleted = admin.delete_group(&group).await;
+    admin.shutdown().await;
+    rt.shutdown().await;
+    deleted.with_context(|| format!("cannot delete consumer group {group}"))?;
+    let answer = outcome?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(&answer)?)?;
+    Ok(answer.success)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CommandArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The command type (the tag), e.g. `activity.created`, `group.members.add`.
+    #[arg(long = "type")]
+    pub kind: String,
+    /// The command's JSON body.
+    #[arg(long)]
+    pub body: String,
+    /// Commands with one order key go to one queue and are applied in the
+    /// order sent (default: the body's `activity_id` or `group_id`).
+    #[arg(long)]
+    pub order_key: Option<String>,
+    /// The message key: the command's id for dedup.
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// The order key of a command body: its `activity_id`, else its `group_id`.
+fn order_key_of(body: &[u8]) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    ["activity_id", "group_id"]
+        .iter()
+        .find_map(|f| body[*f].as_str().map(str::to_owned))
+}
+
+/// Publishes one command.
+pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
+    let body: serde_json::Value = serde_json::from_str(&args.body).context("--body is not JSON")?;
+    let order_key = args
+        .order_key
+        .clone()
+        .or_else(|| order_key_of(body.to_string().as_bytes()))
+        .unwrap_or_default();
+    let t = &args.target;
+    let group = format!("{}-ctl-commands", t.prefix);
+    let publisher =
+        CommandPublisher::start(&t.namesrv, &t.prefix, &group, t.credentials()?).await?;
+    let sent = publisher
+        .publish(&args.kind, &body, &order_key, args.key.as_deref())
+        .await;
+    publisher.shutdown().await;
+    sent?;
+    eprintln!("sent {} to {}-commands", args.kind, t.prefix);
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeadLetterArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Stop once no dead letter arrived for this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
+}
+
+/// The user properties a dead letter adds, dropped when it is re-driven.
+const DEAD_LETTER_PROPERTIES: [&str; 5] = [
+    "dead_letter_code",
+    "dead_letter_reason",
+    "origin_msg_id",
+    "origin_topic",
+    "deliveries",
+];
+
+/// `list`: prints every dead letter, oldest first, one JSON line each
+/// (group of its own, deleted at exit). `redrive`: publishes each dead
+/// letter not re-driven before to the commands topic again (tag, key, body
+/// and the producer's properties), with the persistent group
+/// `<prefix>-ctl-redrive` remembering how far it got.
+pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result<()> {
+    let t = &args.target;
+    let credentials = t.credentials()?;
+    let names = Names::new(&t.prefix);
+    let topic = names.commands_dead_letter_topic();
+    let group = if redrive {
+        format!("{}-ctl-redrive", t.prefix)
+    } else {
+        format!("{}-ctl-dead-letters-{}", t.prefix, std::process::id())
+    };
+    let rt = Runtime::new()?;
+    let admin = Admin::connect_as(&rt, &t.namesrv, credentials.as_ref()).await?;
+    admin.ensure_group(&group, 0).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = Consumer::start_blocking(
+        &rt,
+        ConsumerConfig {
+            namesrv: t.namesrv.clone(),
+            topic: topic.clone(),
+            group: group.clone(),
+            max_reconsume_times: None,
+            in_order: true,
+            credentials: credentials.clone(),
+        },
+        move |d: Delivery| tx.send(d).map_err(|_| "stopping".to_owned()),
+    )
+    .await
+    .with_context(|| format!("cannot read {topic}"))?;
+    consumer.wait_assigned(Duration::from_secs(30)).await?;
+    let publisher = if redrive {
+        let producer_group = format!("{}-ctl-commands", t.prefix);
+        Some(CommandPublisher::start(&t.namesrv, &t.prefix, &producer_group, credentials).await?)
+    } else {
+        None
+    };
+    let mut count = 0usize;
+    let mut failed = None;
+    while let Ok(Some(d)) = tokio::time::timeout(args.idle, rx.recv()).await {
+        count += 1;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", crate::line(&d))?;
+        drop(out);
+        if let Some(p) = &publisher {
+            let properties = d
+                .properties
+                .iter()
+                .filter(|(k, _)| {
+                    k.bytes().any(|b| b.is_ascii_lowercase())
+                        && !DEAD_LETTER_PROPERTIES.contains(&k.as_str())
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let kind = d.tag.clone().unwrap_or_default();
+            let key = d.key.as_deref().and_then(|k| k.split(' ').next());
+            let order_key = order_key_of(&d.body).unwrap_or_else(|| d.msg_id.clone());
+            if let Err(e) = p
+                .publish_raw(&kind, d.body.clone(), &order_key, key, properties)
+                .await
+            {
+                failed = Some((d.msg_id.clone(), e));
+                break;
+            }
+        }
+    }
+    consumer.shutdown().await;
+    if let Some(p) = publisher {
+        p.shutdown().await;
+    }
+    if !redrive {
+        admin.delete_group(&group).await?;
+    }
+    admin.shutdown().await;
+    rt.shutdown().await;
+    if let Some((msg_id, e)) = failed {
+        // It was read, so the group has moved past it: say which.
+        return Err(e).with_context(|| {
+            format!("cannot re-drive dead letter {msg_id} (the line above); publish it with `command`, then run redrive again for the rest")
+        });
+    }
+    let verb = if redrive { "re-drove" } else { "listed" };
+    eprintln!("{verb} {count} dead letters of {topic}");
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! Reads `<prefix>-requests` (group `<prefix>-api`) and answers each request
+//! on `<prefix>-responses`.
+//!
+//! Per request: an answer kept for its `request_id` (1 h) is published again
+//! and nothing is executed (a redelivery, or a backend's resend); a request
+//! another node is executing (RocketMQ may hand one message to two consumers
+//! while queues move between them) is left to that node; a request
+//! whose deadline passed (its `deadline_ms` property, else
+//! `SB_REQUEST_TIMEOUT` after the backend sent it) is answered `timeout`
+//! without being executed; otherwise it is executed, its answer kept, then
+//! published. A failed publish hands the request back to RocketMQ, which
+//! delivers it again: the kept answer goes out then. Requests are handled
+//! concurrently (up to 20 at a time per node), in no order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_rocketmq::names::{Names, fnv1a64};
+use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Delivery, Producer, Record, Runtime};
+use tokio_util::sync::CancellationToken;
+
+use super::actions::{execute, label};
+use super::{ApiError, ErrorKind, Response, check_request_id, parse};
+use crate::backend::Claim;
+use crate::ids::now_millis;
+use crate::metrics::{ActionLabel, ActionOutcomeLabel};
+use crate::node::Node;
+
+/// How long one node holds a request it executes.
+const CLAIM_TTL: Duration = Duration::from_secs(15);
+/// How long an answer is kept for a request delivered again.
+pub const REPLY_TTL: Duration = Duration::from_secs(3600);
+/// The request property that overrides the deadline (ms since the epoch).
+pub const DEADLINE_PROPERTY: &str = "deadline_ms";
+/// Wait between attempts to start the consumer.
+const START_RETRY: Duration = Duration::from_secs(10);
+/// How long the start waits for the consumer to hold a queue.
+const ASSIGN_WAIT: Duration = Duration::from_secs(30);
+
+/// Answers requests until `stop` (starting again every 10 s while it cannot).
+pub async fn run(node: Arc<Node>, stop: CancellationToken) {
+    let cfg = &node.cfg;
+    let (Some(namesrv), Some(prefix)) = (cfg.rocketmq_namesrv.clone(), cfg.topic_prefix.clone())
+    else {
+        return;
+    };
+    let names = Names::new(&prefix);
+    node.metrics.consumer("requests", false);
+    loop {
+        match start(&node, &namesrv, &names).await {
+            Ok((consumer, producer, rt)) => {
+                node.metrics.consumer("requests", true);
+                tracing::info!(topic = %names.requests_topic(), "answering requests");
+                stop.cancelled().await;
+                node.metrics.consumer("requests", false);
+                consumer.shutdown().await;
+                if let Ok(producer) = Arc::try_unwrap(producer) {
+                    producer.shutdown().await;
+                }
+                rt.shutdown().await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, topic = %names.requests_topic(), "cannot answer requests; trying again in 10 s");
+                tokio::select! {
+                    () = tokio::time::sleep(START_RETRY) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn start(
+    node: &Arc<Node>,
+    namesrv: &str,
+    names: &Names,
+) -> Result<(Consumer, Arc<Producer>, Runtime), String> {
+    let credentials = node.cfg.rocketmq_credentials()?;
+    let rt = Runtime::new().map_err(|e| e.to_string())?;
+    let admin = Admin::connect_as(&rt, namesrv, credentials.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let exists = admin.group_exists(&names.api_group()).await;
+    admin.shutdown().await;
+    if !exists.map_err(|e| e.to_string())? {
+        rt.shutdown().await;
+        return Err(format!(
+            "consumer group {} does not exist (the operator provisions it)",
+            names.api_group()
+        ));
+    }
+    let producer = Producer::start_as(
+        &rt,
+        namesrv,
+        &format!("{}-responses", names.api_group()),
+        credentials.clone(),
+    )
+    .await
+    .map_err(|e| format!("response producer: {e}"))?;
+    let producer = Arc::new(producer);
+    let handler = Arc::new(Handler {
+        node: node.clone(),
+        producer: producer.clone(),
+        responses: names.responses_topic(),
+    });
+    let config = ConsumerConfig {
+        namesrv: namesrv.to_owned(),
+        topic: names.requests_topic(),
+        group: names.api_group(),
+        // A redelivery only after a failed publish; the deadline ends it.
+        max_reconsume_times: Some(3),
+        in_order: false,
+        credentials,
+    };
+    let consumer = Consumer::start(&rt, config, move |d: Delivery| {
+        let handler = handler.clone();
+        async move { handler.handle(d).await }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Err(e) = consumer.wait_assigned(ASSIGN_WAIT).await {
+        tracing::warn!(error = %e, "the requests consumer holds no queue yet");
+    }
+    Ok((consumer, producer, rt))
+}
+
+struct Handler {
+    node: Arc<Node>,
+    producer: Arc<Producer>,
+    responses: String,
+}
+
+impl Handler {
+    async fn handle(&self, d: Delivery) -> Result<(), String> {
+        let req = match parse(&d.body) {
+            Ok(req) => req,
+            Err(e) => {
+                // Answer to the id the properties or the key carry, if any.
+                let id = d
+                    .properties
+                    .get("request_id")
+                    .or(d.key.as_ref())
+                    .filter(|id| check_request_id(id).is_ok());
+                let Some(id) = id else {
+                    tracing::warn!(msg_id = %d.msg_id, error = %e.message, "unreadable request without a request id dropped");
+                    self.count("unknown", "business_error", &d);
+                    return Ok(());
+                };
+                let answer = Response::failed(id, e);
+                self.publish(&answer, "unknown").await?;
+                self.count("unknown", "business_error", &d);
+                return Ok(());
+            }
+        };
+        let action = label(&req.action);
+        let log = &self.node.backends().command_log;
+        match log.reply(&req.request_id).await {
+            Ok(Some(kept)) => {
+                let answer: Response = serde_json::from_str(&kept).map_err(|e| e.to_string())?;
+                self.publish(&answer, action).await?;
+                self.count(action, "repeated", &d);
+                return Ok(());
+            }
+            Ok(None) => {}
+            // Executing anyway is safe: a message is keyed by the request id.
+            Err(e) => tracing::warn!(error = %e, "cannot read kept answers"),
+        }
+        // One execution at a time across the nodes (RocketMQ may hand one
+        // message to two consumers while queues move between them): the
+        // other one answers.
+        let claim_id = format!("request:{}", req.request_id);
+        let token = format!("{}:{}", self.node.pod.name, self.node.next_msg_id());
+        match log.claim(&claim_id, &token, CLAIM_TTL).await {
+            Ok(Claim::Busy) => {
+                self.count(action, "in_progress", &d);
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot claim the request; executing it"),
+        }
+        // Answered by the node that held it just before: the same answer.
+        let answered = match log.reply(&req.request_id).await {
+            Ok(Some(kept)) => match serde_json::from_str::<Response>(&kept) {
+                Ok(answer) => {
+                    let sent = self.publish(&answer, action).await;
+                    self.count(action, "repeated", &d);
+                    sent
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            _ => self.answer(&req, action, &d).await,
+        };
+        if let Err(e) = log.release(&claim_id, &token).await {
+            tracing::warn!(error = %e, "cannot release a request's claim; it expires in 15 s");
+        }
+        answered
+    }
+
+    /// Executes `req` (unless its deadline passed), keeps the answer and
+    /// publishes it.
+    async fn answer(
+        &self,
+        req: &super::Request,
+        action: &'static str,
+        d: &Delivery,
+    ) -> Result<(), String> {
+        let log = &self.node.backends().command_log;
+        let deadline = d
+            .properties
+            .get(DEADLINE_PROPERTY)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or_else(|| {
+                let timeout =
+                    i64::try_from(self.node.cfg.request_timeout.as_millis()).unwrap_or(i64::MAX);
+                d.born_at_ms.saturating_add(timeout)
+            });
+        let (answer, outcome) = if now_millis() > deadline {
+            let e = ApiError::system(
+                "timeout",
+                "the request's deadline passed before a node took it; not executed",
+            );
+            (Response::failed(&req.request_id, e), "timeout")
+        } else {
+            match execute(&self.node, req).await {
+                Ok(data) => (Response::ok(&req.request_id, data), "ok"),
+                Err(e) => {
+                    let outcome = match e.kind {
+                        ErrorKind::Business => "business_error",
+                        ErrorKind::System => "system_error",
+                    };
+                    (Response::failed(&req.request_id, e), outcome)
+                }
+            }
+        };
+        // A system error (a timeout too) is not kept: the same request
+        // again may succeed.
+        if answer
+            .error
+            .as_ref()
+            .is_none_or(|e| e.kind == ErrorKind::Business)
+            && let Ok(text) = serde_json::to_string(&answer)
+            && let Err(e) = log.keep_reply(&req.request_id, &text, REPLY_TTL).await
+        {
+            tracing::warn!(error = %e, request_id = %req.request_id, "cannot keep the answer");
+        }
+        self.publish(&answer, action).await?;
+        self.count(action, outcome, d);
+        Ok(())
+    }
+
+    /// Publishes `answer` with seed 000's properties (`request_id`,
+    /// `response_type`: the action, or `error`) and the request id as key.
+    async fn publish(&self, answer: &Response, action: &str) -> Result<(), String> {
+        let body = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+        let response_type = if answer.success { action } else { "error" };
+        let record = Record {
+            tag: Some(response_type.to_owned()),
+            keys: vec![answer.request_id.clone()],
+            properties: vec![
+                ("request_id".into(), answer.request_id.clone()),
+                ("response_type".into(), response_type.to_owned()),
+            ],
+            body,
+        };
+        let lane = (fnv1a64(answer.request_id.as_bytes()) & 0xffff) as u32;
+        self.producer
+            .send_batch(&self.responses, lane, &[record])
+            .await
+            .map_err(|e| format!("cannot publish the answer: {e}"))
+    }
+
+    fn count(&self, action: &'static str, outcome: &'static str, d: &Delivery) {
+        let m = &self.node.metrics.requests;
+        m.answered
+            .get_or_create(&ActionOutcomeLabel { action, outcome })
+            .inc();
+        let took = (now_millis() - d.born_at_ms).max(0) as f64 / 1000.0;
+        m.duration
+            .get_or_create(&ActionLabel { action })
+            .observe(took);
+    }
+}

@@ -1,0 +1,90 @@
+//! Sending a message as a user: from a client's `send` frame or a backend's
+//! `send_message` request. One path: membership checked, stored (with the
+//! idempotency key), pushed to the recipients and the sender's other
+//! devices on whichever pods they are.
+
+use std::time::Instant;
+
+use crate::backend::Appended;
+use crate::ids::{ConversationId, UserId, now_millis};
+use crate::model::{ChatMessage, MsgFormat, Target};
+use crate::node::Node;
+use crate::protocol::{ErrorCode, FrameError, ServerFrame};
+
+/// A message to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub from: UserId,
+    pub target: Target,
+    pub content: String,
+    pub format: MsgFormat,
+    /// The sender's idempotency key.
+    pub client_msg_id: Option<String>,
+    /// The seed protocol's `chatId`, kept and echoed.
+    pub chat_id: Option<String>,
+}
+
+/// Stores `out` and pushes it. `except` is the sending connection (which
+/// gets its answer from the caller: `stored` runs once the message is
+/// stored, before any push). A repeat of an idempotency key stores nothing
+/// and pushes the first message again (the first try may have failed
+/// between storing and pushing); `Appended::duplicate` says so.
+///
+/// Errors: `unavailable` (storage away, bus saturated), `not_a_member`,
+/// `inbox_full`.
+pub async fn send(
+    node: &Node,
+    out: Outgoing,
+    except: Option<&str>,
+    stored: impl FnOnce(&Appended),
+) -> Result<Appended, FrameError> {
+    let backends = node.backends();
+    if backends.bus.is_saturated() {
+        return Err(FrameError::new(
+            ErrorCode::Unavailable,
+            "the cross-node bus is saturated; resend shortly with the same client_msg_id",
+        ));
+    }
+    let me = &out.from;
+    let (conversation, to, group) = match out.target {
+        Target::User(u) => (ConversationId::direct(me, &u), Some(u), None),
+        Target::Group(g) => (ConversationId::Group(g.clone()), None, Some(g)),
+    };
+    let mut recipients =
+        crate::conversation::participants(backends.store.as_ref(), me, &conversation).await?;
+    recipients.retain(|u| u != me);
+    let accepted_at = Instant::now();
+    let msg = ChatMessage {
+        msg_id: node.next_msg_id(),
+        conversation,
+        seq: 0,
+        from: me.clone(),
+        to,
+        group,
+        content: out.content,
+        format: out.format,
+        recalled: false,
+        status: None,
+        ts: now_millis(),
+        client_msg_id: out.client_msg_id,
+        chat_id: out.chat_id,
+    };
+    let appended = backends.store.append(msg, &recipients).await?;
+    stored(&appended);
+    // The sender's other devices get the message too.
+    recipients.push(me.clone());
+    let frame = ServerFrame::Message(appended.msg.clone());
+    if appended.duplicate {
+        node.metrics.repushed.inc();
+        node.router().route(&recipients, frame, except, None).await;
+    } else {
+        node.metrics.messages_stored.inc();
+        node.metrics
+            .inbox_skipped
+            .inc_by(appended.inbox_skipped.len() as u64);
+        node.router()
+            .route(&recipients, frame, except, Some(accepted_at))
+            .await;
+    }
+    Ok(appended)
+}
