@@ -1,14 +1,15 @@
 //! Commands from backends on real Redis and real Apache RocketMQ: seed 002's
 //! three JSON examples, verbatim, build the activity's group (owner, title,
 //! members) with one notice each, however often they are delivered;
-//! refused commands reach the dead-letter topic at once with their reason.
+//! refused commands reach the dead-letter topic at once with their reason;
+//! a command sent while Redis is away is retried and applied once it is back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard_e2e::tap::Tap;
-use switchboard_e2e::{Client, Cluster, http_get, wait_consumers};
+use switchboard_e2e::{Client, Cluster, OwnRedis, http_get, wait_consumers};
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Producer, Record, Runtime};
 
@@ -282,4 +283,63 @@ async fn refused_commands_reach_the_dead_letter_topic_at_once_with_their_reason(
     assert_eq!(unknown.body, CREATED.as_bytes(), "the body is kept as sent");
     // Nothing was applied.
     assert_eq!(group_of(&c).await.get("owner"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_while_redis_is_away_is_applied_once_it_is_back() {
+    let mut redis = OwnRedis::start().await;
+    let mut c = Cluster::new("cmd-outage", "2s");
+    c.use_redis(&redis.url());
+    c.provision(1).await;
+    let pod = c.spawn(0);
+    c.pods.push(pod);
+    switchboard_e2e::wait_ready(c.pod(0)).await;
+    wait_consumers(&c, "commands").await;
+    let backend = Backend::start(&c).await;
+
+    redis.stop();
+    let body = r#"{"group_id":"outage","members":["ana"],"owner":"ana","title":"after the outage"}"#;
+    let record = Record {
+        tag: Some("group.create".into()),
+        keys: vec!["create-outage-1".into()],
+        body: body.as_bytes().to_vec(),
+        ..Record::default()
+    };
+    backend
+        .producer
+        .send_batch(&backend.topic, 1, &[record])
+        .await
+        .unwrap();
+    // Longer than the retries within the node (100 + 200 + 400 ms): the
+    // command goes back to RocketMQ.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart().await;
+
+    let deadline = Instant::now() + WAIT;
+    let group = loop {
+        let (status, g) = http_get(c.pod(0).addr, "/api/v1/groups/outage").await;
+        if status == 200 {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "no group within {WAIT:?}: {status} {g}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        (group["owner"].as_str(), group["title"].as_str(), members(&group)),
+        (Some("ana"), Some("after the outage"), vec!["ana"])
+    );
+    let metrics = http_get(c.pod(0).addr, "/metrics").await.1;
+    let count = |prefix: &str, label: &str| -> u64 {
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("handler=\"group.create\"") && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(count("messaging_handler_errors_total{", "kind=\"retryable\"") >= 4, "{metrics}");
+    assert!(count("messaging_handler_total{", "outcome=\"redelivered\"") >= 1, "{metrics}");
+    assert_eq!(count("messaging_handler_total{", "outcome=\"applied\""), 1, "{metrics}");
+    assert_eq!(count("messaging_handler_total{", "outcome=\"dead_lettered\""), 0, "{metrics}");
 }
