@@ -164,6 +164,13 @@ impl Nodes {
         Ok(nodes)
     }
 
+    /// The name server and topic prefix of a cluster this run started.
+    pub fn rocketmq(&self) -> Option<(&str, &str)> {
+        self.provisioned
+            .as_ref()
+            .map(|p| (p.namesrv.as_str(), p.names.prefix.as_str()))
+    }
+
     /// The protocol the servers speak.
     pub fn proto(&self) -> Proto {
         self.targets
@@ -271,6 +278,17 @@ async fn provision(
         if result.is_err() {
             break;
         }
+    }
+    // The commands and api groups (the nodes consume commands and requests).
+    for group in names.shared_groups() {
+        if result.is_err() {
+            break;
+        }
+        result = if create {
+            admin.ensure_group(&group, RETRY_MAX).await
+        } else {
+            admin.delete_group(&group).await
+        };
     }
     for i in 0..nodes {
         if result.is_err() {

@@ -5,6 +5,7 @@
 //! `docs/benchmarks.md`.
 #![allow(clippy::print_stdout)]
 
+mod backend;
 mod centrifugo;
 mod client;
 mod cluster;
@@ -53,6 +54,9 @@ enum Scenario {
     /// Open-loop messages between sender/receiver pairs at a fixed total
     /// rate; report counts, losses, errors, latency percentiles and CPU.
     Throughput(throughput::ThroughputArgs),
+    /// The cluster as other services see it over RocketMQ: request-response
+    /// round trips and commands per second.
+    Backend(backend::BackendArgs),
     /// Summarise a directory of `--json` run summaries (what `scripts/compare`
     /// collects) as one Markdown table and an SVG of latency against rate.
     Table(table::TableArgs),
@@ -64,7 +68,7 @@ impl Scenario {
         let conns = match self {
             Self::Idle(a) => a.connections,
             Self::Throughput(a) => 2 * a.pairs,
-            Self::Table(_) => 0,
+            Self::Table(_) | Self::Backend(_) => 0,
         };
         conns as u64 + 64
     }
@@ -109,6 +113,7 @@ fn run(cli: Cli, out: Out) -> anyhow::Result<bool> {
                 Scenario::Idle(a) => idle::run(a, out).await,
                 Scenario::Throughput(a) => throughput::run(a, out).await,
                 Scenario::Table(a) => table::run(a),
+                Scenario::Backend(a) => backend::run(a, out).await,
             }
         };
         // Dropping the scenario on Ctrl-C kills a started node (kill_on_drop).

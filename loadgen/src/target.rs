@@ -315,6 +315,38 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
+/// A minimal HTTP/1.0 POST of a JSON body (a node's admin API, open on the
+/// loadgen's dev-mode clusters); fails unless the status is 2xx.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !(head.starts_with("HTTP/1.1 2") || head.starts_with("HTTP/1.0 2")) {
+        bail!(
+            "POST {path}: {}",
+            head.lines().next().unwrap_or("no status line")
+        );
+    }
+    Ok(body.to_owned())
+}
+
 /// The few node metrics the loadgen reports.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {

@@ -206,6 +206,59 @@ pub struct Config {
     /// overrides) the node still executes it; later it answers `timeout`.
     #[arg(long, env = "SB_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    #[command(flatten)]
+    pub moderation: ModerationSettings,
+}
+
+/// What word rules do with a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WordsAction {
+    /// Replace each matched character by `*` and store the message.
+    Mask,
+    /// Refuse the message (`moderated`).
+    Reject,
+}
+
+/// The moderation policy ([`crate::moderation`]); off when neither the
+/// words file nor the webhook is set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModerationSettings {
+    /// A file of word and pattern rules (one per line; `/.../` a regular
+    /// expression), read again when it changes.
+    #[arg(
+        id = "moderation_words_file",
+        long = "moderation-words-file",
+        env = "SB_MODERATION_WORDS_FILE"
+    )]
+    pub words_file: Option<std::path::PathBuf>,
+
+    /// What a rule's match does.
+    #[arg(
+        id = "moderation_words_action",
+        long = "moderation-words-action",
+        env = "SB_MODERATION_WORDS_ACTION",
+        value_enum,
+        default_value = "mask"
+    )]
+    pub words_action: WordsAction,
+
+    /// An `http://` service asked about every message.
+    #[arg(
+        id = "moderation_webhook_url",
+        long = "moderation-webhook-url",
+        env = "SB_MODERATION_WEBHOOK_URL"
+    )]
+    pub webhook_url: Option<String>,
+
+    /// How long the webhook may take (10ms to 10s).
+    #[arg(id = "moderation_webhook_timeout", long = "moderation-webhook-timeout", env = "SB_MODERATION_WEBHOOK_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// When the webhook fails: `true` allows the message, `false` (the
+    /// default) refuses it with `unavailable`.
+    #[arg(id = "moderation_fail_open", long = "moderation-fail-open", env = "SB_MODERATION_FAIL_OPEN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fail_open: bool,
 }
 
 /// Commands from backends on `<prefix>-commands` ([`crate::commands`]).
@@ -357,6 +410,11 @@ impl Config {
         self.commands.check()?;
         switchboard_settings::commands::check_request_timeout(self.request_timeout)
             .map_err(|m| format!("SB_REQUEST_TIMEOUT {m}"))?;
+        if !(Duration::from_millis(10)..=Duration::from_secs(10))
+            .contains(&self.moderation.webhook_timeout)
+        {
+            return Err("SB_MODERATION_WEBHOOK_TIMEOUT must be 10ms to 10s".into());
+        }
         let shards = crate::backend::outbox::SHARDS as usize;
         if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
             return Err(format!(

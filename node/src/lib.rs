@@ -24,6 +24,7 @@ pub mod hub;
 pub mod ids;
 pub mod metrics;
 pub mod model;
+pub mod moderation;
 pub mod node;
 pub mod protocol;
 pub mod readiness;
@@ -81,6 +82,10 @@ pub async fn run(
         let task = tokio::spawn(relay.clone().run(node.metrics.events.clone()));
         (relay, task)
     });
+    let rules = node
+        .moderator()
+        .and_then(|m| m.rules())
+        .map(|r| tokio::spawn(r.watch()));
     let commands_stop = tokio_util::sync::CancellationToken::new();
     let commands = node
         .cfg
@@ -129,6 +134,9 @@ pub async fn run(
     .await;
     heartbeat.abort();
     repush.abort();
+    if let Some(rules) = rules {
+        rules.abort();
+    }
     bus.abort();
     result
 }

@@ -98,6 +98,12 @@ pub struct RequestMetrics {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    pub decision: &'static str,
+    pub by: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabel {
     pub consumer: &'static str,
 }
@@ -147,6 +153,14 @@ pub struct Metrics {
     /// 1 while the consumer of backends' messages (`commands`, `requests`)
     /// runs (its start waits up to 30 s for queues), 0 otherwise.
     pub consumer_up: Family<ConsumerLabel, Gauge>,
+    /// Moderation decisions, by decision and by what made it.
+    pub moderated: Family<DecisionLabel, Counter>,
+    /// Moderation word rules in force.
+    pub moderation_rules: Gauge,
+    /// Changed rule files that could not be read (the old rules stayed).
+    pub moderation_reload_failures: Counter,
+    /// How long the moderation webhook took (failures included).
+    pub moderation_webhook: Histogram,
     registry: Registry,
     /// Metrics whose names the seeds give, without the prefix.
     seed_registry: Registry,
@@ -172,6 +186,11 @@ impl Metrics {
             handlers: HandlerMetrics::default(),
             requests: RequestMetrics::default(),
             consumer_up: Family::default(),
+            moderated: Family::default(),
+            moderation_rules: Gauge::default(),
+            moderation_reload_failures: Counter::default(),
+            // 1 ms .. ~16 s
+            moderation_webhook: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             registry: Registry::with_prefix("switchboard"),
             seed_registry: Registry::default(),
         };
@@ -256,6 +275,26 @@ impl Metrics {
             self.events.outbox_depth.clone(),
         );
         r.register(
+            "moderation",
+            "Moderation decisions: allowed, rejected, rewritten, failed_open, failed_closed; by rules, webhook or policy",
+            self.moderated.clone(),
+        );
+        r.register(
+            "moderation_rules",
+            "Moderation word and pattern rules in force",
+            self.moderation_rules.clone(),
+        );
+        r.register(
+            "moderation_reload_failures",
+            "Changed moderation rule files that could not be read (the previous rules stayed)",
+            self.moderation_reload_failures.clone(),
+        );
+        r.register(
+            "moderation_webhook_seconds",
+            "Time the moderation webhook took, failures included",
+            self.moderation_webhook.clone(),
+        );
+        r.register(
             "consumer_up",
             "1 while the consumer of commands or requests from backends runs, by consumer",
             self.consumer_up.clone(),
@@ -304,6 +343,13 @@ impl Metrics {
             .get_or_create(&CodeLabel {
                 code: code.as_str(),
             })
+            .inc();
+    }
+
+    /// Counts a moderation decision.
+    pub fn moderation(&self, decision: &'static str, by: &'static str) {
+        self.moderated
+            .get_or_create(&DecisionLabel { decision, by })
             .inc();
     }
 

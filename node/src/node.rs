@@ -48,6 +48,7 @@ pub struct Node {
     /// limit holds under a burst of upgrades).
     admitted: AtomicUsize,
     router: Arc<Router>,
+    moderator: Option<Arc<crate::moderation::Moderator>>,
 }
 
 impl Node {
@@ -67,8 +68,12 @@ impl Node {
             backends.bus.clone(),
             metrics.clone(),
         ));
+        let moderator =
+            crate::moderation::Moderator::from_settings(&cfg.moderation, metrics.clone())?
+                .map(Arc::new);
         Ok(Arc::new(Self {
             ids: Snowflake::new(pod.ordinal),
+            moderator,
             pod,
             hub,
             metrics,
@@ -298,6 +303,11 @@ impl Node {
             store: self.backends.store.as_ref(),
             router: &self.router,
         }
+    }
+
+    /// The moderation policy, when one is configured.
+    pub fn moderator(&self) -> Option<&Arc<crate::moderation::Moderator>> {
+        self.moderator.as_ref()
     }
 
     /// A new message id of this pod.

@@ -1,7 +1,7 @@
 //! Sending a message as a user: from a client's `send` frame or a backend's
-//! `send_message` request. One path: membership checked, stored (with the
-//! idempotency key), pushed to the recipients and the sender's other
-//! devices on whichever pods they are.
+//! `send_message` request. One path: membership checked, moderated, stored
+//! (with the idempotency key), pushed to the recipients and the sender's
+//! other devices on whichever pods they are.
 
 use std::time::Instant;
 
@@ -30,8 +30,11 @@ pub struct Outgoing {
 /// and pushes the first message again (the first try may have failed
 /// between storing and pushing); `Appended::duplicate` says so.
 ///
-/// Errors: `unavailable` (storage away, bus saturated), `not_a_member`,
-/// `inbox_full`.
+/// The moderation policy, if any, sees the message once membership is
+/// checked and before it is stored.
+///
+/// Errors: `unavailable` (storage away, bus saturated, moderation webhook
+/// failing closed), `not_a_member`, `moderated`, `inbox_full`.
 pub async fn send(
     node: &Node,
     out: Outgoing,
@@ -53,6 +56,19 @@ pub async fn send(
     let mut recipients =
         crate::conversation::participants(backends.store.as_ref(), me, &conversation).await?;
     recipients.retain(|u| u != me);
+    let mut content = out.content;
+    if let Some(policy) = node.moderator() {
+        let candidate = crate::moderation::Candidate {
+            from: me,
+            conversation: &conversation,
+            content: &content,
+            format: out.format,
+            client_msg_id: out.client_msg_id.as_deref(),
+        };
+        if let Some(rewritten) = policy.check(&candidate).await? {
+            content = rewritten;
+        }
+    }
     let accepted_at = Instant::now();
     let msg = ChatMessage {
         msg_id: node.next_msg_id(),
@@ -61,7 +77,7 @@ pub async fn send(
         from: me.clone(),
         to,
         group,
-        content: out.content,
+        content,
         format: out.format,
         recalled: false,
         status: None,

@@ -52,10 +52,13 @@ pub enum ErrorCode {
     NotFound,
     /// An HTTP request conflicts with existing state (HTTP 409).
     Conflict,
+    /// The moderation policy refused the message (a word rule or the
+    /// webhook); it was not stored.
+    Moderated,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::BadJson,
         Self::UnknownType,
         Self::MissingField,
@@ -77,6 +80,7 @@ impl ErrorCode {
         Self::ServerFull,
         Self::NotFound,
         Self::Conflict,
+        Self::Moderated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +106,7 @@ impl ErrorCode {
             Self::ServerFull => "server_full",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
+            Self::Moderated => "moderated",
         }
     }
 }

@@ -298,7 +298,8 @@ async fn a_command_sent_while_redis_is_away_is_applied_once_it_is_back() {
     let backend = Backend::start(&c).await;
 
     redis.stop();
-    let body = r#"{"group_id":"outage","members":["ana"],"owner":"ana","title":"after the outage"}"#;
+    let body =
+        r#"{"group_id":"outage","members":["ana"],"owner":"ana","title":"after the outage"}"#;
     let record = Record {
         tag: Some("group.create".into()),
         keys: vec!["create-outage-1".into()],
@@ -321,11 +322,18 @@ async fn a_command_sent_while_redis_is_away_is_applied_once_it_is_back() {
         if status == 200 {
             break g;
         }
-        assert!(Instant::now() < deadline, "no group within {WAIT:?}: {status} {g}");
+        assert!(
+            Instant::now() < deadline,
+            "no group within {WAIT:?}: {status} {g}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(
-        (group["owner"].as_str(), group["title"].as_str(), members(&group)),
+        (
+            group["owner"].as_str(),
+            group["title"].as_str(),
+            members(&group)
+        ),
         (Some("ana"), Some("after the outage"), vec!["ana"])
     );
     let metrics = http_get(c.pod(0).addr, "/metrics").await.1;
@@ -334,12 +342,28 @@ async fn a_command_sent_while_redis_is_away_is_applied_once_it_is_back() {
             .as_str()
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.starts_with(prefix) && l.contains("handler=\"group.create\"") && l.contains(label))
+            .filter(|l| {
+                l.starts_with(prefix) && l.contains("handler=\"group.create\"") && l.contains(label)
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
-    assert!(count("messaging_handler_errors_total{", "kind=\"retryable\"") >= 4, "{metrics}");
-    assert!(count("messaging_handler_total{", "outcome=\"redelivered\"") >= 1, "{metrics}");
-    assert_eq!(count("messaging_handler_total{", "outcome=\"applied\""), 1, "{metrics}");
-    assert_eq!(count("messaging_handler_total{", "outcome=\"dead_lettered\""), 0, "{metrics}");
+    assert!(
+        count("messaging_handler_errors_total{", "kind=\"retryable\"") >= 4,
+        "{metrics}"
+    );
+    assert!(
+        count("messaging_handler_total{", "outcome=\"redelivered\"") >= 1,
+        "{metrics}"
+    );
+    assert_eq!(
+        count("messaging_handler_total{", "outcome=\"applied\""),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        count("messaging_handler_total{", "outcome=\"dead_lettered\""),
+        0,
+        "{metrics}"
+    );
 }

@@ -1,0 +1,150 @@
+//! Moderation: before a message is stored, a policy decides whether it is
+//! allowed as sent, refused (error `moderated`, nothing stored) or stored
+//! with its content rewritten (masked words).
+//!
+//! Two parts, each optional, applied in this order:
+//! - [`rules`]: a word and pattern list read from a file
+//!   (`SB_MODERATION_WORDS_FILE`, e.g. a ConfigMap volume), read again when
+//!   it changes, without a restart; its action masks (`*`) or refuses;
+//! - [`webhook`]: an HTTP service asked about every message (in the spirit of
+//!   Centrifugo's publish proxy), with a timeout, and a choice of what a
+//!   failure means: allow (fail open) or refuse with `unavailable` (fail
+//!   closed, the default).
+//!
+//! Client sends and backends' `send_message` requests are moderated; the
+//! service's own notices are not.
+
+pub mod rules;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::ModerationSettings;
+use crate::ids::{ConversationId, UserId};
+use crate::metrics::Metrics;
+use crate::model::MsgFormat;
+use crate::protocol::{ErrorCode, FrameError};
+
+/// What the policy decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refused, with a reason for the sender.
+    Reject(String),
+    /// Stored with this content instead.
+    Rewrite(String),
+}
+
+/// The message as the policy sees it (also the webhook's request body).
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate<'a> {
+    pub from: &'a UserId,
+    pub conversation: &'a ConversationId,
+    pub content: &'a str,
+    pub format: MsgFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<&'a str>,
+}
+
+/// The node's moderation policy.
+#[derive(Debug)]
+pub struct Moderator {
+    rules: Option<Arc<rules::Rules>>,
+    webhook: Option<webhook::Webhook>,
+    metrics: Arc<Metrics>,
+}
+
+impl Moderator {
+    /// The policy `settings` describe; `None` when it has no part.
+    pub fn from_settings(
+        settings: &ModerationSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>, String> {
+        let rules = match &settings.words_file {
+            Some(path) => Some(Arc::new(rules::Rules::load(
+                path.clone(),
+                settings.words_action,
+                metrics.clone(),
+            )?)),
+            None => None,
+        };
+        let webhook = match &settings.webhook_url {
+            Some(url) => Some(webhook::Webhook::new(
+                url,
+                settings.webhook_timeout,
+                settings.fail_open,
+            )?),
+            None => None,
+        };
+        if rules.is_none() && webhook.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            rules,
+            webhook,
+            metrics,
+        }))
+    }
+
+    /// The word rules, for the task that reads their file again on change.
+    pub fn rules(&self) -> Option<Arc<rules::Rules>> {
+        self.rules.clone()
+    }
+
+    /// The content to store, or why the message is refused (`moderated`,
+    /// or `unavailable` when the webhook failed closed).
+    pub async fn check(&self, msg: &Candidate<'_>) -> Result<Option<String>, FrameError> {
+        let mut content: Option<String> = None;
+        if let Some(rules) = &self.rules {
+            match rules.judge(msg.content) {
+                Verdict::Allow => {}
+                Verdict::Reject(reason) => return Err(self.refused("rules", reason)),
+                Verdict::Rewrite(masked) => {
+                    self.count("rewritten", "rules");
+                    content = Some(masked);
+                }
+            }
+        }
+        if let Some(hook) = &self.webhook {
+            let asked = Candidate {
+                content: content.as_deref().unwrap_or(msg.content),
+                ..msg.clone()
+            };
+            match hook.ask(&asked, &self.metrics).await {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Reject(reason)) => return Err(self.refused("webhook", reason)),
+                Ok(Verdict::Rewrite(new)) => {
+                    self.count("rewritten", "webhook");
+                    content = Some(new);
+                }
+                Err(e) if hook.fail_open() => {
+                    tracing::warn!(error = %e, "moderation webhook failed; allowing (fail open)");
+                    self.count("failed_open", "webhook");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "moderation webhook failed; refusing (fail closed)");
+                    self.count("failed_closed", "webhook");
+                    return Err(FrameError::new(
+                        ErrorCode::Unavailable,
+                        "moderation is unavailable; resend shortly with the same client_msg_id",
+                    ));
+                }
+            }
+        }
+        if content.is_none() {
+            self.count("allowed", "policy");
+        }
+        Ok(content)
+    }
+
+    fn refused(&self, by: &'static str, reason: String) -> FrameError {
+        self.count("rejected", by);
+        FrameError::new(ErrorCode::Moderated, reason)
+    }
+
+    fn count(&self, decision: &'static str, by: &'static str) {
+        self.metrics.moderation(decision, by);
+    }
+}
