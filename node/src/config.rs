@@ -410,11 +410,8 @@ impl Config {
         self.commands.check()?;
         switchboard_settings::commands::check_request_timeout(self.request_timeout)
             .map_err(|m| format!("SB_REQUEST_TIMEOUT {m}"))?;
-        if !(Duration::from_millis(10)..=Duration::from_secs(10))
-            .contains(&self.moderation.webhook_timeout)
-        {
-            return Err("SB_MODERATION_WEBHOOK_TIMEOUT must be 10ms to 10s".into());
-        }
+        switchboard_settings::commands::check_webhook_timeout(self.moderation.webhook_timeout)
+            .map_err(|m| format!("SB_MODERATION_WEBHOOK_TIMEOUT {m}"))?;
         let shards = crate::backend::outbox::SHARDS as usize;
         if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
             return Err(format!(

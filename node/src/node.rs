@@ -68,9 +68,12 @@ impl Node {
             backends.bus.clone(),
             metrics.clone(),
         ));
-        let moderator =
-            crate::moderation::Moderator::from_settings(&cfg.moderation, metrics.clone())?
-                .map(Arc::new);
+        let moderator = crate::moderation::Moderator::from_settings(
+            &cfg.moderation,
+            cfg.max_content_bytes,
+            metrics.clone(),
+        )?
+        .map(Arc::new);
         Ok(Arc::new(Self {
             ids: Snowflake::new(pod.ordinal),
             moderator,

@@ -122,6 +122,11 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
     let timeout = duration("spec.requests.timeout", &spec.requests.timeout)?;
     switchboard_settings::commands::check_request_timeout(timeout)
         .map_err(|m| invalid("spec.requests.timeout", m))?;
+    if let Some(w) = &spec.moderation.webhook {
+        let field = "spec.moderation.webhook.timeout";
+        switchboard_settings::commands::check_webhook_timeout(duration(field, &w.timeout)?)
+            .map_err(|m| invalid(field, m))?;
+    }
     if spec.rocketmq.name_server.trim().is_empty() {
         return Err(invalid("spec.rocketmq.nameServer", "empty"));
     }

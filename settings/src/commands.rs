@@ -1,5 +1,6 @@
-//! The retry policy of commands from backends: the node's
-//! `SB_COMMAND_*` settings and a `ChatCluster`'s `spec.commands`.
+//! The rules of the settings for backends' traffic and moderation: the
+//! retry policy of commands (the node's `SB_COMMAND_*`, a `ChatCluster`'s
+//! `spec.commands`), the request timeout and the moderation webhook's timeout.
 
 use std::time::Duration;
 
@@ -21,6 +22,16 @@ pub fn check_request_timeout(timeout: Duration) -> Result<(), String> {
         Ok(())
     } else {
         Err("must be 1s to 5m".into())
+    }
+}
+
+/// Whether a moderation webhook timeout (`SB_MODERATION_WEBHOOK_TIMEOUT`,
+/// `spec.moderation.webhook.timeout`) is within 10 ms to 10 s.
+pub fn check_webhook_timeout(timeout: Duration) -> Result<(), String> {
+    if (Duration::from_millis(10)..=Duration::from_secs(10)).contains(&timeout) {
+        Ok(())
+    } else {
+        Err("must be 10ms to 10s".into())
     }
 }
 

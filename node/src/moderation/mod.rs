@@ -54,12 +54,15 @@ pub struct Moderator {
     rules: Option<Arc<rules::Rules>>,
     webhook: Option<webhook::Webhook>,
     metrics: Arc<Metrics>,
+    /// The content limit a rewrite must keep to.
+    max_content_bytes: usize,
 }
 
 impl Moderator {
     /// The policy `settings` describe; `None` when it has no part.
     pub fn from_settings(
         settings: &ModerationSettings,
+        max_content_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, String> {
         let rules = match &settings.words_file {
@@ -85,6 +88,7 @@ impl Moderator {
             rules,
             webhook,
             metrics,
+            max_content_bytes,
         }))
     }
 
@@ -112,7 +116,17 @@ impl Moderator {
                 content: content.as_deref().unwrap_or(msg.content),
                 ..msg.clone()
             };
-            match hook.ask(&asked, &self.metrics).await {
+            let verdict = hook.ask(&asked, &self.metrics).await.and_then(|v| match v {
+                Verdict::Rewrite(new) if new.is_empty() || new.len() > self.max_content_bytes => {
+                    Err(format!(
+                        "a rewrite of {} bytes (1 to {} allowed)",
+                        new.len(),
+                        self.max_content_bytes
+                    ))
+                }
+                other => Ok(other),
+            });
+            match verdict {
                 Ok(Verdict::Allow) => {}
                 Ok(Verdict::Reject(reason)) => return Err(self.refused("webhook", reason)),
                 Ok(Verdict::Rewrite(new)) => {
@@ -122,6 +136,7 @@ impl Moderator {
                 Err(e) if hook.fail_open() => {
                     tracing::warn!(error = %e, "moderation webhook failed; allowing (fail open)");
                     self.count("failed_open", "webhook");
+                    return Ok(content);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "moderation webhook failed; refusing (fail closed)");

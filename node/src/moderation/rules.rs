@@ -55,7 +55,15 @@ pub fn compile(text: &str) -> Result<(Option<Regex>, usize), String> {
         }
         let part = match line.strip_prefix('/').and_then(|l| l.strip_suffix('/')) {
             Some(pattern) if !pattern.is_empty() => {
-                Regex::new(pattern).map_err(|e| format!("line {}: {e}", n + 1))?;
+                let re = Regex::new(pattern)
+                    .map_err(|e| format!("line {}: {}", n + 1, one_line(&e.to_string())))?;
+                // It would match every message.
+                if re.is_match("") {
+                    return Err(format!(
+                        "line {}: /{pattern}/ matches the empty text",
+                        n + 1
+                    ));
+                }
                 format!("(?:{pattern})")
             }
             _ => regex::escape(line),
@@ -71,6 +79,11 @@ pub fn compile(text: &str) -> Result<(Option<Regex>, usize), String> {
     let count = parts.len();
     let re = Regex::new(&format!("(?i){}", parts.join("|"))).map_err(|e| e.to_string())?;
     Ok((Some(re), count))
+}
+
+/// A regex error on one line (they span several), for logs and statuses.
+fn one_line(e: &str) -> String {
+    e.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl Rules {
@@ -208,6 +221,12 @@ mod tests {
         let (r, _f) = rules("darn\n", WordsAction::Reject);
         assert!(matches!(r.judge("oh DARN"), Verdict::Reject(_)));
         assert!(compile("/(unclosed/").is_err());
+        let empty = compile("ok\n/x*/\n").unwrap_err();
+        assert!(
+            empty.contains("line 2") && empty.contains("empty"),
+            "{empty}"
+        );
+        assert!(!compile("/(a/").unwrap_err().contains('\n'));
         assert_eq!(compile("# nothing\n\n").unwrap().1, 0);
     }
 

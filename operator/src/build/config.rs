@@ -78,6 +78,22 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
     put("SB_COMMAND_REDELIVERIES", c.redeliveries.to_string());
     put("SB_COMMAND_DEDUP_TTL", c.dedup_ttl.clone());
     put("SB_REQUESTS", s.requests.enabled.to_string());
+    let moderation = &s.moderation;
+    if moderation.words.is_some() {
+        put(
+            "SB_MODERATION_WORDS_FILE",
+            super::statefulset::MODERATION_WORDS_FILE.to_owned(),
+        );
+    }
+    put(
+        "SB_MODERATION_WORDS_ACTION",
+        moderation.words_action.as_env().to_owned(),
+    );
+    if let Some(w) = &moderation.webhook {
+        put("SB_MODERATION_WEBHOOK_URL", w.url.clone());
+        put("SB_MODERATION_WEBHOOK_TIMEOUT", w.timeout.clone());
+        put("SB_MODERATION_FAIL_OPEN", w.fail_open.to_string());
+    }
     put("SB_REQUEST_TIMEOUT", s.requests.timeout.clone());
     if let Some(url) = &s.redis.url {
         put("SB_REDIS_URL", url.clone());

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
-    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, SleepAction, Volume, VolumeMount, WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
+    EnvFromSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, SleepAction, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -64,28 +65,76 @@ pub const REDIS_CA_DIR: &str = "/etc/switchboard/redis-ca";
 /// The file in [`REDIS_CA_DIR`] (`SB_REDIS_CA_FILE`).
 pub const REDIS_CA_FILE: &str = "/etc/switchboard/redis-ca/ca.pem";
 const REDIS_CA_VOLUME: &str = "redis-ca";
+/// Where the ConfigMap of `spec.moderation.words` is mounted (a directory, not a
+/// subPath, so the kubelet updates the file in place).
+pub const MODERATION_DIR: &str = "/etc/switchboard/moderation";
+/// The file in [`MODERATION_DIR`] (`SB_MODERATION_WORDS_FILE`).
+pub const MODERATION_WORDS_FILE: &str = "/etc/switchboard/moderation/words.txt";
+const MODERATION_VOLUME: &str = "moderation-words";
+
+fn volumes(cc: &ChatCluster) -> Option<Vec<Volume>> {
+    let s = &cc.spec;
+    let mut v = Vec::new();
+    if let Some(ca) = &s.redis.ca_secret_ref {
+        v.push(Volume {
+            name: REDIS_CA_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: "ca.pem".into(),
+                    ..KeyToPath::default()
+                }]),
+                default_mode: Some(0o444),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(words) = &s.moderation.words {
+        v.push(Volume {
+            name: MODERATION_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: words.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: words.key.clone(),
+                    path: "words.txt".into(),
+                    ..KeyToPath::default()
+                }]),
+                default_mode: Some(0o444),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    (!v.is_empty()).then_some(v)
+}
+
+fn volume_mounts(cc: &ChatCluster) -> Option<Vec<VolumeMount>> {
+    let s = &cc.spec;
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let mut m = Vec::new();
+    if s.redis.ca_secret_ref.is_some() {
+        m.push(mount(REDIS_CA_VOLUME, REDIS_CA_DIR));
+    }
+    if s.moderation.words.is_some() {
+        m.push(mount(MODERATION_VOLUME, MODERATION_DIR));
+    }
+    (!m.is_empty()).then_some(m)
+}
 
 fn pod_spec(cc: &ChatCluster, r: &Resolved) -> PodSpec {
     let s = &cc.spec;
     PodSpec {
         containers: vec![container(cc, r)],
-        volumes: s.redis.ca_secret_ref.as_ref().map(|ca| {
-            vec![Volume {
-                name: REDIS_CA_VOLUME.into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(ca.name.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: ca.key.clone(),
-                        path: "ca.pem".into(),
-                        ..KeyToPath::default()
-                    }]),
-                    default_mode: Some(0o444),
-                    optional: Some(false),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]
-        }),
+        volumes: volumes(cc),
         termination_grace_period_seconds: Some(s.termination_grace_period_seconds),
         // The node needs no Kubernetes API access.
         automount_service_account_token: Some(false),
@@ -130,14 +179,7 @@ fn container(cc: &ChatCluster, r: &Resolved) -> Container {
         // A node that refuses to start prints why last: the kubelet keeps the end of
         // its log as the termination message, which the operator puts in the status.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: s.redis.ca_secret_ref.as_ref().map(|_| {
-            vec![VolumeMount {
-                name: REDIS_CA_VOLUME.into(),
-                mount_path: REDIS_CA_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }]
-        }),
+        volume_mounts: volume_mounts(cc),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: names::config_map(&r.name),
@@ -272,6 +314,48 @@ mod tests {
         assert_eq!(
             super::super::node_config(&cc, &r)["SB_REDIS_CA_FILE"],
             format!("{}/ca.pem", m.mount_path)
+        );
+    }
+
+    #[test]
+    fn moderation_words_are_mounted_as_a_directory_and_named_in_the_config() {
+        let mut cc = sample();
+        cc.spec.moderation.words = Some(crate::crd::ConfigMapKeyRef {
+            name: "chat-words".into(),
+            key: "words".into(),
+        });
+        cc.spec.moderation.webhook = Some(crate::crd::WebhookSpec {
+            url: "http://moderator.chat:8080/check".into(),
+            timeout: "250ms".into(),
+            fail_open: true,
+        });
+        let r = validate(&cc, "n").unwrap();
+        let pod = stateful_set(&cc, &r, "h").spec.template.spec.unwrap();
+        let v = &pod.volumes.unwrap()[0];
+        let map = v.config_map.as_ref().unwrap();
+        assert_eq!(map.name, "chat-words");
+        assert_eq!(map.items.as_ref().unwrap()[0].key, "words");
+        let m = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (m.name.as_str(), m.sub_path.as_deref()),
+            (v.name.as_str(), None)
+        );
+        let c = super::super::node_config(&cc, &r);
+        assert_eq!(
+            c["SB_MODERATION_WORDS_FILE"],
+            format!("{}/words.txt", m.mount_path)
+        );
+        assert_eq!(c["SB_MODERATION_WORDS_ACTION"], "mask");
+        assert_eq!(
+            c["SB_MODERATION_WEBHOOK_URL"],
+            "http://moderator.chat:8080/check"
+        );
+        assert_eq!(c["SB_MODERATION_WEBHOOK_TIMEOUT"], "250ms");
+        assert_eq!(c["SB_MODERATION_FAIL_OPEN"], "true");
+        cc.spec.moderation.webhook.as_mut().unwrap().timeout = "1m".into();
+        assert_eq!(
+            validate(&cc, "n").unwrap_err().field,
+            "spec.moderation.webhook.timeout"
         );
     }
 

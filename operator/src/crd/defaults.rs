@@ -85,3 +85,6 @@ pub fn command_dedup_ttl() -> String {
 pub fn request_timeout() -> String {
     "10s".into()
 }
+pub fn webhook_timeout() -> String {
+    "500ms".into()
+}

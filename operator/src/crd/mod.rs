@@ -154,6 +154,11 @@ pub struct ChatClusterSpec {
     /// on by default, requests older than `timeout` answered `timeout` unexecuted.
     #[serde(default)]
     pub requests: RequestsSpec,
+
+    /// Moderation before a message is stored: word rules from a ConfigMap and an HTTP
+    /// webhook. Off by default.
+    #[serde(default)]
+    pub moderation: ModerationSpec,
 }
 
 /// Image pull policy of the chat node container.
@@ -495,9 +500,11 @@ pub struct ChatClusterStatus {
 
 mod commands;
 mod defaults;
+mod moderation;
 mod streams;
 
 pub use commands::{CommandsSpec, RequestsSpec};
+pub use moderation::{ConfigMapKeyRef, ModerationSpec, WebhookSpec, WordsAction};
 pub use streams::EventStreamsSpec;
 
 #[cfg(test)]
