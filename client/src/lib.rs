@@ -99,6 +99,7 @@ impl RequestClient {
                 group: config.responses_group.clone(),
                 max_reconsume_times: Some(0),
                 in_order: false,
+                batch: 32,
                 credentials: config.credentials.clone(),
             },
             move |d: Delivery| {

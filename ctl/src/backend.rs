@@ -178,6 +178,7 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
             group: group.clone(),
             max_reconsume_times: None,
             in_order: true,
+            batch: 32,
             credentials: credentials.clone(),
         },
         move |d: Delivery| tx.send(d).map_err(|_| "stopping".to_owned()),
@@ -220,6 +221,12 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
             }
         }
     }
+    if failed.is_some() {
+        // Read (so the group moved past them) but not re-driven: say which.
+        while let Ok(d) = rx.try_recv() {
+            eprintln!("not re-driven: {}", crate::line(&d));
+        }
+    }
     consumer.shutdown().await;
     if let Some(p) = publisher {
         p.shutdown().await;
@@ -232,7 +239,7 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
     if let Some((msg_id, e)) = failed {
         // It was read, so the group has moved past it: say which.
         return Err(e).with_context(|| {
-            format!("cannot re-drive dead letter {msg_id} (the line above); publish it with `command`, then run redrive again for the rest")
+            format!("cannot re-drive dead letter {msg_id} (the line above), nor the ones listed as not re-driven: publish them with `command`; run redrive again for the rest")
         });
     }
     let verb = if redrive { "re-drove" } else { "listed" };

@@ -132,6 +132,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         group: group.clone(),
         max_reconsume_times: None,
         in_order: true,
+        batch: 32,
         credentials: credentials.clone(),
     };
     let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {

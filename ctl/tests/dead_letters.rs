@@ -56,6 +56,7 @@ async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
             group: group.clone(),
             max_reconsume_times: None,
             in_order: true,
+            batch: 32,
             credentials: None,
         },
         move |d: Delivery| {
@@ -119,7 +120,7 @@ async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
         .await
         .unwrap();
 
-    let listed = lines(&ctl(target(&["dead-letters", "list"])).await);
+    let listed = lines(&ctl(target(&["dead-letters", "list", "--idle", "10s"])).await);
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(
         listed[0]["properties"]["dead_letter_code"],
@@ -127,10 +128,10 @@ async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
     );
     assert_eq!(listed[1]["properties"]["dead_letter_reason"], "reason 2");
 
-    let redriven = lines(&ctl(target(&["dead-letters", "redrive"])).await);
+    let redriven = lines(&ctl(target(&["dead-letters", "redrive", "--idle", "10s"])).await);
     assert_eq!(redriven.len(), 2);
     // Once: a second redrive finds nothing new.
-    assert!(lines(&ctl(target(&["dead-letters", "redrive"])).await).is_empty());
+    assert!(lines(&ctl(target(&["dead-letters", "redrive", "--idle", "5s"])).await).is_empty());
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.lock().unwrap().len() < 3 {

@@ -51,9 +51,9 @@ pub use node::Node;
 /// after the drain (it was asked to stop when the drain began).
 const RELAY_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How long a stopping node waits, after the drain, for its command
-/// consumer to commit and leave the group (it was asked to when the drain
-/// began).
+/// How long a stopping node waits, after the drain, for its command and
+/// request consumers (together) to commit and leave their groups (they were
+/// asked to when the drain began).
 const COMMANDS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves `node` on `listener` until `shutdown` resolves, then drains: the
@@ -111,14 +111,18 @@ pub async fn run(
         commands_stop.cancel();
         // HTTP stays up while draining, so /readyz can say 503.
         drainer.drain().await;
-        for mut task in [commands, requests].into_iter().flatten() {
-            if tokio::time::timeout(COMMANDS_STOP_WAIT, &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
+        let stopping = [commands, requests]
+            .into_iter()
+            .flatten()
+            .map(|mut task| async move {
+                if tokio::time::timeout(COMMANDS_STOP_WAIT, &mut task)
+                    .await
+                    .is_err()
+                {
+                    task.abort();
+                }
+            });
+        futures_util::future::join_all(stopping).await;
         if let Some((_, mut task)) = relay {
             // Stuck on a broker that is away: abort. The entry it was sending
             // stays in the outbox (deleted only after publishing), and its

@@ -24,8 +24,9 @@ use crate::{Admin, Credentials, Error, Runtime};
 const PROPERTY_KEYS: &str = "KEYS";
 /// RocketMQ's message property holding the tag.
 const PROPERTY_TAGS: &str = "TAGS";
-/// Messages per handler hand-off of an in-order consumer (the client's default pull batch).
-const IN_ORDER_BATCH: u32 = 32;
+/// Most messages per handler hand-off of an in-order consumer (the client's default pull
+/// batch).
+pub const MAX_IN_ORDER_BATCH: u32 = 32;
 
 /// What a [`Consumer`] reads and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +51,18 @@ pub struct ConsumerConfig {
     /// `true`: one handler call at a time, and the messages of each queue in the
     /// order the broker stored them (what [`crate::Producer::send_ordered`] sends to
     /// one lane arrives in that order); the client hands over what one pull brought
-    /// (up to 32 messages) at once, and a failure redelivers that whole batch, the
+    /// (up to `batch` messages) at once, and a failure redelivers that whole batch, the
     /// messages already handled included. `false`: up to 20 calls at a time, one
     /// message each, order not kept. Either way, a message whose handler fails is
     /// redelivered later through the `%RETRY%` topic, after the ones behind it: a
     /// handler that needs order must not fail for a reason that can pass (wait
     /// instead).
     pub in_order: bool,
+    /// In order: the most messages one handler call takes (1 to
+    /// [`MAX_IN_ORDER_BATCH`]; 32 is the client's pull batch, the fewest hand-offs; 1
+    /// gives each message its own 30 s budget and redelivers only it on failure).
+    /// Concurrent consumers take one message per call whatever this says.
+    pub batch: u32,
     /// ACL credentials to sign every request with (`None`: a broker without ACL). The
     /// user needs `Sub` on the topic and the group.
     pub credentials: Option<Credentials>,
@@ -120,7 +126,7 @@ impl Delivery {
 /// at shutdown, so a crash may redeliver a few seconds of messages).
 ///
 /// A handler call should finish well within 30 seconds (for an in-order consumer: the
-/// whole batch of up to 32 messages): the client gives up waiting for it then and
+/// whole batch of up to `batch` messages): the client gives up waiting for it then and
 /// treats it as failed (the batch is redelivered), while the call runs on.
 ///
 /// `start` returns before the consumer holds any queue: the client's first
@@ -222,9 +228,13 @@ impl Consumer {
             .message_model(MessageModel::Clustering)
             .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
             // Concurrent: one message per call, so one failure retries only that message.
-            // In order: what one pull brought (up to 32 messages of one queue, in order)
+            // In order: what one pull brought (up to `batch` messages of one queue, in order)
             // in one call: one hand-off to a consume thread per batch, not per message.
-            .consume_message_batch_max_size(if config.in_order { IN_ORDER_BATCH } else { 1 })
+            .consume_message_batch_max_size(if config.in_order {
+                config.batch.clamp(1, MAX_IN_ORDER_BATCH)
+            } else {
+                1
+            })
             .consume_thread_min(workers)
             .consume_thread_max(if config.in_order { 1 } else { 64 })
             .max_reconsume_times(i32::try_from(max_reconsume_times).unwrap_or(i32::MAX))

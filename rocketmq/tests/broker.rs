@@ -108,6 +108,7 @@ async fn a_sent_message_reaches_the_consumer_with_its_key() {
             group: group.clone(),
             max_reconsume_times: Some(3),
             in_order: false,
+            batch: 32,
             credentials: None,
         };
         let consumer = Consumer::start(&rt, config, move |d: Delivery| {
@@ -229,6 +230,7 @@ async fn slow_handlers_run_concurrently() {
             group: group.clone(),
             max_reconsume_times: None,
             in_order: false,
+            batch: 32,
             credentials: None,
         };
         let start = Instant::now();
@@ -288,6 +290,7 @@ async fn a_failing_handler_is_retried_then_dead_lettered() {
             group: group.clone(),
             max_reconsume_times: None, // the group's
             in_order: false,
+            batch: 32,
             credentials: None,
         };
         let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {
@@ -387,6 +390,7 @@ async fn a_consumer_of_a_missing_group_receives_nothing() {
             group: group.clone(),
             max_reconsume_times: None,
             in_order: false,
+            batch: 32,
             credentials: None,
         };
 

@@ -49,6 +49,7 @@ async fn producer_and_consumer_recover_from_a_broker_restart() {
             group: group.clone(),
             max_reconsume_times: None,
             in_order: false,
+            batch: 32,
             credentials: None,
         };
         let consumer = Consumer::start(&rt, config, move |d: Delivery| {

@@ -36,6 +36,7 @@ async fn an_in_order_consumer_hands_over_each_lane_in_send_order() {
             group: group.clone(),
             max_reconsume_times: None,
             in_order: true,
+            batch: 32,
             credentials: None,
         };
         let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {
@@ -135,6 +136,7 @@ async fn batches_keep_order_tags_keys_and_properties() {
             group: group.clone(),
             max_reconsume_times: None,
             in_order: true,
+            batch: 32,
             credentials: None,
         };
         let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {

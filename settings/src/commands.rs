@@ -68,10 +68,13 @@ impl CommandRetry {
     /// `multiplier`, each at most `max`.
     pub fn backoff(&self) -> Vec<Duration> {
         let mut waits = Vec::with_capacity(self.retries.min(MAX_RETRIES) as usize);
-        let mut next = self.initial;
+        let mut next = self.initial.min(self.max);
         for _ in 0..self.retries.min(MAX_RETRIES) {
-            waits.push(next.min(self.max));
-            next = next.mul_f64(self.multiplier).min(self.max);
+            waits.push(next);
+            // Saturating: absurd settings are refused by `check`, not a panic.
+            next = Duration::try_from_secs_f64(next.as_secs_f64() * self.multiplier.max(0.0))
+                .unwrap_or(self.max)
+                .min(self.max);
         }
         waits
     }
@@ -91,6 +94,13 @@ impl CommandRetry {
                 "must be 1 to 10".into(),
             ));
         }
+        if self.max > MAX_TOTAL_WAIT {
+            return Err(violation(
+                "SB_COMMAND_RETRY_MAX",
+                "spec.commands.retryMax",
+                format!("must be at most {MAX_TOTAL_WAIT:?}"),
+            ));
+        }
         if self.initial > self.max {
             return Err(violation(
                 "SB_COMMAND_RETRY_INITIAL",
@@ -98,7 +108,10 @@ impl CommandRetry {
                 "must not exceed the longest wait (SB_COMMAND_RETRY_MAX)".into(),
             ));
         }
-        let total: Duration = self.backoff().iter().sum();
+        let total = self
+            .backoff()
+            .iter()
+            .fold(Duration::ZERO, |a, b| a.saturating_add(*b));
         if total > MAX_TOTAL_WAIT {
             return Err(violation(
                 "SB_COMMAND_RETRIES",
@@ -179,5 +192,15 @@ mod tests {
             ..seed()
         };
         assert!(many.check().is_err());
+        // Absurd durations are refused, not a panic.
+        let huge = Duration::from_secs(u64::MAX / 4);
+        let absurd = CommandRetry {
+            initial: huge,
+            max: huge,
+            multiplier: 10.0,
+            ..seed()
+        };
+        assert_eq!(absurd.check().unwrap_err().env, "SB_COMMAND_RETRY_MAX");
+        assert_eq!(absurd.backoff().len(), 3);
     }
 }

@@ -70,7 +70,11 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
     let names = Names::new(&prefix);
     node.metrics.consumer("commands", false);
     loop {
-        match start(&node, &namesrv, &names).await {
+        let started = tokio::select! {
+            r = start(&node, &namesrv, &names) => r,
+            () = stop.cancelled() => return,
+        };
+        match started {
             Ok((consumer, producer, rt)) => {
                 node.metrics.consumer("commands", true);
                 tracing::info!(topic = %names.commands_topic(), "consuming commands");
@@ -141,6 +145,9 @@ async fn start(
         // the DLQ (without a reason) only if writing the dead letter failed.
         max_reconsume_times: Some(settings.redeliveries + 2),
         in_order: true,
+        // One command per hand-off: a command's retries stay within the
+        // client's 30 s budget, and a failure hands back only that command.
+        batch: 1,
         credentials,
     };
     let consumer = Consumer::start(&rt, config, move |d: Delivery| {
@@ -320,15 +327,20 @@ fn origin_id(d: &Delivery) -> &str {
         .unwrap_or(&d.msg_id)
 }
 
-/// What makes two deliveries the same command: the message key when the
-/// backend set one; for seed 002's activity events, the event itself (its
-/// body, which carries the activity, the user and the time stamp);
-/// otherwise RocketMQ's id of the message as first sent.
+/// What makes two deliveries the same command: the message key with the
+/// type and the body when the backend set a key; for seed 002's activity
+/// events, the event itself (its body, which carries the activity, the user
+/// and the time stamp); otherwise RocketMQ's id of the message as first sent.
 pub fn command_id(d: &Delivery, cmd: &Command) -> String {
     let raw = match (&d.key, cmd) {
-        (Some(key), _) if !key.trim().is_empty() => {
-            format!("key:{}", key.split_whitespace().next().unwrap_or(key))
-        }
+        // With the type and the body: a backend may key every command of one
+        // group or activity alike, which must not make them one command.
+        (Some(key), _) if !key.trim().is_empty() => format!(
+            "key:{}:{}:{:016x}",
+            key.split_whitespace().next().unwrap_or(key),
+            cmd.kind(),
+            fnv1a64(&d.body)
+        ),
         (
             _,
             Command::ActivityCreated { .. }

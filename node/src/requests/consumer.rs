@@ -4,7 +4,8 @@
 //! Per request: an answer kept for its `request_id` (1 h) is published again
 //! and nothing is executed (a redelivery, or a backend's resend); a request
 //! another node is executing (RocketMQ may hand one message to two consumers
-//! while queues move between them) is left to that node; a request
+//! while queues move between them) goes back to RocketMQ, whose redelivery
+//! finds that node's kept answer (or executes it, if that node died); a request
 //! whose deadline passed (its `deadline_ms` property, else
 //! `SB_REQUEST_TIMEOUT` after the backend sent it) is answered `timeout`
 //! without being executed; otherwise it is executed, its answer kept, then
@@ -25,6 +26,19 @@ use crate::backend::Claim;
 use crate::ids::now_millis;
 use crate::metrics::{ActionLabel, ActionOutcomeLabel};
 use crate::node::Node;
+
+/// An answer as kept, with what it answered.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    fingerprint: String,
+    response: Response,
+}
+
+/// What makes two requests with one id the same request.
+fn fingerprint(req: &super::Request) -> String {
+    let text = format!("{}\u{0}{}\u{0}{}", req.user_id, req.action, req.data);
+    format!("{:016x}", fnv1a64(text.as_bytes()))
+}
 
 /// How long one node holds a request it executes.
 const CLAIM_TTL: Duration = Duration::from_secs(15);
@@ -47,7 +61,11 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
     let names = Names::new(&prefix);
     node.metrics.consumer("requests", false);
     loop {
-        match start(&node, &namesrv, &names).await {
+        let started = tokio::select! {
+            r = start(&node, &namesrv, &names) => r,
+            () = stop.cancelled() => return,
+        };
+        match started {
             Ok((consumer, producer, rt)) => {
                 node.metrics.consumer("requests", true);
                 tracing::info!(topic = %names.requests_topic(), "answering requests");
@@ -111,6 +129,7 @@ async fn start(
         // A redelivery only after a failed publish; the deadline ends it.
         max_reconsume_times: Some(3),
         in_order: false,
+        batch: 32,
         credentials,
     };
     let consumer = Consumer::start(&rt, config, move |d: Delivery| {
@@ -155,16 +174,8 @@ impl Handler {
         };
         let action = label(&req.action);
         let log = &self.node.backends().command_log;
-        match log.reply(&req.request_id).await {
-            Ok(Some(kept)) => {
-                let answer: Response = serde_json::from_str(&kept).map_err(|e| e.to_string())?;
-                self.publish(&answer, action).await?;
-                self.count(action, "repeated", &d);
-                return Ok(());
-            }
-            Ok(None) => {}
-            // Executing anyway is safe: a message is keyed by the request id.
-            Err(e) => tracing::warn!(error = %e, "cannot read kept answers"),
+        if let Some(answered) = self.kept(&req, action, &d).await {
+            return answered;
         }
         // One execution at a time across the nodes (RocketMQ may hand one
         // message to two consumers while queues move between them): the
@@ -173,28 +184,64 @@ impl Handler {
         let token = format!("{}:{}", self.node.pod.name, self.node.next_msg_id());
         match log.claim(&claim_id, &token, CLAIM_TTL).await {
             Ok(Claim::Busy) => {
+                // Back to RocketMQ: the redelivery publishes the holder's kept
+                // answer, or executes it if the holder died (the deadline
+                // still bounds it).
                 self.count(action, "in_progress", &d);
-                return Ok(());
+                return Err("another node is executing this request".into());
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot claim the request; executing it"),
         }
         // Answered by the node that held it just before: the same answer.
-        let answered = match log.reply(&req.request_id).await {
-            Ok(Some(kept)) => match serde_json::from_str::<Response>(&kept) {
-                Ok(answer) => {
-                    let sent = self.publish(&answer, action).await;
-                    self.count(action, "repeated", &d);
-                    sent
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            _ => self.answer(&req, action, &d).await,
+        let answered = match self.kept(&req, action, &d).await {
+            Some(answered) => answered,
+            None => self.answer(&req, action, &d).await,
         };
         if let Err(e) = log.release(&claim_id, &token).await {
             tracing::warn!(error = %e, "cannot release a request's claim; it expires in 15 s");
         }
         answered
+    }
+
+    /// Publishes the answer kept for `req`'s id, if there is one: the same
+    /// answer when it is the same request, a `conflict` when the id was used
+    /// for another one (another user, action or data). `None`: nothing kept
+    /// (or Redis did not answer: executing then is safe, a message is keyed
+    /// by the request id).
+    async fn kept(
+        &self,
+        req: &super::Request,
+        action: &'static str,
+        d: &Delivery,
+    ) -> Option<Result<(), String>> {
+        let log = &self.node.backends().command_log;
+        let kept = match log.reply(&req.request_id).await {
+            Ok(Some(kept)) => kept,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read kept answers");
+                return None;
+            }
+        };
+        let kept: Kept = match serde_json::from_str(&kept) {
+            Ok(k) => k,
+            Err(e) => return Some(Err(format!("unreadable kept answer: {e}"))),
+        };
+        let answer = if kept.fingerprint == fingerprint(req) {
+            self.count(action, "repeated", d);
+            kept.response
+        } else {
+            self.count(action, "business_error", d);
+            Response::failed(
+                &req.request_id,
+                ApiError::business(
+                    "conflict",
+                    "this request_id was used for another request (user, action or data) within the hour",
+                ),
+            )
+        };
+        Some(self.publish(&answer, action).await)
     }
 
     /// Executes `req` (unless its deadline passed), keeps the answer and
@@ -239,7 +286,10 @@ impl Handler {
             .error
             .as_ref()
             .is_none_or(|e| e.kind == ErrorKind::Business)
-            && let Ok(text) = serde_json::to_string(&answer)
+            && let Ok(text) = serde_json::to_string(&Kept {
+                fingerprint: fingerprint(req),
+                response: answer.clone(),
+            })
             && let Err(e) = log.keep_reply(&req.request_id, &text, REPLY_TTL).await
         {
             tracing::warn!(error = %e, request_id = %req.request_id, "cannot keep the answer");

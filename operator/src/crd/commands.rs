@@ -26,7 +26,8 @@ pub struct CommandsSpec {
     #[serde(default = "defaults::command_retry_multiplier")]
     #[schemars(range(min = 1, max = 10))]
     pub retry_multiplier: u32,
-    /// Longest single wait. The waits of all retries together may be at most 20 s.
+    /// Longest single wait (at most 20s). The waits of all retries together may be at most
+    /// 20 s.
     #[serde(default = "defaults::command_retry_max")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub retry_max: String,

@@ -30,6 +30,7 @@ impl Tap {
             group,
             max_reconsume_times: None,
             in_order: true,
+            batch: 32,
             credentials: None,
         };
         let consumer = Consumer::start_blocking(&rt, config, move |d: Delivery| {

@@ -83,14 +83,28 @@ async fn group_of(c: &Cluster) -> Value {
         .1
 }
 
-async fn wait_group(c: &Cluster, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+/// Waits for the group to satisfy `done`, keeping `clients` alive (the pods
+/// close connections silent for three heartbeats, 6 s here).
+async fn wait_group(
+    c: &Cluster,
+    clients: &mut [&mut Client],
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + WAIT;
+    let mut pinged = Instant::now();
     loop {
         let g = group_of(c).await;
         if done(&g) {
             return g;
         }
         assert!(Instant::now() < deadline, "no {what} within {WAIT:?}: {g}");
+        if pinged.elapsed() > Duration::from_secs(1) {
+            for client in clients.iter_mut() {
+                client.send(json!({"type": "ping"})).await;
+            }
+            pinged = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -125,7 +139,10 @@ async fn seed_activity_events_build_the_group_once_however_often_delivered() {
     // Twice, as a producer retrying after a lost answer would.
     backend.send("activity.created", CREATED, false).await;
     backend.send("activity.created", CREATED, false).await;
-    let g = wait_group(&c, "group with its owner", |g| g["owner"] == "user_789").await;
+    let g = wait_group(&c, &mut [&mut creator], "group with its owner", |g| {
+        g["owner"] == "user_789"
+    })
+    .await;
     assert_eq!(g["title"], "周末爬山活动");
     assert_eq!(members(&g), ["user_789"]);
     let created = next_of(&mut creator, "group").await;
@@ -153,9 +170,12 @@ async fn seed_activity_events_build_the_group_once_however_often_delivered() {
     // The type as a property this time; delivered twice too.
     backend.send("activity.member.joined", JOINED, true).await;
     backend.send("activity.member.joined", JOINED, true).await;
-    wait_group(&c, "user_456 in the group", |g| {
-        members(g) == ["user_456", "user_789"]
-    })
+    wait_group(
+        &c,
+        &mut [&mut creator, &mut joiner],
+        "user_456 in the group",
+        |g| members(g) == ["user_456", "user_789"],
+    )
     .await;
     creator.send(json!({"type": "ping"})).await;
     joiner.send(json!({"type": "ping"})).await;
@@ -176,7 +196,10 @@ async fn seed_activity_events_build_the_group_once_however_often_delivered() {
     );
 
     backend.send("activity.member.left", LEFT, false).await;
-    wait_group(&c, "user_456 gone", |g| members(g) == ["user_789"]).await;
+    wait_group(&c, &mut [&mut creator, &mut joiner], "user_456 gone", |g| {
+        members(g) == ["user_789"]
+    })
+    .await;
     creator.send(json!({"type": "ping"})).await;
     joiner.send(json!({"type": "ping"})).await;
     let removed = next_of(&mut joiner, "group").await;
@@ -282,7 +305,23 @@ async fn refused_commands_reach_the_dead_letter_topic_at_once_with_their_reason(
         .unwrap();
     assert_eq!(unknown.body, CREATED.as_bytes(), "the body is kept as sent");
     // Nothing was applied.
-    assert_eq!(group_of(&c).await.get("owner"), None);
+    let metrics = http_get(c.pod(0).addr, "/metrics").await.1;
+    let applied: Vec<&str> = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("messaging_handler_total{") && l.contains("outcome=\"applied\""))
+        .collect();
+    assert!(applied.is_empty(), "{applied:?}");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("messaging_handler_total{")
+                && l.contains("outcome=\"dead_lettered\"")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,6 +329,8 @@ async fn a_command_sent_while_redis_is_away_is_applied_once_it_is_back() {
     let mut redis = OwnRedis::start().await;
     let mut c = Cluster::new("cmd-outage", "2s");
     c.use_redis(&redis.url());
+    // Room for a slow machine: the test broker redelivers after about 1 s.
+    c.set_env("SB_COMMAND_REDELIVERIES", "8");
     c.provision(1).await;
     let pod = c.spawn(0);
     c.pods.push(pod);
@@ -311,9 +352,22 @@ async fn a_command_sent_while_redis_is_away_is_applied_once_it_is_back() {
         .send_batch(&backend.topic, 1, &[record])
         .await
         .unwrap();
-    // Longer than the retries within the node (100 + 200 + 400 ms): the
-    // command goes back to RocketMQ.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Redis comes back once the command went back to RocketMQ (the retries
+    // within the node, 100 + 200 + 400 ms, failed).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = http_get(c.pod(0).addr, "/metrics").await.1;
+        if metrics.as_str().unwrap_or_default().lines().any(|l| {
+            l.starts_with("messaging_handler_total{") && l.contains("outcome=\"redelivered\"")
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command never went back to RocketMQ: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     redis.restart().await;
 
     let deadline = Instant::now() + WAIT;

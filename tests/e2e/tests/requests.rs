@@ -139,7 +139,9 @@ async fn seed_requests_are_answered_once_the_same_way_and_expired_ones_not_execu
     assert_eq!(d.properties["response_type"], "send_message");
 
     // The same request again (a redelivery, or a backend's resend): the
-    // same answer, no second message.
+    // same answer, not executed again, no second message.
+    let executed = outcomes(&c, "ok").await;
+    let repeated = outcomes(&c, "repeated").await;
     send_raw(&c, SEED_REQUEST, "req_1234567890", None).await;
     let seen = responses
         .wait_until(WAIT, "the second answer", |s| {
@@ -148,6 +150,21 @@ async fn seed_requests_are_answered_once_the_same_way_and_expired_ones_not_execu
         .await;
     let answers = answers_to(&seen, "req_1234567890");
     assert_eq!(answers[1], answers[0]);
+    assert_eq!(outcomes(&c, "ok").await, executed, "executed again");
+    assert!(outcomes(&c, "repeated").await > repeated);
+    // The same id for another request: a conflict, not the kept answer.
+    let other = SEED_REQUEST.replace("Hello, everyone!", "something else");
+    send_raw(&c, &other, "req_1234567890", None).await;
+    let seen = responses
+        .wait_until(WAIT, "the conflict", |s| {
+            answers_to(s, "req_1234567890").iter().any(|a| !a.success)
+        })
+        .await;
+    let conflict = answers_to(&seen, "req_1234567890")
+        .into_iter()
+        .find(|a| !a.success)
+        .unwrap();
+    assert_eq!(conflict.error.unwrap().code, "conflict");
 
     // An expired request: answered `timeout`, not executed.
     let late = SEED_REQUEST
@@ -247,5 +264,8 @@ async fn seed_requests_are_answered_once_the_same_way_and_expired_ones_not_execu
     // `timeout` again, still not executed: the history above has no "too late".)
     assert!(outcomes(&c, "timeout").await >= 1);
     assert_eq!(outcomes(&c, "ok").await, 5);
-    assert_eq!(outcomes(&c, "business_error").await, 4);
+    assert!(
+        outcomes(&c, "business_error").await >= 5,
+        "4 errors and the conflict"
+    );
 }

@@ -182,6 +182,7 @@ impl Bus for RocketMqBus {
             group,
             max_reconsume_times: Some(self.retry_max),
             in_order: true,
+            batch: 32,
             credentials: self.credentials.clone(),
         };
         // The handler runs right on the client's (blocking) consume thread: handing
