@@ -140,6 +140,7 @@ async fn measure(args: &BackendArgs, nodes: &Nodes, out: Out) -> anyhow::Result<
         failed += f;
     }
     let took = started.elapsed();
+    let request_time = took;
     let answered = rtt.len();
     let ms = |q: f64| rtt.value_at_quantile(q) as f64 / 1000.0;
     let action = if args.send {
@@ -202,5 +203,22 @@ async fn measure(args: &BackendArgs, nodes: &Nodes, out: Out) -> anyhow::Result<
     admin.delete_group(&group).await?;
     admin.shutdown().await;
     rt.shutdown().await;
-    Ok(failed == 0 && applied >= u64::from(args.commands))
+    let ok = failed == 0 && applied >= u64::from(args.commands);
+    out.summary(&json!({
+        "scenario": "backend",
+        "nodes": nodes.targets.len(),
+        "action": action,
+        "concurrency": args.concurrency,
+        "requests": args.requests,
+        "answered": answered,
+        "failed": failed,
+        "requests_per_sec": answered as f64 / request_time.as_secs_f64(),
+        "rtt_p50_ms": ms(0.5),
+        "rtt_p99_ms": ms(0.99),
+        "commands": args.commands,
+        "applied": applied,
+        "commands_per_sec": applied as f64 / took.as_secs_f64(),
+        "ok": ok,
+    }))?;
+    Ok(ok)
 }

@@ -110,6 +110,34 @@ fn throughput_across_two_nodes_delivers_everything() {
     assert_eq!(v["out_of_order"], 0, "{v}");
 }
 
+/// Requests and commands over RocketMQ on a one-node cluster: every request answered,
+/// every command applied.
+#[test]
+fn backend_scenario_answers_every_request_and_applies_every_command() {
+    for var in ["SB_TEST_REDIS_URL", "SB_TEST_ROCKETMQ_NAMESRV"] {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "{var} is not set: run `eval \"$(scripts/deps start)\"` first (scripts/test does)"
+        );
+    }
+    let v = run(&[
+        "backend",
+        "--requests",
+        "40",
+        "--concurrency",
+        "4",
+        "--commands",
+        "40",
+    ]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        (v["answered"].as_u64(), v["failed"].as_u64()),
+        (Some(40), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["applied"], 40, "{v}");
+}
+
 /// The side-by-side comparison's other half: the same workload through Centrifugo's
 /// protocol, on one node (memory engine) and across two (Redis engine on the Redis of
 /// `scripts/deps`), with the binary `scripts/peers build` makes (`scripts/test` exports
