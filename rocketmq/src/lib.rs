@@ -19,6 +19,7 @@
 //!     group: "demo-readers".into(),
 //!     max_reconsume_times: None, // the group's 3
 //!     in_order: false,
+//!     batch: 32,
 //!     credentials: None, // or Some(Credentials::new("user", "password")?) on an ACL broker
 //! };
 //! let consumer = Consumer::start(&rt, config, |d| async move {
