@@ -57,6 +57,23 @@ pub struct Event {
     /// when an admin did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recalled_by: Option<String>,
+    /// `message_moderated`: what moderation decided (`message` is the
+    /// content as sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<Moderation>,
+}
+
+/// What moderation did to a message (`message_moderated`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moderation {
+    /// `rejected` (nothing stored; the sender got `moderated`) or
+    /// `rewritten` (stored with other content, as `msg_id`).
+    pub action: String,
+    /// `rules` (the word list) or `webhook`.
+    pub by: String,
+    /// The reason given to the sender of a rejected message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The `type` of an [`Event`]; also its RocketMQ tag.
@@ -71,6 +88,7 @@ pub enum EventType {
     GroupCreated,
     GroupMemberAdded,
     GroupMemberRemoved,
+    MessageModerated,
 }
 
 impl EventType {
@@ -85,6 +103,7 @@ impl EventType {
             Self::GroupCreated => "group_created",
             Self::GroupMemberAdded => "group_member_added",
             Self::GroupMemberRemoved => "group_member_removed",
+            Self::MessageModerated => "message_moderated",
         }
     }
 }

@@ -412,6 +412,10 @@ impl Config {
             .map_err(|m| format!("SB_REQUEST_TIMEOUT {m}"))?;
         switchboard_settings::commands::check_webhook_timeout(self.moderation.webhook_timeout)
             .map_err(|m| format!("SB_MODERATION_WEBHOOK_TIMEOUT {m}"))?;
+        if let Some(url) = &self.moderation.webhook_url {
+            switchboard_settings::commands::check_webhook_url(url)
+                .map_err(|m| format!("SB_MODERATION_WEBHOOK_URL {m}"))?;
+        }
         let shards = crate::backend::outbox::SHARDS as usize;
         if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
             return Err(format!(

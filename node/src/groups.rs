@@ -2,6 +2,8 @@
 //! admin API, commands from backends) is told to the members online as a
 //! `group` frame, on whichever pod their devices are.
 
+use std::collections::BTreeMap;
+
 use crate::backend::{BackendError, BackendResult, MessageStore};
 use crate::ids::{GroupId, UserId};
 use crate::model::{Group, GroupProfile};
@@ -9,6 +11,17 @@ use crate::node::Node;
 use crate::protocol::ServerFrame;
 use crate::protocol::server::GroupChange;
 use crate::router::Router;
+
+/// The groups of `user`, and the owner and title of those that have one
+/// (for `welcome`).
+pub async fn of_user(
+    store: &dyn MessageStore,
+    user: &UserId,
+) -> BackendResult<(Vec<GroupId>, BTreeMap<GroupId, GroupProfile>)> {
+    let groups = store.groups_of(user).await?;
+    let profiles = store.group_profiles(&groups).await?;
+    Ok((groups, profiles.into_iter().collect()))
+}
 
 /// Changes groups and tells their members.
 #[derive(Debug, Clone, Copy)]

@@ -276,7 +276,7 @@ impl Metrics {
         );
         r.register(
             "moderation",
-            "Moderation decisions: allowed, rejected, rewritten, failed_open, failed_closed; by rules, webhook or policy",
+            "Moderation decisions: allowed, rejected, rewritten, failed_open, failed_closed (and event_dropped: a message_moderated event the full outbox could not take); by rules, webhook or policy",
             self.moderated.clone(),
         );
         r.register(

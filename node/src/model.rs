@@ -143,9 +143,11 @@ impl Group {
 
 /// A group's owner and title, as [`crate::backend::MessageStore::set_group_profile`]
 /// stores them (`None` clears).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupProfile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
 }
 

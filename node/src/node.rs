@@ -71,6 +71,7 @@ impl Node {
         let moderator = crate::moderation::Moderator::from_settings(
             &cfg.moderation,
             cfg.max_content_bytes,
+            backends.store.clone(),
             metrics.clone(),
         )?
         .map(Arc::new);
@@ -184,13 +185,12 @@ impl Node {
         user: UserId,
         dialect: Dialect,
     ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
-        let groups = match self.backends.store.groups_of(&user).await {
-            Ok(g) => g,
-            Err(e) => {
+        let (groups, profiles) = crate::groups::of_user(self.backends.store.as_ref(), &user)
+            .await
+            .unwrap_or_else(|e| {
                 self.backend_failed("groups_of", &e);
-                Vec::new()
-            }
-        };
+                Default::default()
+            });
         let n = self.conn_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.cfg.outbound_buffer);
         let conn = Arc::new(ConnHandle::new(
@@ -207,6 +207,7 @@ impl Node {
                 node: self.pod.name.clone(),
                 heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
                 groups,
+                profiles,
                 limits: Limits {
                     max_content_bytes: self.cfg.max_content_bytes,
                     rate_per_sec: self.cfg.rate_limit,

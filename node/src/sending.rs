@@ -57,6 +57,7 @@ pub async fn send(
         crate::conversation::participants(backends.store.as_ref(), me, &conversation).await?;
     recipients.retain(|u| u != me);
     let mut content = out.content;
+    let mut rewritten = None;
     if let Some(policy) = node.moderator() {
         let candidate = crate::moderation::Candidate {
             from: me,
@@ -65,8 +66,9 @@ pub async fn send(
             format: out.format,
             client_msg_id: out.client_msg_id.as_deref(),
         };
-        if let Some(rewritten) = policy.check(&candidate).await? {
-            content = rewritten;
+        rewritten = policy.check(&candidate).await?;
+        if let Some(r) = &rewritten {
+            content.clone_from(&r.content);
         }
     }
     let accepted_at = Instant::now();
@@ -94,6 +96,9 @@ pub async fn send(
         node.metrics.repushed.inc();
         node.router().route(&recipients, frame, except, None).await;
     } else {
+        if let (Some(policy), Some(r)) = (node.moderator(), rewritten) {
+            policy.stored(r, &appended.msg).await;
+        }
         node.metrics.messages_stored.inc();
         node.metrics
             .inbox_skipped

@@ -18,7 +18,7 @@ use crate::http::ApiError;
 use crate::hub::{ConnHandle, Outbound};
 use crate::metrics::FrameLabel;
 use crate::node::Node;
-use crate::protocol::{self, CloseCode, Dialect, ErrorCode, FrameError};
+use crate::protocol::{self, CloseCode, Dialect, ErrorCode, FrameError, ServerFrame};
 
 /// Frames written per flush at most, so one busy connection cannot starve
 /// its own reader's replies for long.
@@ -254,6 +254,12 @@ async fn write_loop(
                 .await
                 .is_err()
             {
+                break 'outer;
+            }
+            if matches!(*o.frame, ServerFrame::Disconnect { .. }) {
+                // Said why; now close (4002).
+                let _ = sink.flush().await;
+                conn.close_with(CloseCode::Disconnected);
                 break 'outer;
             }
             n += 1;

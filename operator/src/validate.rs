@@ -126,6 +126,8 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
         let field = "spec.moderation.webhook.timeout";
         switchboard_settings::commands::check_webhook_timeout(duration(field, &w.timeout)?)
             .map_err(|m| invalid(field, m))?;
+        switchboard_settings::commands::check_webhook_url(&w.url)
+            .map_err(|m| invalid("spec.moderation.webhook.url", m))?;
     }
     if spec.rocketmq.name_server.trim().is_empty() {
         return Err(invalid("spec.rocketmq.nameServer", "empty"));

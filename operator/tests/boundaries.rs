@@ -142,6 +142,71 @@ fn cases() -> Vec<(&'static str, Value, Value)> {
             json!({"eventStreams": {"outboxLimit": 15}}),
         ),
         (
+            "command retries at most 10",
+            json!({"commands": {"retries": 10, "retryInitial": "1ms", "retryMax": "1s"}}),
+            json!({"commands": {"retries": 11, "retryInitial": "1ms", "retryMax": "1s"}}),
+        ),
+        (
+            "retry multiplier at least 1",
+            json!({"commands": {"retryMultiplier": 1}}),
+            json!({"commands": {"retryMultiplier": 0}}),
+        ),
+        (
+            "retry multiplier at most 10",
+            json!({"commands": {"retryMultiplier": 10}}),
+            json!({"commands": {"retryMultiplier": 11}}),
+        ),
+        (
+            "longest retry wait at most 20s",
+            json!({"commands": {"retries": 1, "retryMax": "20s"}}),
+            json!({"commands": {"retries": 1, "retryMax": "21s"}}),
+        ),
+        (
+            "first retry wait at most the longest",
+            json!({"commands": {"retries": 1, "retryInitial": "10s", "retryMax": "10s"}}),
+            json!({"commands": {"retries": 1, "retryInitial": "11s", "retryMax": "10s"}}),
+        ),
+        (
+            "retries wait at most 20s in all",
+            json!({"commands": {"retries": 2, "retryInitial": "10s", "retryMax": "10s"}}),
+            json!({"commands": {"retries": 3, "retryInitial": "10s", "retryMax": "10s"}}),
+        ),
+        (
+            "redeliveries at most 16",
+            json!({"commands": {"redeliveries": 16}}),
+            json!({"commands": {"redeliveries": 17}}),
+        ),
+        (
+            "applied commands remembered at least 1h",
+            json!({"commands": {"dedupTtl": "1h"}}),
+            json!({"commands": {"dedupTtl": "59m"}}),
+        ),
+        (
+            "request timeout at least 1s",
+            json!({"requests": {"timeout": "1s"}}),
+            json!({"requests": {"timeout": "999ms"}}),
+        ),
+        (
+            "request timeout at most 5m",
+            json!({"requests": {"timeout": "5m"}}),
+            json!({"requests": {"timeout": "301s"}}),
+        ),
+        (
+            "webhook timeout at least 10ms",
+            json!({"moderation": {"webhook": {"url": "http://mod/check", "timeout": "10ms"}}}),
+            json!({"moderation": {"webhook": {"url": "http://mod/check", "timeout": "9ms"}}}),
+        ),
+        (
+            "webhook timeout at most 10s",
+            json!({"moderation": {"webhook": {"url": "http://mod/check", "timeout": "10s"}}}),
+            json!({"moderation": {"webhook": {"url": "http://mod/check", "timeout": "11s"}}}),
+        ),
+        (
+            "webhook over plain http",
+            json!({"moderation": {"webhook": {"url": "http://mod:8080/check"}}}),
+            json!({"moderation": {"webhook": {"url": "https://mod:8080/check"}}}),
+        ),
+        (
             "outbox at most 100M",
             json!({"eventStreams": {"outboxLimit": 100_000_000}}),
             json!({"eventStreams": {"outboxLimit": 100_000_001}}),

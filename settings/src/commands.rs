@@ -35,6 +35,24 @@ pub fn check_webhook_timeout(timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// Whether a moderation webhook URL (`SB_MODERATION_WEBHOOK_URL`,
+/// `spec.moderation.webhook.url`) is `http://` with a host, without
+/// whitespace, at most 2048 bytes (the node has no TLS client).
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    let host = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split('/').next().unwrap_or(""));
+    match host {
+        Some(h) if !h.is_empty() && url.len() <= 2048 && !url.contains(char::is_whitespace) => {
+            Ok(())
+        }
+        _ => Err(
+            "must be an http:// URL with a host, at most 2048 bytes (https is not supported)"
+                .into(),
+        ),
+    }
+}
+
 /// How a failing command is retried, and how long its id is remembered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandRetry {
@@ -151,6 +169,21 @@ mod tests {
             max: Duration::from_secs(10),
             redeliveries: 2,
             dedup_ttl: Duration::from_secs(72 * 3600),
+        }
+    }
+
+    #[test]
+    fn webhook_urls_are_plain_http_with_a_host() {
+        assert_eq!(check_webhook_url("http://moderation:8080/check"), Ok(()));
+        assert_eq!(check_webhook_url("http://10.0.0.7"), Ok(()));
+        for bad in [
+            "https://m/check",
+            "http:///check",
+            "http://",
+            "ftp://m",
+            "http://m/a b",
+        ] {
+            assert!(check_webhook_url(bad).is_err(), "{bad}");
         }
     }
 

@@ -389,6 +389,13 @@ pub async fn groups(s: &dyn MessageStore, tag: &str, base: u64) {
         (read.owner, read.title),
         (profile.owner.clone(), profile.title.clone())
     );
+    let nope = GroupId::parse(&format!("{tag}-none")).expect("id");
+    assert_eq!(
+        s.group_profiles(&[nope, g.clone()])
+            .await
+            .expect("profiles"),
+        vec![(g.clone(), profile.clone())]
+    );
     assert!(matches!(
         s.set_group_profile(&GroupId::parse("nope-nope").expect("id"), &profile)
             .await,

@@ -227,6 +227,15 @@ pub trait MessageStore: Send + Sync + Debug {
     async fn group(&self, id: &GroupId) -> BackendResult<Option<Group>>;
     /// Groups the user is a member of, in id order.
     async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>>;
+    /// The owner and title of those of `ids` that have either, in id order
+    /// (groups without a profile, and missing groups, are left out).
+    async fn group_profiles(&self, ids: &[GroupId]) -> BackendResult<Vec<(GroupId, GroupProfile)>>;
+    /// Records a moderation decision for the business stream; false when it
+    /// was dropped (the event outbox is full). Without an event outbox (the
+    /// in-memory store, or no stream switched on) there is nothing to do.
+    async fn record_moderation(&self, _entry: &outbox::ModerationEntry) -> BackendResult<bool> {
+        Ok(true)
+    }
 }
 
 /// What backends asked for: the ids of the commands that were applied, so

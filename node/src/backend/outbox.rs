@@ -20,6 +20,10 @@
 //!   rises. The group scripts add `{k: "group", m: {action: "created" |
 //!   "added" | "removed", group, users}, pod}` to the group conversation's
 //!   shard when a group is created or its membership changes.
+//!   The moderation policy adds `{k: "moderated", m: <ModerationEntry
+//!   JSON>, pod}` to the conversation's shard when it refused or rewrote a
+//!   message (unless the shard is full: the event is then dropped and
+//!   counted).
 //! - `Koutbox:<shard>:lease` the pod relaying that shard, with a TTL: one
 //!   relay per shard at a time keeps a conversation's events in order, and a
 //!   dead pod's shards pass to a survivor when its lease expires. A pod hands
@@ -95,6 +99,27 @@ struct GroupEntry {
     users: serde_json::Value,
 }
 
+/// `m` of a `moderated` entry: a message moderation refused or rewrote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModerationEntry {
+    /// `rejected` or `rewritten`.
+    pub action: String,
+    /// `rules` or `webhook`.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The sender.
+    pub user: String,
+    pub conversation: ConversationId,
+    /// The content as sent.
+    pub content: String,
+    /// A rewritten message's id, as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<MsgId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
 /// What an outbox entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -128,6 +153,8 @@ pub enum Recorded {
         users: Vec<String>,
         at_ms: i64,
     },
+    /// Moderation refused or rewrote a message.
+    Moderated { entry: ModerationEntry, at_ms: i64 },
     /// A user's first connection in the cluster.
     Join { user: String, at_ms: i64 },
     /// A user's last connection in the cluster is gone.
@@ -144,6 +171,39 @@ fn entry_ms(id: &str) -> i64 {
         .and_then(|ms| ms.parse().ok())
         .unwrap_or(0)
 }
+
+/// Appends a `moderated` entry to the conversation's shard; false when the
+/// shard already holds `limit` entries (RocketMQ away: the event is dropped
+/// rather than growing Redis).
+pub(super) async fn add_moderated(
+    conn: &ConnectionManager,
+    keys: &Keys,
+    limit: usize,
+    pod: &str,
+    entry: &ModerationEntry,
+) -> BackendResult<bool> {
+    let m = serde_json::to_string(entry).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+    let mut conn = conn.clone();
+    let added: i64 = ADD_MODERATED_SCRIPT
+        .key(stream_key(keys, shard_of(&entry.conversation)))
+        .arg(limit)
+        .arg(m)
+        .arg(pod)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(added == 1)
+}
+
+static ADD_MODERATED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', 'k', 'moderated', 'm', ARGV[2], 'off', '', 'pod', ARGV[3])
+return 1
+"#,
+    )
+});
 
 /// Renews this pod's leases, takes free ones, and reads the oldest entries of
 /// every shard it holds, in one round trip.
@@ -314,6 +374,15 @@ impl RedisOutbox {
                     },
                     Err(e) => Recorded::Unreadable {
                         reason: format!("recall: {e}"),
+                    },
+                },
+                "moderated" => match serde_json::from_str(m) {
+                    Ok(entry) => Recorded::Moderated {
+                        entry,
+                        at_ms: entry_ms(id),
+                    },
+                    Err(e) => Recorded::Unreadable {
+                        reason: format!("moderated: {e}"),
                     },
                 },
                 "msg" => match serde_json::from_str(m) {

@@ -121,6 +121,19 @@ pub async fn apply(node: &Node, cmd: &Command, key: &str) -> Result<(), Failure>
                 .await?;
             Ok(())
         }
+        Command::Disconnect { user, reason } => {
+            // Fails (and is retried) while the registry is away; the push
+            // itself is as sure as any push (a pod that is gone holds no
+            // connection any more).
+            node.backends().registry.connections(user).await?;
+            let frame = ServerFrame::Disconnect {
+                reason: reason.clone(),
+            };
+            node.router()
+                .route(std::slice::from_ref(user), frame, None, None)
+                .await;
+            Ok(())
+        }
     }
 }
 

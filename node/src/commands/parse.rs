@@ -48,6 +48,9 @@ pub enum Command {
         conversation: ConversationId,
         msg_id: MsgId,
     },
+    /// `user.disconnect`: closes every connection of the user, on every pod,
+    /// after a `disconnect` frame with the reason.
+    Disconnect { user: UserId, reason: String },
 }
 
 /// Where a notice goes.
@@ -58,7 +61,7 @@ pub enum NoticeTarget {
 }
 
 /// Every command type, as the tag (or `event_type`) names it.
-pub const TYPES: [&str; 9] = [
+pub const TYPES: [&str; 10] = [
     "activity.created",
     "activity.member.joined",
     "activity.member.left",
@@ -68,6 +71,7 @@ pub const TYPES: [&str; 9] = [
     "group.members.remove",
     "notice",
     "message.recall",
+    "user.disconnect",
 ];
 
 impl Command {
@@ -83,6 +87,7 @@ impl Command {
             Self::RemoveMembers { .. } => 6,
             Self::Notice { .. } => 7,
             Self::Recall { .. } => 8,
+            Self::Disconnect { .. } => 9,
         };
         TYPES[i]
     }
@@ -167,6 +172,17 @@ struct Recall {
     conversation: String,
     msg_id: String,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Disconnect {
+    user_id: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The longest `reason` of a `user.disconnect`, in bytes.
+pub const MAX_DISCONNECT_REASON: usize = 256;
 
 /// Reads a command: its type from `tag`, else `event_type`; `body` its JSON.
 /// Notices longer than `max_content` bytes are refused.
@@ -267,6 +283,21 @@ pub fn parse(
                     .parse()
                     .map(MsgId)
                     .map_err(|_| Rejected::invalid("`msg_id` is not a message id"))?,
+            })
+        }
+        "user.disconnect" => {
+            let b: Disconnect = json(body)?;
+            let reason = b
+                .reason
+                .unwrap_or_else(|| "disconnected by the service".to_owned());
+            if reason.is_empty() || reason.len() > MAX_DISCONNECT_REASON {
+                return Err(Rejected::invalid(format!(
+                    "`reason` must be 1 to {MAX_DISCONNECT_REASON} bytes"
+                )));
+            }
+            Ok(Command::Disconnect {
+                user: user("user_id", &b.user_id)?,
+                reason,
             })
         }
         other => Err(Rejected::new(
@@ -424,6 +455,25 @@ mod tests {
                 &format!(r#"{{"activity_id":"{long}","user_id":"u"}}"#)
             ),
             "invalid_field"
+        );
+        assert_eq!(
+            code(
+                Some("user.disconnect"),
+                &format!(r#"{{"user_id":"u","reason":"{}"}}"#, "r".repeat(257))
+            ),
+            "invalid_field"
+        );
+        assert_eq!(code(Some("user.disconnect"), r#"{}"#), "missing_field");
+    }
+
+    #[test]
+    fn a_disconnect_has_a_default_reason() {
+        assert_eq!(
+            p("user.disconnect", r#"{"user_id":"alice"}"#).unwrap(),
+            Command::Disconnect {
+                user: UserId::parse("alice").unwrap(),
+                reason: "disconnected by the service".into(),
+            }
         );
     }
 }

@@ -7,12 +7,12 @@
 pub mod relay;
 
 use switchboard_events::{
-    C2cMsg, ClusterEvent, ClusterEventType, Event, EventType, GroupMsg, PROPERTY_EVENT_TYPE,
-    PROPERTY_USER_ID, rfc3339_millis,
+    C2cMsg, ClusterEvent, ClusterEventType, Event, EventType, GroupMsg, Moderation,
+    PROPERTY_EVENT_TYPE, PROPERTY_USER_ID, rfc3339_millis,
 };
 use switchboard_rocketmq::Record;
 
-use crate::backend::outbox::{OutboxEntry, ReadEntry, Recorded};
+use crate::backend::outbox::{ModerationEntry, OutboxEntry, ReadEntry, Recorded};
 use crate::ids::ConversationId;
 use crate::model::ChatMessage;
 
@@ -65,6 +65,7 @@ pub fn records(entry: &OutboxEntry) -> Vec<(Stream, Record)> {
             users,
             at_ms,
         } => group_records(action, group, users, *at_ms, entry),
+        Recorded::Moderated { entry: m, at_ms } => vec![moderated_record(m, *at_ms, entry)],
         Recorded::Join { user, at_ms } => {
             vec![presence_record(EventType::UserJoin, user, *at_ms, entry)]
         }
@@ -98,6 +99,7 @@ fn presence_record(
         group_id: None,
         pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
         recalled_by: None,
+        moderation: None,
     };
     let mut rec = record(
         kind.as_str(),
@@ -137,6 +139,7 @@ fn read_record(user: &str, read: &ReadEntry, at_ms: i64, entry: &OutboxEntry) ->
         group_id,
         pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
         recalled_by: None,
+        moderation: None,
     };
     let mut rec = record(
         kind.as_str(),
@@ -148,6 +151,49 @@ fn read_record(user: &str, read: &ReadEntry, at_ms: i64, entry: &OutboxEntry) ->
         &event,
     );
     rec.keys[0] = format!("{user}:{}:{}", kind.as_str(), entry.id);
+    (Stream::Events, rec)
+}
+
+/// `message_moderated`: `message` is the content as sent, `moderation`
+/// what was done. Keys `<sender>:message_moderated:<outbox entry id>`
+/// (unique) and the sender.
+fn moderated_record(m: &ModerationEntry, at_ms: i64, entry: &OutboxEntry) -> (Stream, Record) {
+    let kind = EventType::MessageModerated;
+    let (to_user_id, group_id) = match &m.conversation {
+        ConversationId::Direct(a, b) => (
+            Some(if a.as_str() == m.user { b } else { a }.to_string()),
+            None,
+        ),
+        ConversationId::Group(g) => (None, Some(g.to_string())),
+    };
+    let event = Event {
+        user_id: m.user.clone(),
+        message: m.content.clone(),
+        timestamp: rfc3339_millis(at_ms),
+        kind,
+        msg_id: m.msg_id.map(|id| id.to_string()),
+        conversation: Some(m.conversation.to_string()),
+        seq: None,
+        to_user_id,
+        group_id,
+        pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
+        recalled_by: None,
+        moderation: Some(Moderation {
+            action: m.action.clone(),
+            by: m.by.clone(),
+            reason: m.reason.clone(),
+        }),
+    };
+    let mut rec = record(
+        kind.as_str(),
+        &m.user,
+        vec![
+            (PROPERTY_EVENT_TYPE.into(), kind.as_str().into()),
+            (PROPERTY_USER_ID.into(), m.user.clone()),
+        ],
+        &event,
+    );
+    rec.keys[0] = format!("{}:{}:{}", m.user, kind.as_str(), entry.id);
     (Stream::Events, rec)
 }
 
@@ -176,6 +222,7 @@ fn group_records(
             group_id: Some(group.to_owned()),
             pod: Some(entry.pod.clone()).filter(|p| !p.is_empty()),
             recalled_by: None,
+            moderation: None,
         };
         let mut rec = record(
             kind.as_str(),
@@ -285,6 +332,7 @@ fn message_event(
         group_id: msg.group.as_ref().map(ToString::to_string),
         pod: Some(pod.to_owned()).filter(|p| !p.is_empty()),
         recalled_by: recalled_by.map(str::to_owned),
+        moderation: None,
     };
     let properties = vec![
         (PROPERTY_EVENT_TYPE.into(), kind.as_str().into()),

@@ -119,3 +119,45 @@ fn a_recall_is_an_event_and_a_withdrawal_with_no_content() {
         (3, Some(1_704_110_460_000), "")
     );
 }
+
+#[test]
+fn a_refused_message_is_one_moderated_event_with_what_was_sent() {
+    let refused = OutboxEntry {
+        shard: 3,
+        id: "9-2".into(),
+        what: Recorded::Moderated {
+            entry: ModerationEntry {
+                action: "rejected".into(),
+                by: "rules".into(),
+                reason: Some("a word on the list".into()),
+                user: "bob".into(),
+                conversation: ConversationId::parse("dm:alice:bob").unwrap(),
+                content: "darn".into(),
+                msg_id: None,
+                client_msg_id: Some("c9".into()),
+            },
+            at_ms: 1_704_110_400_000,
+        },
+        pod: "chat-1".into(),
+    };
+    let recs = records(&refused);
+    assert_eq!(recs.len(), 1);
+    let (stream, rec) = &recs[0];
+    assert_eq!(*stream, Stream::Events);
+    assert_eq!(rec.tag.as_deref(), Some("message_moderated"));
+    assert_eq!(rec.keys, ["bob:message_moderated:9-2", "bob"]);
+    let event: Event = serde_json::from_slice(&rec.body).unwrap();
+    assert_eq!(
+        (
+            event.user_id.as_str(),
+            event.message.as_str(),
+            event.to_user_id.as_deref()
+        ),
+        ("bob", "darn", Some("alice"))
+    );
+    let m = event.moderation.unwrap();
+    assert_eq!(
+        (m.action.as_str(), m.by.as_str(), m.reason.as_deref()),
+        ("rejected", "rules", Some("a word on the list"))
+    );
+}

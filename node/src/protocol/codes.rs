@@ -124,6 +124,9 @@ pub enum CloseCode {
     IdleTimeout,
     /// 4001: the client read too slowly and its outbound buffer filled up.
     SlowConsumer,
+    /// 4002: a backend disconnected the user (`user.disconnect`), after a
+    /// `disconnect` frame saying why.
+    Disconnected,
 }
 
 impl CloseCode {
@@ -134,6 +137,7 @@ impl CloseCode {
             Self::Internal => 1011,
             Self::IdleTimeout => 4000,
             Self::SlowConsumer => 4001,
+            Self::Disconnected => 4002,
         }
     }
 
@@ -144,6 +148,7 @@ impl CloseCode {
             Self::Internal => "internal_error",
             Self::IdleTimeout => "idle_timeout",
             Self::SlowConsumer => "slow_consumer",
+            Self::Disconnected => "disconnected",
         }
     }
 }

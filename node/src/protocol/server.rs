@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::codes::ErrorCode;
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
-use crate::model::{ChatMessage, Presence};
+use crate::model::{ChatMessage, GroupProfile, Presence};
 
 /// How a connection wants its frames written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,9 @@ pub enum ServerFrame {
         node: String,
         heartbeat_interval_ms: u64,
         groups: Vec<GroupId>,
+        /// Owner and title of those of `groups` that have either.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        profiles: BTreeMap<GroupId, GroupProfile>,
         limits: Limits,
     },
     Sent {
@@ -152,6 +155,13 @@ pub enum ServerFrame {
         /// draining pod's clients don't all land on the others at once.
         delay_ms: u64,
     },
+    /// A backend disconnected the user: the server closes the connection
+    /// with 4002 right after this frame. Reconnecting with the same
+    /// credentials is allowed; the backend revokes them if it wants the
+    /// user to stay out.
+    Disconnect {
+        reason: String,
+    },
 }
 
 impl ServerFrame {
@@ -171,6 +181,7 @@ impl ServerFrame {
             Self::Pong { .. } => "pong",
             Self::Error { .. } => "error",
             Self::Reconnect { .. } => "reconnect",
+            Self::Disconnect { .. } => "disconnect",
         }
     }
 

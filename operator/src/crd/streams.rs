@@ -11,7 +11,8 @@ use super::defaults;
 #[serde(rename_all = "camelCase")]
 pub struct EventStreamsSpec {
     /// Publish `<prefix>-events`: `message_sent`, `message_read`, `message_recalled`,
-    /// `user_join`, `user_leave` and the group membership events (seed 000's format).
+    /// `message_moderated`, `user_join`, `user_leave` and the group membership events (seed
+    /// 000's format).
     #[serde(default = "defaults::yes")]
     pub events: bool,
     /// Publish `<prefix>-cluster-events`: `C2C_SEND_MSG`, `C2C_OFF_LINE_MSG`,

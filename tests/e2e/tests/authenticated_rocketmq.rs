@@ -1,7 +1,7 @@
 //! RocketMQ with ACL 2.0 (every request authenticated and authorized), as production
 //! runs it: the broker refuses unsigned and wrongly signed admin calls; provisioning
 //! (the operator's admin calls) and release nodes work with the right credentials,
-//! across pods; a node with a wrong secret key stays not ready and says why, one with
+//! across pods, commands (a dead letter included) and requests too; a node with a wrong secret key stays not ready and says why, one with
 //! half the credentials refuses to start; the secret key is never printed, at debug
 //! level, nor in metrics.
 #![allow(clippy::unwrap_used)]
@@ -9,8 +9,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use switchboard_client::{ClientConfig, CommandPublisher, RequestClient};
 use switchboard_e2e::own_deps::OwnDeps;
-use switchboard_e2e::{Cluster, node_bin, wait_ready};
+use switchboard_e2e::{Cluster, http_get, node_bin, wait_consumers, wait_ready};
 use switchboard_rocketmq::{Admin, Credentials, Runtime};
 
 const USER: &str = "sbadmin";
@@ -56,7 +58,8 @@ async fn nodes_and_provisioning_work_on_a_broker_with_acl_and_never_print_the_se
     deps.run(&[
         "add-user",
         &format!("{NODE_USER}:{NODE_PASSWORD}"),
-        &format!("Topic:{p}*,Group:{p}*"),
+        // The dead-letter topic of the commands' group is not under the prefix.
+        &format!("Topic:{p}*,Group:{p}*,Topic:%DLQ%{p}-commands"),
         "Pub,Sub,Get",
     ]);
     let rt = Runtime::new().unwrap();
@@ -84,6 +87,90 @@ async fn nodes_and_provisioning_work_on_a_broker_with_acl_and_never_print_the_se
         (got["msg_id"].clone(), got["content"].as_str()),
         (sent["msg_id"].clone(), Some("signed all the way"))
     );
+
+    // A backend (here the super user) drives the cluster: a command is applied, a
+    // refused one reaches the dead-letter topic (the nodes publish it), a request is
+    // answered (the nodes read `-requests` and publish on `-responses`).
+    wait_consumers(&c, "commands").await;
+    wait_consumers(&c, "requests").await;
+    let backend = CommandPublisher::start(
+        &namesrv,
+        &c.prefix,
+        &format!("{}-backend", c.prefix),
+        Some(right.clone()),
+    )
+    .await
+    .unwrap();
+    backend
+        .publish(
+            "group.create",
+            &json!({"group_id": "acl-crew", "members": ["ana", "ben"]}),
+            "acl-crew",
+            Some("acl-1"),
+        )
+        .await
+        .unwrap();
+    backend
+        .publish_raw(
+            "group.create",
+            b"{not json".to_vec(),
+            "acl-crew",
+            Some("acl-2"),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let group = http_get(c.pod(0).addr, "/api/v1/groups/acl-crew").await.1;
+        let mut dead = 0;
+        for p in &c.pods {
+            let metrics = p.get("/metrics").await.1;
+            dead += metrics
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("messaging_handler_total{")
+                        && l.contains("outcome=\"dead_lettered\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        if group["members"] == json!(["ana", "ben"]) && dead >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group}, dead letters {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let responses_group = format!("{}-acl-backend", c.prefix);
+    let rt = Runtime::new().unwrap();
+    let admin = Admin::connect_as(&rt, &namesrv, Some(&right))
+        .await
+        .unwrap();
+    admin.ensure_group(&responses_group, 0).await.unwrap();
+    admin.shutdown().await;
+    rt.shutdown().await;
+    let requests = RequestClient::start(ClientConfig {
+        namesrv: namesrv.clone(),
+        prefix: c.prefix.clone(),
+        responses_group,
+        credentials: Some(right.clone()),
+        timeout: Duration::from_secs(20),
+    })
+    .await
+    .unwrap();
+    let answer = requests
+        .request("ana", "get_group", json!({"group_id": "acl-crew"}))
+        .await
+        .unwrap();
+    assert!(answer.success, "{answer:?}");
+    drop(requests);
+    drop(backend);
+
     for p in &c.pods {
         let (_, metrics) = p.get("/metrics").await;
         let log = p.log().join("\n");

@@ -1,6 +1,8 @@
 //! Commands from backends on real Redis and real Apache RocketMQ: seed 002's
 //! three JSON examples, verbatim, build the activity's group (owner, title,
 //! members) with one notice each, however often they are delivered;
+//! a new device's welcome shows the group's owner and title;
+//! `user.disconnect` closes the user's devices on every pod;
 //! refused commands reach the dead-letter topic at once with their reason;
 //! a command sent while Redis is away is retried and applied once it is back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -231,6 +233,33 @@ async fn seed_activity_events_build_the_group_once_however_often_delivered() {
             "user_456 left"
         ]
     );
+    // A new device hears the group's owner and title in its welcome.
+    let again = c.pod(0).connect("user_789").await;
+    assert_eq!(
+        again.welcome["profiles"][GROUP],
+        json!({"owner": "user_789", "title": "周末爬山活动"}),
+        "{}",
+        again.welcome
+    );
+
+    // `user.disconnect` closes the user's devices on both pods, saying why;
+    // the others stay.
+    let mut laptop = c.pod(1).connect("user_456").await;
+    backend
+        .send(
+            "user.disconnect",
+            r#"{"user_id":"user_456","reason":"account suspended"}"#,
+            false,
+        )
+        .await;
+    for device in [&mut joiner, &mut laptop] {
+        let f = next_of(device, "disconnect").await;
+        assert_eq!(f["reason"], "account suspended");
+        assert_eq!(device.close_code().await, Some(4002));
+    }
+    creator.send(json!({"type": "ping"})).await;
+    next_of(&mut creator, "pong").await;
+
     // The second deliveries were seen and counted as duplicates (RocketMQ
     // may deliver more: at least once, and twice while queues move between
     // the two consumers).

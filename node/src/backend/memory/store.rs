@@ -417,6 +417,17 @@ impl MessageStore for MemoryStore {
             .map(|g| g.iter().cloned().collect())
             .unwrap_or_default())
     }
+
+    async fn group_profiles(&self, ids: &[GroupId]) -> BackendResult<Vec<(GroupId, GroupProfile)>> {
+        let st = lock(&self.inner);
+        let mut found: Vec<(GroupId, GroupProfile)> = ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), st.profiles.get(id)?.clone())))
+            .filter(|(_, p)| *p != GroupProfile::default())
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
 }
 
 #[async_trait]

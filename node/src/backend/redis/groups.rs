@@ -202,6 +202,36 @@ impl RedisStore {
         g.sort();
         Ok(g)
     }
+
+    pub(super) async fn group_profiles_now(
+        &self,
+        ids: &[GroupId],
+    ) -> BackendResult<Vec<(GroupId, GroupProfile)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.group_key("groupinfo", id));
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut profiles: Vec<(GroupId, GroupProfile)> = ids
+            .iter()
+            .zip(found)
+            .map(|(id, info)| {
+                let profile = GroupProfile {
+                    owner: info.get("owner").and_then(|o| UserId::parse(o).ok()),
+                    title: info.get("title").cloned(),
+                };
+                (id.clone(), profile)
+            })
+            .filter(|(_, p)| *p != GroupProfile::default())
+            .collect();
+        profiles.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(profiles)
+    }
 }
 
 /// KEYS: groups, groupinfo:<g>   ARGV: group id, owner ('' = none), title ('' = none)

@@ -356,4 +356,21 @@ impl MessageStore for RedisStore {
     async fn groups_of(&self, user: &UserId) -> BackendResult<Vec<GroupId>> {
         self.groups_of_now(user).await
     }
+
+    async fn group_profiles(&self, ids: &[GroupId]) -> BackendResult<Vec<(GroupId, GroupProfile)>> {
+        self.group_profiles_now(ids).await
+    }
+
+    async fn record_moderation(
+        &self,
+        entry: &crate::backend::outbox::ModerationEntry,
+    ) -> BackendResult<bool> {
+        match &self.outbox {
+            Some((limit, pod)) => {
+                crate::backend::outbox::add_moderated(&self.conn, &self.keys, *limit, pod, entry)
+                    .await
+            }
+            None => Ok(true),
+        }
+    }
 }
