@@ -22,6 +22,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod ids;
+pub mod intake;
 pub mod metrics;
 pub mod model;
 pub mod moderation;

@@ -31,14 +31,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use switchboard_rocketmq::names::{Names, fnv1a64};
-use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Delivery, Producer, Record, Runtime};
+use switchboard_rocketmq::{Delivery, Producer, Record};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{Failure, apply};
 use super::parse::{Command, parse};
 use crate::backend::Claim;
 use crate::config::CommandSettings;
+use crate::intake::{Handle, Intake};
 use crate::metrics::{HandlerLabel, KindLabel, OutcomeLabel};
 use crate::node::Node;
 
@@ -54,114 +56,36 @@ pub const DELIVERIES: &str = "deliveries";
 /// How long one attempt holds a command: a node that dies applying it
 /// blocks it no longer.
 const CLAIM_TTL: Duration = Duration::from_secs(15);
-/// How long the start waits for the consumer to hold a queue.
-const ASSIGN_WAIT: Duration = Duration::from_secs(30);
-/// Wait between attempts to start the consumer (broker away, group missing).
-const START_RETRY: Duration = Duration::from_secs(10);
-
-/// Runs the command consumer of `node` until `stop`: starts it (again every
-/// 10 s while it cannot), then shuts it down, committing what it consumed.
+/// Runs the command consumer of `node` until `stop` ([`crate::intake`]).
 pub async fn run(node: Arc<Node>, stop: CancellationToken) {
-    let cfg = &node.cfg;
-    let (Some(namesrv), Some(prefix)) = (cfg.rocketmq_namesrv.clone(), cfg.topic_prefix.clone())
-    else {
+    let Some(prefix) = node.cfg.topic_prefix.clone() else {
         return;
     };
     let names = Names::new(&prefix);
-    node.metrics.consumer("commands", false);
-    loop {
-        let started = tokio::select! {
-            r = start(&node, &namesrv, &names) => r,
-            () = stop.cancelled() => return,
-        };
-        match started {
-            Ok((consumer, producer, rt)) => {
-                node.metrics.consumer("commands", true);
-                tracing::info!(topic = %names.commands_topic(), "consuming commands");
-                stop.cancelled().await;
-                node.metrics.consumer("commands", false);
-                consumer.shutdown().await;
-                // The handler may still hold a reference; the runtime's
-                // shutdown ends the client then.
-                if let Ok(producer) = Arc::try_unwrap(producer) {
-                    producer.shutdown().await;
-                }
-                rt.shutdown().await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, topic = %names.commands_topic(), "cannot consume commands; trying again in 10 s");
-                tokio::select! {
-                    () = tokio::time::sleep(START_RETRY) => {}
-                    () = stop.cancelled() => return,
-                }
-            }
-        }
-    }
-}
-
-async fn start(
-    node: &Arc<Node>,
-    namesrv: &str,
-    names: &Names,
-) -> Result<(Consumer, Arc<Producer>, Runtime), String> {
-    let credentials = node.cfg.rocketmq_credentials()?;
-    let rt = Runtime::new().map_err(|e| e.to_string())?;
-    // A consumer of a missing group starts without error and receives
-    // nothing: say so instead.
-    let admin = Admin::connect_as(&rt, namesrv, credentials.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
-    let exists = admin.group_exists(&names.commands_group()).await;
-    admin.shutdown().await;
-    if !exists.map_err(|e| e.to_string())? {
-        rt.shutdown().await;
-        return Err(format!(
-            "consumer group {} does not exist (the operator provisions it)",
-            names.commands_group()
-        ));
-    }
-    let producer = Producer::start_as(
-        &rt,
-        namesrv,
-        &format!("{}-dead-letters", names.commands_group()),
-        credentials.clone(),
-    )
-    .await
-    .map_err(|e| format!("dead-letter producer: {e}"))?;
-    let producer = Arc::new(producer);
-    let handler = Arc::new(Handler {
-        node: node.clone(),
-        producer: producer.clone(),
-        dead_letters: names.commands_dead_letter_topic(),
-        settings: node.cfg.commands.clone(),
-    });
-    let settings = &node.cfg.commands;
-    let config = ConsumerConfig {
-        namesrv: namesrv.to_owned(),
+    let intake = Intake {
+        label: "commands",
+        doing: "consume commands",
         topic: names.commands_topic(),
         group: names.commands_group(),
+        producer_group: format!("{}-dead-letters", names.commands_group()),
         // Two more than the node's own redeliveries: RocketMQ's own move to
         // the DLQ (without a reason) only if writing the dead letter failed.
-        max_reconsume_times: Some(settings.redeliveries + 2),
+        max_reconsume_times: node.cfg.commands.redeliveries + 2,
         in_order: true,
         // One command per hand-off: a command's retries stay within the
         // client's 30 s budget, and a failure hands back only that command.
         batch: 1,
-        credentials,
     };
-    let consumer = Consumer::start(&rt, config, move |d: Delivery| {
-        let handler = handler.clone();
-        async move { handler.handle(d).await }
+    let dead_letters = names.commands_dead_letter_topic();
+    let settings = node.cfg.commands.clone();
+    let handler_node = node.clone();
+    crate::intake::run(node, stop, intake, move |producer| Handler {
+        node: handler_node.clone(),
+        producer,
+        dead_letters: dead_letters.clone(),
+        settings: settings.clone(),
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    // Take the queues now rather than at the client's next rebalance (up
-    // to 20 s away on a fresh start).
-    if let Err(e) = consumer.wait_assigned(ASSIGN_WAIT).await {
-        tracing::warn!(error = %e, "the commands consumer holds no queue yet (more consumers than queues?)");
-    }
-    Ok((consumer, producer, rt))
+    .await;
 }
 
 struct Handler {
@@ -177,8 +101,15 @@ enum Outcome {
     Duplicate,
 }
 
-impl Handler {
+#[async_trait]
+impl Handle for Handler {
     async fn handle(&self, d: Delivery) -> Result<(), String> {
+        self.consume(d).await
+    }
+}
+
+impl Handler {
+    async fn consume(&self, d: Delivery) -> Result<(), String> {
         let started = Instant::now();
         let event_type = d.properties.get("event_type").map(String::as_str);
         let max_content = self.node.cfg.max_content_bytes;

@@ -16,14 +16,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use switchboard_rocketmq::names::{Names, fnv1a64};
-use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Delivery, Producer, Record, Runtime};
+use switchboard_rocketmq::{Delivery, Producer, Record};
 use tokio_util::sync::CancellationToken;
 
 use super::actions::{execute, label};
 use super::{ApiError, ErrorKind, Response, check_request_id, parse};
 use crate::backend::Claim;
 use crate::ids::now_millis;
+use crate::intake::{Handle, Intake};
 use crate::metrics::{ActionLabel, ActionOutcomeLabel};
 use crate::node::Node;
 
@@ -46,102 +48,32 @@ const CLAIM_TTL: Duration = Duration::from_secs(15);
 pub const REPLY_TTL: Duration = Duration::from_secs(3600);
 /// The request property that overrides the deadline (ms since the epoch).
 pub const DEADLINE_PROPERTY: &str = "deadline_ms";
-/// Wait between attempts to start the consumer.
-const START_RETRY: Duration = Duration::from_secs(10);
-/// How long the start waits for the consumer to hold a queue.
-const ASSIGN_WAIT: Duration = Duration::from_secs(30);
 
-/// Answers requests until `stop` (starting again every 10 s while it cannot).
+/// Answers requests until `stop` ([`crate::intake`]).
 pub async fn run(node: Arc<Node>, stop: CancellationToken) {
-    let cfg = &node.cfg;
-    let (Some(namesrv), Some(prefix)) = (cfg.rocketmq_namesrv.clone(), cfg.topic_prefix.clone())
-    else {
+    let Some(prefix) = node.cfg.topic_prefix.clone() else {
         return;
     };
     let names = Names::new(&prefix);
-    node.metrics.consumer("requests", false);
-    loop {
-        let started = tokio::select! {
-            r = start(&node, &namesrv, &names) => r,
-            () = stop.cancelled() => return,
-        };
-        match started {
-            Ok((consumer, producer, rt)) => {
-                node.metrics.consumer("requests", true);
-                tracing::info!(topic = %names.requests_topic(), "answering requests");
-                stop.cancelled().await;
-                node.metrics.consumer("requests", false);
-                consumer.shutdown().await;
-                if let Ok(producer) = Arc::try_unwrap(producer) {
-                    producer.shutdown().await;
-                }
-                rt.shutdown().await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, topic = %names.requests_topic(), "cannot answer requests; trying again in 10 s");
-                tokio::select! {
-                    () = tokio::time::sleep(START_RETRY) => {}
-                    () = stop.cancelled() => return,
-                }
-            }
-        }
-    }
-}
-
-async fn start(
-    node: &Arc<Node>,
-    namesrv: &str,
-    names: &Names,
-) -> Result<(Consumer, Arc<Producer>, Runtime), String> {
-    let credentials = node.cfg.rocketmq_credentials()?;
-    let rt = Runtime::new().map_err(|e| e.to_string())?;
-    let admin = Admin::connect_as(&rt, namesrv, credentials.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
-    let exists = admin.group_exists(&names.api_group()).await;
-    admin.shutdown().await;
-    if !exists.map_err(|e| e.to_string())? {
-        rt.shutdown().await;
-        return Err(format!(
-            "consumer group {} does not exist (the operator provisions it)",
-            names.api_group()
-        ));
-    }
-    let producer = Producer::start_as(
-        &rt,
-        namesrv,
-        &format!("{}-responses", names.api_group()),
-        credentials.clone(),
-    )
-    .await
-    .map_err(|e| format!("response producer: {e}"))?;
-    let producer = Arc::new(producer);
-    let handler = Arc::new(Handler {
-        node: node.clone(),
-        producer: producer.clone(),
-        responses: names.responses_topic(),
-    });
-    let config = ConsumerConfig {
-        namesrv: namesrv.to_owned(),
+    let intake = Intake {
+        label: "requests",
+        doing: "answer requests",
         topic: names.requests_topic(),
         group: names.api_group(),
+        producer_group: format!("{}-responses", names.api_group()),
         // A redelivery only after a failed publish; the deadline ends it.
-        max_reconsume_times: Some(3),
+        max_reconsume_times: 3,
         in_order: false,
         batch: 32,
-        credentials,
     };
-    let consumer = Consumer::start(&rt, config, move |d: Delivery| {
-        let handler = handler.clone();
-        async move { handler.handle(d).await }
+    let responses = names.responses_topic();
+    let handler_node = node.clone();
+    crate::intake::run(node, stop, intake, move |producer| Handler {
+        node: handler_node.clone(),
+        producer,
+        responses: responses.clone(),
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    if let Err(e) = consumer.wait_assigned(ASSIGN_WAIT).await {
-        tracing::warn!(error = %e, "the requests consumer holds no queue yet");
-    }
-    Ok((consumer, producer, rt))
+    .await;
 }
 
 struct Handler {
@@ -150,8 +82,15 @@ struct Handler {
     responses: String,
 }
 
-impl Handler {
+#[async_trait]
+impl Handle for Handler {
     async fn handle(&self, d: Delivery) -> Result<(), String> {
+        self.consume(d).await
+    }
+}
+
+impl Handler {
+    async fn consume(&self, d: Delivery) -> Result<(), String> {
         let req = match parse(&d.body) {
             Ok(req) => req,
             Err(e) => {
