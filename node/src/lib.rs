@@ -80,6 +80,10 @@ pub async fn run(
     let heartbeat = tokio::spawn(node.clone().run_heartbeat());
     let repush = tokio::spawn(node.router().clone().run_repush());
     let relay = node.backends().relay.clone().map(|relay| {
+        node.metrics
+            .events
+            .outbox_limit
+            .set(i64::try_from(node.cfg.events_outbox_limit).unwrap_or(i64::MAX));
         let task = tokio::spawn(relay.clone().run(node.metrics.events.clone()));
         (relay, task)
     });

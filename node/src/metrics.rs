@@ -19,6 +19,11 @@ pub struct CodeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeOnlyLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -39,6 +44,8 @@ pub struct EventMetrics {
     pub published: Family<StreamLabel, Counter>,
     pub relay_failures: Counter,
     pub outbox_depth: Gauge,
+    /// `SB_EVENTS_OUTBOX_LIMIT`: past it sends are refused.
+    pub outbox_limit: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +146,9 @@ pub struct Metrics {
     pub frames_in: Family<FrameLabel, Counter>,
     pub frames_out: Family<FrameLabel, Counter>,
     pub errors: Family<CodeLabel, Counter>,
+    /// Sends (clients' and backends'), by outcome: `accepted`, `duplicate`
+    /// or the error code.
+    pub sends: Family<OutcomeOnlyLabel, Counter>,
     pub delivery_latency: Histogram,
     pub messages_stored: Counter,
     pub inbox_skipped: Counter,
@@ -175,6 +185,7 @@ impl Metrics {
             frames_out: Family::default(),
             errors: Family::default(),
             // 50 µs .. ~1.6 s
+            sends: Family::default(),
             delivery_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             messages_stored: Counter::default(),
             inbox_skipped: Counter::default(),
@@ -225,6 +236,11 @@ impl Metrics {
             self.errors.clone(),
         );
         r.register(
+            "sends",
+            "Messages sent by clients and backends, by outcome: accepted, duplicate (a resend answered with the stored message) or the error code",
+            self.sends.clone(),
+        );
+        r.register(
             "delivery_latency_seconds",
             "From accepting a message to writing it to a recipient's socket",
             self.delivery_latency.clone(),
@@ -273,6 +289,11 @@ impl Metrics {
             "events_outbox_depth",
             "Outbox entries waiting to be relayed, all shards (refreshed every 2 s)",
             self.events.outbox_depth.clone(),
+        );
+        r.register(
+            "events_outbox_limit",
+            "Outbox entries that may wait, all shards (SB_EVENTS_OUTBOX_LIMIT); past it sends are refused with unavailable",
+            self.events.outbox_limit.clone(),
         );
         r.register(
             "moderation",
@@ -336,6 +357,13 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.seed_registry);
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
+    }
+
+    /// Counts a send by its outcome (`accepted`, `duplicate`, an error code).
+    pub fn send(&self, outcome: &'static str) {
+        self.sends
+            .get_or_create(&OutcomeOnlyLabel { outcome })
+            .inc();
     }
 
     pub fn error(&self, code: crate::protocol::ErrorCode) {

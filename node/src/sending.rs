@@ -41,6 +41,21 @@ pub async fn send(
     except: Option<&str>,
     stored: impl FnOnce(&Appended),
 ) -> Result<Appended, FrameError> {
+    let result = store_and_push(node, out, except, stored).await;
+    node.metrics.send(match &result {
+        Ok(a) if a.duplicate => "duplicate",
+        Ok(_) => "accepted",
+        Err(e) => e.code.as_str(),
+    });
+    result
+}
+
+async fn store_and_push(
+    node: &Node,
+    out: Outgoing,
+    except: Option<&str>,
+    stored: impl FnOnce(&Appended),
+) -> Result<Appended, FrameError> {
     let backends = node.backends();
     if backends.bus.is_saturated() {
         return Err(FrameError::new(

@@ -20,6 +20,21 @@ pub struct ActionLabel {
     pub action: &'static str,
 }
 
+/// One ChatCluster (the set of clusters is what users made: bounded by them).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterNodesLabel {
+    pub namespace: String,
+    pub name: String,
+    /// `desired` (spec.replicas) or `ready`.
+    pub state: &'static str,
+}
+
 /// All metrics of the operator.
 #[derive(Debug)]
 pub struct Metrics {
@@ -34,6 +49,10 @@ pub struct Metrics {
     pub writes: Family<ActionLabel, Counter>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// 1 while a ChatCluster's phase is `Ready`, 0 otherwise (as last written).
+    pub cluster_ready: Family<ClusterLabel, Gauge>,
+    /// A ChatCluster's nodes, desired and ready.
+    pub cluster_nodes: Family<ClusterNodesLabel, Gauge>,
     registry: Registry,
 }
 
@@ -52,6 +71,8 @@ impl Metrics {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             writes: Family::default(),
             leader: Gauge::default(),
+            cluster_ready: Family::default(),
+            cluster_nodes: Family::default(),
             registry: Registry::with_prefix("switchboard_operator"),
         };
         let r = &mut m.registry;
@@ -75,6 +96,16 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
+        );
+        r.register(
+            "cluster_ready",
+            "1 while a ChatCluster is Ready, by namespace and name (written by the leader)",
+            m.cluster_ready.clone(),
+        );
+        r.register(
+            "cluster_nodes",
+            "Chat nodes of a ChatCluster, by namespace, name and state (desired, ready)",
+            m.cluster_nodes.clone(),
         );
         m
     }
@@ -100,6 +131,46 @@ impl Metrics {
         self.writes.get_or_create(&ActionLabel { action }).inc();
     }
 
+    /// Records a ChatCluster's status as written.
+    pub fn cluster(
+        &self,
+        namespace: &str,
+        name: &str,
+        ready: bool,
+        desired: i32,
+        ready_nodes: i32,
+    ) {
+        let id = ClusterLabel {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.cluster_ready.get_or_create(&id).set(i64::from(ready));
+        for (state, n) in [("desired", desired), ("ready", ready_nodes)] {
+            self.cluster_nodes
+                .get_or_create(&ClusterNodesLabel {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    state,
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    /// Drops a deleted ChatCluster's series.
+    pub fn forget_cluster(&self, namespace: &str, name: &str) {
+        self.cluster_ready.remove(&ClusterLabel {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+        for state in ["desired", "ready"] {
+            self.cluster_nodes.remove(&ClusterNodesLabel {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                state,
+            });
+        }
+    }
+
     pub fn failed(&self, kind: &'static str) {
         self.failures.get_or_create(&KindLabel { kind }).inc();
     }
@@ -123,6 +194,21 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_s_gauges_follow_its_status_and_go_with_it() {
+        let m = Metrics::new();
+        m.cluster("chat", "prod", false, 3, 1);
+        m.cluster("chat", "prod", true, 3, 3);
+        let text = m.encode();
+        assert!(
+            text.contains("switchboard_operator_cluster_ready{namespace=\"chat\",name=\"prod\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("switchboard_operator_cluster_nodes{namespace=\"chat\",name=\"prod\",state=\"ready\"} 3"), "{text}");
+        m.forget_cluster("chat", "prod");
+        assert!(!m.encode().contains("name=\"prod\""));
+    }
 
     #[test]
     fn exposition_has_every_family() {

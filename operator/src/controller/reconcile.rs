@@ -73,6 +73,13 @@ async fn write_status(
     cc: &ChatCluster,
     next: ChatClusterStatus,
 ) -> Result<(), Error> {
+    ctx.metrics.cluster(
+        &cc.namespace().unwrap_or_default(),
+        &cc.name_any(),
+        next.phase.as_deref() == Some("Ready"),
+        cc.spec.replicas,
+        next.ready_replicas,
+    );
     if cc.status.as_ref() == Some(&next) {
         return Ok(());
     }
@@ -362,6 +369,7 @@ pub(super) async fn cleanup_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Resu
         event(ctx, &cc, EventType::Warning, "TopicsLeftBehind", format!("{SKIP_CLEANUP_ANNOTATION} is set: the cluster's RocketMQ topics and groups are not deleted")).await;
         return Ok(Action::await_change());
     }
+    ctx.metrics.forget_cluster(&ns, &name);
     let prefix = cc
         .status
         .as_ref()

@@ -10,6 +10,7 @@
 pub mod moving;
 pub mod own_deps;
 pub mod own_redis;
+pub mod prometheus;
 pub mod realpods;
 pub mod soak;
 pub mod tap;
@@ -292,6 +293,26 @@ impl Cluster {
     pub fn pod(&self, i: usize) -> &Pod {
         &self.pods[i]
     }
+}
+
+/// A `RequestClient` of `c` reading the answers with its own consumer group
+/// `PREFIX-<name>` (created here), 10 s timeout.
+pub async fn request_client(c: &Cluster, name: &str) -> switchboard_client::RequestClient {
+    let group = format!("{}-{name}", c.prefix);
+    let rt = Runtime::new().unwrap();
+    let admin = Admin::connect(&rt, c.namesrv()).await.unwrap();
+    admin.ensure_group(&group, 0).await.unwrap();
+    admin.shutdown().await;
+    rt.shutdown().await;
+    switchboard_client::RequestClient::start(switchboard_client::ClientConfig {
+        namesrv: c.namesrv().to_owned(),
+        prefix: c.prefix.clone(),
+        responses_group: group,
+        credentials: None,
+        timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap()
 }
 
 /// Waits until every pod of `c` runs its consumer of backends' `consumer`

@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_client::{ClientConfig, ErrorKind, RequestClient, Response};
+use switchboard_client::{ErrorKind, RequestClient, Response};
 use switchboard_e2e::tap::Tap;
 use switchboard_e2e::{Cluster, http_get, http_post, wait_consumers};
 use switchboard_rocketmq::names::Names;
-use switchboard_rocketmq::{Admin, Producer, Record, Runtime};
+use switchboard_rocketmq::{Producer, Record, Runtime};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -29,21 +29,7 @@ const SEED_REQUEST: &str = r#"{
 }"#;
 
 async fn client(c: &Cluster) -> RequestClient {
-    let group = format!("{}-test-backend", c.prefix);
-    let rt = Runtime::new().unwrap();
-    let admin = Admin::connect(&rt, c.namesrv()).await.unwrap();
-    admin.ensure_group(&group, 0).await.unwrap();
-    admin.shutdown().await;
-    rt.shutdown().await;
-    RequestClient::start(ClientConfig {
-        namesrv: c.namesrv().to_owned(),
-        prefix: c.prefix.clone(),
-        responses_group: group,
-        credentials: None,
-        timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap()
+    switchboard_e2e::request_client(c, "test-backend").await
 }
 
 /// Sends a raw request body with seed 000's properties.
