@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::backend::{BackendError, BackendResult, MessageStore};
 use crate::ids::{GroupId, UserId};
+use crate::metrics::Metrics;
 use crate::model::{Group, GroupProfile};
 use crate::node::Node;
 use crate::protocol::ServerFrame;
@@ -13,14 +14,27 @@ use crate::protocol::server::GroupChange;
 use crate::router::Router;
 
 /// The groups of `user`, and the owner and title of those that have one
-/// (for `welcome`).
-pub async fn of_user(
+/// (for `welcome`). A failed lookup is counted and leaves that part empty
+/// (the profiles alone, when only they failed).
+pub async fn for_welcome(
     store: &dyn MessageStore,
+    metrics: &Metrics,
     user: &UserId,
-) -> BackendResult<(Vec<GroupId>, BTreeMap<GroupId, GroupProfile>)> {
-    let groups = store.groups_of(user).await?;
-    let profiles = store.group_profiles(&groups).await?;
-    Ok((groups, profiles.into_iter().collect()))
+) -> (Vec<GroupId>, BTreeMap<GroupId, GroupProfile>) {
+    let groups = match store.groups_of(user).await {
+        Ok(g) => g,
+        Err(e) => {
+            metrics.backend_failed("groups_of", &e);
+            return Default::default();
+        }
+    };
+    match store.group_profiles(&groups).await {
+        Ok(p) => (groups, p.into_iter().collect()),
+        Err(e) => {
+            metrics.backend_failed("group_profiles", &e);
+            (groups, BTreeMap::new())
+        }
+    }
 }
 
 /// Changes groups and tells their members.

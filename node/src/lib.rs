@@ -82,8 +82,8 @@ pub async fn run(
     let relay = node.backends().relay.clone().map(|relay| {
         node.metrics
             .events
-            .outbox_limit
-            .set(i64::try_from(node.cfg.events_outbox_limit).unwrap_or(i64::MAX));
+            .outbox_shard_limit
+            .set(i64::try_from(node.cfg.events_outbox_per_shard()).unwrap_or(i64::MAX));
         let task = tokio::spawn(relay.clone().run(node.metrics.events.clone()));
         (relay, task)
     });

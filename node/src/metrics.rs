@@ -44,8 +44,11 @@ pub struct EventMetrics {
     pub published: Family<StreamLabel, Counter>,
     pub relay_failures: Counter,
     pub outbox_depth: Gauge,
-    /// `SB_EVENTS_OUTBOX_LIMIT`: past it sends are refused.
-    pub outbox_limit: Gauge,
+    /// Entries waiting in the fullest shard.
+    pub outbox_fullest_shard: Gauge,
+    /// Entries one shard may hold (`SB_EVENTS_OUTBOX_LIMIT` / 16, rounded
+    /// up): past it, sends to that shard's conversations are refused.
+    pub outbox_shard_limit: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -291,9 +294,14 @@ impl Metrics {
             self.events.outbox_depth.clone(),
         );
         r.register(
-            "events_outbox_limit",
-            "Outbox entries that may wait, all shards (SB_EVENTS_OUTBOX_LIMIT); past it sends are refused with unavailable",
-            self.events.outbox_limit.clone(),
+            "events_outbox_fullest_shard",
+            "Outbox entries waiting in the fullest of the 16 shards (refreshed every 2 s)",
+            self.events.outbox_fullest_shard.clone(),
+        );
+        r.register(
+            "events_outbox_shard_limit",
+            "Outbox entries one shard may hold (SB_EVENTS_OUTBOX_LIMIT / 16, rounded up); a send to a full shard's conversations is refused with unavailable",
+            self.events.outbox_shard_limit.clone(),
         );
         r.register(
             "moderation",

@@ -185,12 +185,8 @@ impl Node {
         user: UserId,
         dialect: Dialect,
     ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
-        let (groups, profiles) = crate::groups::of_user(self.backends.store.as_ref(), &user)
-            .await
-            .unwrap_or_else(|e| {
-                self.backend_failed("groups_of", &e);
-                Default::default()
-            });
+        let (groups, profiles) =
+            crate::groups::for_welcome(self.backends.store.as_ref(), &self.metrics, &user).await;
         let n = self.conn_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.cfg.outbound_buffer);
         let conn = Arc::new(ConnHandle::new(

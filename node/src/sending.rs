@@ -111,9 +111,6 @@ async fn store_and_push(
         node.metrics.repushed.inc();
         node.router().route(&recipients, frame, except, None).await;
     } else {
-        if let (Some(policy), Some(r)) = (node.moderator(), rewritten) {
-            policy.stored(r, &appended.msg).await;
-        }
         node.metrics.messages_stored.inc();
         node.metrics
             .inbox_skipped
@@ -121,6 +118,10 @@ async fn store_and_push(
         node.router()
             .route(&recipients, frame, except, Some(accepted_at))
             .await;
+        // After the push: recording the rewrite adds nothing to delivery.
+        if let (Some(policy), Some(r)) = (node.moderator(), rewritten) {
+            policy.stored(r, &appended.msg).await;
+        }
     }
     Ok(appended)
 }

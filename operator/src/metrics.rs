@@ -51,6 +51,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// 1 while a ChatCluster's phase is `Ready`, 0 otherwise (as last written).
     pub cluster_ready: Family<ClusterLabel, Gauge>,
+    /// 1 while a ChatCluster is paused on purpose (its phase `Paused`).
+    pub cluster_paused: Family<ClusterLabel, Gauge>,
     /// A ChatCluster's nodes, desired and ready.
     pub cluster_nodes: Family<ClusterNodesLabel, Gauge>,
     registry: Registry,
@@ -72,6 +74,7 @@ impl Metrics {
             writes: Family::default(),
             leader: Gauge::default(),
             cluster_ready: Family::default(),
+            cluster_paused: Family::default(),
             cluster_nodes: Family::default(),
             registry: Registry::with_prefix("switchboard_operator"),
         };
@@ -103,6 +106,11 @@ impl Metrics {
             m.cluster_ready.clone(),
         );
         r.register(
+            "cluster_paused",
+            "1 while a ChatCluster is paused on purpose (the pause annotation), by namespace and name",
+            m.cluster_paused.clone(),
+        );
+        r.register(
             "cluster_nodes",
             "Chat nodes of a ChatCluster, by namespace, name and state (desired, ready)",
             m.cluster_nodes.clone(),
@@ -131,12 +139,12 @@ impl Metrics {
         self.writes.get_or_create(&ActionLabel { action }).inc();
     }
 
-    /// Records a ChatCluster's status as written.
+    /// Records a ChatCluster's status (its `phase`) as written.
     pub fn cluster(
         &self,
         namespace: &str,
         name: &str,
-        ready: bool,
+        phase: &str,
         desired: i32,
         ready_nodes: i32,
     ) {
@@ -144,7 +152,12 @@ impl Metrics {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        self.cluster_ready.get_or_create(&id).set(i64::from(ready));
+        self.cluster_ready
+            .get_or_create(&id)
+            .set(i64::from(phase == "Ready"));
+        self.cluster_paused
+            .get_or_create(&id)
+            .set(i64::from(phase == "Paused"));
         for (state, n) in [("desired", desired), ("ready", ready_nodes)] {
             self.cluster_nodes
                 .get_or_create(&ClusterNodesLabel {
@@ -158,10 +171,12 @@ impl Metrics {
 
     /// Drops a deleted ChatCluster's series.
     pub fn forget_cluster(&self, namespace: &str, name: &str) {
-        self.cluster_ready.remove(&ClusterLabel {
+        let id = ClusterLabel {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-        });
+        };
+        self.cluster_ready.remove(&id);
+        self.cluster_paused.remove(&id);
         for state in ["desired", "ready"] {
             self.cluster_nodes.remove(&ClusterNodesLabel {
                 namespace: namespace.to_owned(),
@@ -198,8 +213,8 @@ mod tests {
     #[test]
     fn a_cluster_s_gauges_follow_its_status_and_go_with_it() {
         let m = Metrics::new();
-        m.cluster("chat", "prod", false, 3, 1);
-        m.cluster("chat", "prod", true, 3, 3);
+        m.cluster("chat", "prod", "Progressing", 3, 1);
+        m.cluster("chat", "prod", "Ready", 3, 3);
         let text = m.encode();
         assert!(
             text.contains("switchboard_operator_cluster_ready{namespace=\"chat\",name=\"prod\"} 1"),

@@ -202,6 +202,11 @@ fn cases() -> Vec<(&'static str, Value, Value)> {
             json!({"moderation": {"webhook": {"url": "http://mod/check", "timeout": "11s"}}}),
         ),
         (
+            "webhook port a number",
+            json!({"moderation": {"webhook": {"url": "http://mod:8080/check"}}}),
+            json!({"moderation": {"webhook": {"url": "http://mod:port/check"}}}),
+        ),
+        (
             "webhook over plain http",
             json!({"moderation": {"webhook": {"url": "http://mod:8080/check"}}}),
             json!({"moderation": {"webhook": {"url": "https://mod:8080/check"}}}),

@@ -22,7 +22,12 @@ async fn prometheus_scrapes_the_operator_and_its_dashboard_panels_have_data() {
     let prometheus = Prometheus::start(&[Target {
         job: "switchboard-operator".into(),
         addr: op.listen,
-        labels: vec![("pod".into(), "op-metrics".into())],
+        // As the chart's ServiceMonitor: the operator pod's own namespace, its
+        // series' namespace labels (the clusters') kept over it.
+        labels: vec![
+            ("namespace".into(), "switchboard-system".into()),
+            ("pod".into(), "op-metrics".into()),
+        ],
     }])
     .await;
     prometheus.wait_up(1).await;
@@ -65,7 +70,14 @@ async fn prometheus_scrapes_the_operator_and_its_dashboard_panels_have_data() {
         .filter(|(_, row, _)| row == "Operator")
         .collect();
     let checked = queries.len();
-    let failures = prometheus.without_data(&queries).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let failures = loop {
+        let failures = prometheus.without_data(&queries).await;
+        if failures.is_empty() || std::time::Instant::now() > deadline {
+            break failures;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     assert!(checked >= 6, "{checked} operator panel queries");
     assert!(
         failures.is_empty(),
@@ -78,18 +90,20 @@ async fn prometheus_scrapes_the_operator_and_its_dashboard_panels_have_data() {
         .query("switchboard_operator_cluster_ready")
         .await
         .unwrap();
-    let by_name: Vec<(String, String)> = ready
+    let by_name: Vec<(String, String, String)> = ready
         .iter()
         .map(|s| {
+            let label = |k: &str| s["metric"][k].as_str().unwrap_or_default().to_owned();
             (
-                s["metric"]["name"].as_str().unwrap_or_default().to_owned(),
+                label("namespace"),
+                label("name"),
                 s["value"][1].as_str().unwrap_or_default().to_owned(),
             )
         })
         .collect();
     assert!(
-        by_name.contains(&("chat".into(), "1".into()))
-            && by_name.contains(&("broken".into(), "0".into())),
+        by_name.contains(&(ns.clone(), "chat".into(), "1".into()))
+            && by_name.contains(&(ns.clone(), "broken".into(), "0".into())),
         "{by_name:?}"
     );
 }

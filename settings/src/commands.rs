@@ -39,15 +39,21 @@ pub fn check_webhook_timeout(timeout: Duration) -> Result<(), String> {
 /// `spec.moderation.webhook.url`) is `http://` with a host, without
 /// whitespace, at most 2048 bytes (the node has no TLS client).
 pub fn check_webhook_url(url: &str) -> Result<(), String> {
-    let host = url
+    let authority = url
         .strip_prefix("http://")
         .map(|rest| rest.split('/').next().unwrap_or(""));
-    match host {
-        Some(h) if !h.is_empty() && url.len() <= 2048 && !url.contains(char::is_whitespace) => {
+    // `host` or `host:port`; an IPv6 literal in brackets, with or without a port.
+    let port_ok = |a: &str| match a.rsplit_once(':') {
+        _ if a.ends_with(']') => true,
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => true,
+    };
+    match authority {
+        Some(a) if !a.is_empty() && port_ok(a) && url.len() <= 2048 && !url.contains(char::is_whitespace) => {
             Ok(())
         }
         _ => Err(
-            "must be an http:// URL with a host, at most 2048 bytes (https is not supported)"
+            "must be an http:// URL with a host (and a numeric port, if any), at most 2048 bytes (https is not supported)"
                 .into(),
         ),
     }
@@ -176,12 +182,18 @@ mod tests {
     fn webhook_urls_are_plain_http_with_a_host() {
         assert_eq!(check_webhook_url("http://moderation:8080/check"), Ok(()));
         assert_eq!(check_webhook_url("http://10.0.0.7"), Ok(()));
+        assert_eq!(check_webhook_url("http://mod:8080"), Ok(()));
+        assert_eq!(check_webhook_url("http://[::1]:8080/check"), Ok(()));
+        assert_eq!(check_webhook_url("http://[::1]/check"), Ok(()));
         for bad in [
             "https://m/check",
             "http:///check",
             "http://",
             "ftp://m",
             "http://m/a b",
+            "http://m:port/check",
+            "http://m:99999/check",
+            "http://:80/check",
         ] {
             assert!(check_webhook_url(bad).is_err(), "{bad}");
         }

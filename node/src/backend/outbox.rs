@@ -120,6 +120,16 @@ pub struct ModerationEntry {
     pub client_msg_id: Option<String>,
 }
 
+/// Entries waiting in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    /// All shards.
+    pub total: u64,
+    /// The fullest shard (sends to its conversations are refused once it
+    /// holds the per-shard limit).
+    pub fullest: u64,
+}
+
 /// What an outbox entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -439,13 +449,16 @@ impl RedisOutbox {
     }
 
     /// Entries waiting in all shards.
-    pub async fn depth(&self) -> BackendResult<u64> {
+    pub async fn depth(&self) -> BackendResult<Depth> {
         let mut pipe = redis::pipe();
         for shard in 0..SHARDS {
             pipe.cmd("XLEN").arg(stream_key(&self.keys, shard));
         }
         let mut conn = self.conn.clone();
         let lens: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        Ok(lens.iter().sum())
+        Ok(Depth {
+            total: lens.iter().sum(),
+            fullest: lens.iter().copied().max().unwrap_or(0),
+        })
     }
 }

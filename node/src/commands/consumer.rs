@@ -76,6 +76,18 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
         // client's 30 s budget, and a failure hands back only that command.
         batch: 1,
     };
+    // Every type's dead-letter count exists from the start, at 0, so the
+    // first dead letter is an increase (`SwitchboardCommandsDeadLettered`).
+    for handler in super::parse::TYPES.iter().copied().chain(["unknown"]) {
+        node.metrics
+            .handlers
+            .handled
+            .get_or_create(&OutcomeLabel {
+                handler,
+                outcome: "dead_lettered",
+            })
+            .inc_by(0);
+    }
     let dead_letters = names.commands_dead_letter_topic();
     let settings = node.cfg.commands.clone();
     let handler_node = node.clone();

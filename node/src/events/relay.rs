@@ -105,7 +105,10 @@ impl Relay {
                 if let Ok(depth) = self.outbox.depth().await {
                     metrics
                         .outbox_depth
-                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                        .set(i64::try_from(depth.total).unwrap_or(i64::MAX));
+                    metrics
+                        .outbox_fullest_shard
+                        .set(i64::try_from(depth.fullest).unwrap_or(i64::MAX));
                 }
             }
             tokio::select! {

@@ -76,7 +76,7 @@ async fn write_status(
     ctx.metrics.cluster(
         &cc.namespace().unwrap_or_default(),
         &cc.name_any(),
-        next.phase.as_deref() == Some("Ready"),
+        next.phase.as_deref().unwrap_or_default(),
         cc.spec.replicas,
         next.ready_replicas,
     );
@@ -365,11 +365,11 @@ pub(super) async fn apply_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result
 pub(super) async fn cleanup_cluster(cc: Arc<ChatCluster>, ctx: &Context) -> Result<Action, Error> {
     let ns = cc.namespace().ok_or(Error::NoNamespace)?;
     let name = cc.name_any();
+    ctx.metrics.forget_cluster(&ns, &name);
     if annotated(&cc, SKIP_CLEANUP_ANNOTATION) {
         event(ctx, &cc, EventType::Warning, "TopicsLeftBehind", format!("{SKIP_CLEANUP_ANNOTATION} is set: the cluster's RocketMQ topics and groups are not deleted")).await;
         return Ok(Action::await_change());
     }
-    ctx.metrics.forget_cluster(&ns, &name);
     let prefix = cc
         .status
         .as_ref()

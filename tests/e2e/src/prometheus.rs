@@ -20,7 +20,9 @@ pub struct Target {
     pub labels: Vec<(String, String)>,
 }
 
-/// A Prometheus server of the test's own, scraping every second.
+/// A Prometheus server of the test's own, scraping every second, keeping the
+/// labels a target's series carry over the target's own (`honor_labels`, as
+/// the chart's operator ServiceMonitor does).
 pub struct Prometheus {
     pub addr: SocketAddr,
     child: Child,
@@ -51,7 +53,7 @@ impl Prometheus {
         );
         for t in targets {
             config.push_str(&format!(
-                "  - job_name: {job}-{port}\n    static_configs:\n      - targets: ['{addr}']\n        labels:\n          job: {job}\n",
+                "  - job_name: {job}-{port}\n    honor_labels: true\n    static_configs:\n      - targets: ['{addr}']\n        labels:\n          job: {job}\n",
                 job = t.job,
                 port = t.addr.port(),
                 addr = t.addr
