@@ -120,6 +120,20 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
+    /// The queries still [without data](Self::without_data) after asking
+    /// again for up to 30 s: data lags the traffic a little (a scrape a
+    /// second, gauges refreshed every 2 s, a command applied a moment later).
+    pub async fn without_data_for_long(&self, queries: &[(String, String, String)]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let failures = self.without_data(queries).await;
+            if failures.is_empty() || Instant::now() > deadline {
+                return failures;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Runs each dashboard query (as Grafana sends it); returns one line per
     /// query that errors, returns nothing or only NaN.
     pub async fn without_data(&self, queries: &[(String, String, String)]) -> Vec<String> {

@@ -167,17 +167,7 @@ async fn prometheus_scrapes_the_nodes_and_every_dashboard_panel_has_data() {
         }
     }
     let checked = node_queries.len();
-    // Data lags the traffic a little (a command applied a moment later, the
-    // outbox depth refreshed every 2 s, a scrape a second): ask again for a
-    // while before calling a panel empty.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let failures = loop {
-        let failures = prometheus.without_data(&node_queries).await;
-        if failures.is_empty() || std::time::Instant::now() > deadline {
-            break failures;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let failures = prometheus.without_data_for_long(&node_queries).await;
     assert!(
         failures.is_empty(),
         "{} of {checked} panel queries have no data:\n{}",
