@@ -209,6 +209,23 @@ pub struct Config {
 
     #[command(flatten)]
     pub moderation: ModerationSettings,
+
+    #[command(flatten)]
+    pub tracing: TracingSettings,
+}
+
+/// Traces over OTLP/HTTP ([`crate::telemetry`]); off when no endpoint is set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TracingSettings {
+    /// The base URL of an OTLP/HTTP receiver (an OpenTelemetry collector,
+    /// Jaeger): `http://collector:4318`; spans go to `<endpoint>/v1/traces`.
+    #[arg(long = "otlp-endpoint", env = "SB_OTLP_ENDPOINT")]
+    pub endpoint: Option<String>,
+
+    /// The share of messages traced, 0 to 1 (a backend's command or request
+    /// that arrives traced keeps its own decision).
+    #[arg(long = "trace-sample-ratio", env = "SB_TRACE_SAMPLE_RATIO", default_value_t = switchboard_settings::telemetry::DEFAULT_SAMPLE_RATIO)]
+    pub sample_ratio: f64,
 }
 
 /// What word rules do with a match.
@@ -416,6 +433,12 @@ impl Config {
             switchboard_settings::commands::check_webhook_url(url)
                 .map_err(|m| format!("SB_MODERATION_WEBHOOK_URL {m}"))?;
         }
+        if let Some(url) = &self.tracing.endpoint {
+            switchboard_settings::telemetry::check_otlp_endpoint(url)
+                .map_err(|m| format!("SB_OTLP_ENDPOINT {m}"))?;
+        }
+        switchboard_settings::telemetry::check_sample_ratio(self.tracing.sample_ratio)
+            .map_err(|m| format!("SB_TRACE_SAMPLE_RATIO {m}"))?;
         let shards = crate::backend::outbox::SHARDS as usize;
         if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
             return Err(format!(

@@ -29,7 +29,7 @@ pub async fn connections(hub: &Hub, timeout: Duration, jitter: Duration) {
                 reason: "draining".into(),
                 delay_ms,
             }),
-            None,
+            crate::hub::Stamp::default(),
         );
     }
     wait_empty(hub, timeout, Duration::from_millis(50)).await;

@@ -10,13 +10,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ids::UserId;
 use crate::protocol::{CloseCode, Dialect, ServerFrame};
+use crate::telemetry::TraceCtx;
 
 /// One item for a connection's writer task.
 #[derive(Debug)]
 pub struct Outbound {
     pub frame: Arc<ServerFrame>,
+    pub stamp: Stamp,
+}
+
+/// What a pushed message brings besides its frame.
+#[derive(Debug, Clone, Default)]
+pub struct Stamp {
     /// When the message was accepted, for the delivery latency histogram.
     pub accepted_at: Option<Instant>,
+    /// Its trace, when traced: the writer adds a `ws.write` span.
+    pub trace: Option<TraceCtx>,
 }
 
 /// A live connection: a bounded queue to its writer, and a way to close it.
@@ -56,8 +65,8 @@ impl ConnHandle {
     /// Queues a frame without waiting. A full queue means the client reads
     /// slower than we write: it is closed with 4001 rather than letting the
     /// queue (and our memory) grow.
-    pub fn push(&self, frame: Arc<ServerFrame>, accepted_at: Option<Instant>) -> Push {
-        match self.tx.try_send(Outbound { frame, accepted_at }) {
+    pub fn push(&self, frame: Arc<ServerFrame>, stamp: Stamp) -> Push {
+        match self.tx.try_send(Outbound { frame, stamp }) {
             Ok(()) => Push::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close_with(CloseCode::SlowConsumer);
@@ -77,7 +86,7 @@ impl ConnHandle {
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        self.push(frame, None)
+        self.push(frame, Stamp::default())
     }
 
     /// Asks the connection to close with `code` (the first code wins).
@@ -176,7 +185,7 @@ impl Hub {
         user: &UserId,
         frame: &Arc<ServerFrame>,
         except: Option<&str>,
-        accepted_at: Option<Instant>,
+        stamp: &Stamp,
     ) -> usize {
         let st = self.read();
         let Some(conns) = st.by_user.get(user) else {
@@ -185,7 +194,7 @@ impl Hub {
         conns
             .iter()
             .filter(|c| Some(c.id.as_str()) != except)
-            .filter(|c| c.push(frame.clone(), accepted_at) == Push::Queued)
+            .filter(|c| c.push(frame.clone(), stamp.clone()) == Push::Queued)
             .count()
     }
 
@@ -224,7 +233,7 @@ impl Hub {
         };
         for id in ids {
             if let Some(c) = st.by_id.get(id) {
-                c.push(frame.clone(), None);
+                c.push(frame.clone(), Stamp::default());
             }
         }
     }
@@ -253,12 +262,12 @@ mod tests {
         hub.insert(a1.clone());
         hub.insert(a2.clone());
         let f = Arc::new(ServerFrame::Pong { ts: 1 });
-        assert_eq!(hub.deliver(&a1.user, &f, Some("p#1"), None), 1);
+        assert_eq!(hub.deliver(&a1.user, &f, Some("p#1"), &Stamp::default()), 1);
         assert!(r1.try_recv().is_err());
         assert!(r2.try_recv().is_ok());
         hub.remove(&a2);
         assert_eq!(hub.len(), 1);
-        assert_eq!(hub.deliver(&a1.user, &f, None, None), 1);
+        assert_eq!(hub.deliver(&a1.user, &f, None, &Stamp::default()), 1);
     }
 
     #[test]
@@ -267,9 +276,9 @@ mod tests {
         let (a, _rx) = conn("p#1", "a", 2);
         hub.insert(a.clone());
         let f = Arc::new(ServerFrame::Pong { ts: 1 });
-        assert_eq!(a.push(f.clone(), None), Push::Queued);
-        assert_eq!(a.push(f.clone(), None), Push::Queued);
-        assert_eq!(a.push(f, None), Push::Overflow);
+        assert_eq!(a.push(f.clone(), Stamp::default()), Push::Queued);
+        assert_eq!(a.push(f.clone(), Stamp::default()), Push::Queued);
+        assert_eq!(a.push(f, Stamp::default()), Push::Overflow);
         assert!(a.closed().is_cancelled());
         assert_eq!(a.close_code(), Some(CloseCode::SlowConsumer));
     }

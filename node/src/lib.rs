@@ -36,6 +36,7 @@ pub mod router;
 pub mod secret;
 pub mod sending;
 mod serve;
+pub mod telemetry;
 pub use serve::bind;
 mod ws;
 

@@ -5,27 +5,53 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use clap::Parser;
 use switchboard_node::config::LogFormat;
+use switchboard_node::telemetry;
 use switchboard_node::{Config, Node};
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, fmt};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    let filter = EnvFilter::try_from_env("SB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    match cfg.log_format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
+    // The log: SB_LOG's filter, without the spans exported as traces.
+    let filter = EnvFilter::try_from_env("SB_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(format!("{}=off", telemetry::TARGET).parse()?);
+    let log = match cfg.log_format {
+        LogFormat::Text => fmt::layer()
             .with_ansi(std::io::stdout().is_terminal())
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-    }
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer().json().with_filter(filter).boxed(),
+    };
+    let (traces, exporter) = match &cfg.tracing.endpoint {
+        Some(endpoint) if cfg.validate().is_ok() => {
+            let settings = telemetry::TraceSettings {
+                endpoint: endpoint.clone(),
+                sample_ratio: cfg.tracing.sample_ratio,
+                instance: cfg.pod_name.clone(),
+                cluster: cfg.cluster_name.clone(),
+            };
+            let (layer, exporter) = telemetry::layer(&settings)
+                .map_err(anyhow::Error::msg)
+                .context("invalid configuration")?;
+            (Some(layer), Some(exporter))
+        }
+        _ => (None, None),
+    };
+    tracing_subscriber::registry().with(log).with(traces).init();
     cfg.validate()
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
+    if let Some(endpoint) = &cfg.tracing.endpoint {
+        info!(
+            endpoint,
+            sample_ratio = cfg.tracing.sample_ratio,
+            "exporting traces over OTLP/HTTP"
+        );
+    }
     if cfg.dev_auth_enabled() {
         warn!(
             "DEV MODE IS ON: any client can connect as any user with ?userId=. Set SB_JWT_SECRET and SB_DEV_AUTH=false in production."
@@ -55,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
         "switchboard-node listening on http://{addr} (web page at /, WebSocket at /ws)"
     );
     switchboard_node::run(listener, node, shutdown_signal()).await?;
+    if let Some(exporter) = exporter {
+        // The exporter's own thread sends what is buffered.
+        tokio::task::spawn_blocking(move || exporter.shutdown()).await?;
+    }
     info!("stopped");
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::auth::Authenticator;
 use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
 use crate::config::{Config, Secret};
 use crate::history;
-use crate::hub::{ConnHandle, Hub, Outbound};
+use crate::hub::{ConnHandle, Hub, Outbound, Stamp};
 use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -211,7 +211,7 @@ impl Node {
                     recall_window_ms: self.cfg.recall_window.as_millis() as u64,
                 },
             }),
-            None,
+            Stamp::default(),
         );
         self.hub.insert(conn.clone());
         self.metrics.connections.inc();
@@ -280,7 +280,7 @@ impl Node {
         self.metrics.error(e.code);
         conn.push(
             Arc::new(ServerFrame::error(e.code, e.reason, e.client_msg_id)),
-            None,
+            Stamp::default(),
         );
     }
 
@@ -357,7 +357,10 @@ impl Node {
                 state,
             } => self.on_typing(conn, conversation, state).await,
             ClientFrame::Ping => {
-                conn.push(Arc::new(ServerFrame::Pong { ts: now_millis() }), None);
+                conn.push(
+                    Arc::new(ServerFrame::Pong { ts: now_millis() }),
+                    Stamp::default(),
+                );
                 Ok(())
             }
             ClientFrame::History {
@@ -372,7 +375,7 @@ impl Node {
                     limit,
                 };
                 let frame = history::page(self.store(), &conn.user, conversation, query).await?;
-                conn.push(Arc::new(frame), None);
+                conn.push(Arc::new(frame), Stamp::default());
                 Ok(())
             }
             ClientFrame::Resume { conversations } => {
@@ -391,7 +394,7 @@ impl Node {
                 }
                 for u in users {
                     let p = self.backends.registry.presence(&u).await?;
-                    conn.push(Arc::new(ServerFrame::Presence(p)), None);
+                    conn.push(Arc::new(ServerFrame::Presence(p)), Stamp::default());
                 }
                 Ok(())
             }
@@ -431,7 +434,7 @@ impl Node {
                     ts: m.ts,
                     duplicate: appended.duplicate,
                 }),
-                None,
+                Stamp::default(),
             );
         })
         .await

@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::backend::{BackendError, Bus, Envelope, Registry};
-use crate::hub::Hub;
+use crate::hub::{Hub, Stamp};
 use crate::ids::UserId;
 use crate::metrics::{DirectionLabel, Metrics};
 use crate::protocol::ServerFrame;
+use crate::telemetry::TraceCtx;
 
 /// Pushes waiting for the registry to come back.
 const REPUSH_QUEUE: usize = 4096;
@@ -32,6 +33,7 @@ struct Repush {
     frame: Arc<ServerFrame>,
     except: Option<String>,
     sent_at_us: i64,
+    trace: Option<String>,
     since: Instant,
 }
 
@@ -81,17 +83,26 @@ impl Router {
         accepted_at: Option<Instant>,
     ) {
         let frame = Arc::new(frame);
+        // A traced message (the caller's span is sampled) is traced on every pod.
+        let stamp = Stamp {
+            accepted_at,
+            trace: accepted_at.and_then(|_| TraceCtx::current()),
+        };
         for u in users {
-            self.hub.deliver(u, &frame, except, accepted_at);
+            self.hub.deliver(u, &frame, except, &stamp);
         }
         let sent_at_us = now_micros() - accepted_at.map_or(0, |t| t.elapsed().as_micros() as i64);
-        let unrouted = self.push_remote(users, &frame, except, sent_at_us).await;
+        let trace = stamp.trace.as_ref().map(TraceCtx::header);
+        let unrouted = self
+            .push_remote(users, &frame, except, sent_at_us, trace.as_deref())
+            .await;
         if !unrouted.is_empty() {
             let repush = Repush {
                 users: unrouted,
                 frame,
                 except: except.map(str::to_owned),
                 sent_at_us,
+                trace,
                 since: Instant::now(),
             };
             if self.repush_tx.try_send(repush).is_err() {
@@ -108,6 +119,7 @@ impl Router {
         frame: &Arc<ServerFrame>,
         except: Option<&str>,
         sent_at_us: i64,
+        trace: Option<&str>,
     ) -> Vec<UserId> {
         let mut remote: HashMap<String, Vec<UserId>> = HashMap::new();
         let mut unrouted = Vec::new();
@@ -135,6 +147,7 @@ impl Router {
                 except: except.map(str::to_owned),
                 frame: ServerFrame::clone(frame),
                 sent_at_us,
+                trace: trace.map(str::to_owned),
             };
             self.metrics
                 .bus_envelopes
@@ -162,7 +175,13 @@ impl Router {
             loop {
                 tokio::time::sleep(pause).await;
                 r.users = self
-                    .push_remote(&r.users, &r.frame, r.except.as_deref(), r.sent_at_us)
+                    .push_remote(
+                        &r.users,
+                        &r.frame,
+                        r.except.as_deref(),
+                        r.sent_at_us,
+                        r.trace.as_deref(),
+                    )
                     .await;
                 if r.users.is_empty() {
                     self.metrics.repushed.inc();
@@ -213,6 +232,7 @@ impl Router {
                 except,
                 frame,
                 sent_at_us,
+                trace,
             } => {
                 let age = Duration::from_micros((now_micros() - sent_at_us).max(0) as u64);
                 let accepted_at = Instant::now().checked_sub(age);
@@ -220,8 +240,12 @@ impl Router {
                 let accepted_at = matches!(*frame, ServerFrame::Message(_))
                     .then_some(accepted_at)
                     .flatten();
+                let stamp = Stamp {
+                    accepted_at,
+                    trace: trace.as_deref().and_then(TraceCtx::parse),
+                };
                 for u in &users {
-                    self.hub.deliver(u, &frame, except.as_deref(), accepted_at);
+                    self.hub.deliver(u, &frame, except.as_deref(), &stamp);
                 }
             }
             Envelope::Presence(p) => {

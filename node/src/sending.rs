@@ -10,6 +10,8 @@ use crate::ids::{ConversationId, UserId, now_millis};
 use crate::model::{ChatMessage, MsgFormat, Target};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, FrameError, ServerFrame};
+use crate::telemetry;
+use tracing::Instrument as _;
 
 /// A message to send.
 #[derive(Debug, Clone)]
@@ -41,7 +43,13 @@ pub async fn send(
     except: Option<&str>,
     stored: impl FnOnce(&Appended),
 ) -> Result<Appended, FrameError> {
-    let result = store_and_push(node, out, except, stored).await;
+    let span = telemetry::send_span();
+    let result = store_and_push(node, out, except, stored)
+        .instrument(span.clone())
+        .await;
+    if let Ok(a) = &result {
+        span.record("messaging.message.id", a.msg.msg_id.to_string());
+    }
     node.metrics.send(match &result {
         Ok(a) if a.duplicate => "duplicate",
         Ok(_) => "accepted",
@@ -102,7 +110,12 @@ async fn store_and_push(
         client_msg_id: out.client_msg_id,
         chat_id: out.chat_id,
     };
-    let appended = backends.store.append(msg, &recipients).await?;
+    let appended = backends
+        .store
+        .append(msg, &recipients)
+        .instrument(telemetry::store_span())
+        .await?;
+    tracing::Span::current().record("chat.recipients", recipients.len());
     stored(&appended);
     // The sender's other devices get the message too.
     recipients.push(me.clone());

@@ -19,6 +19,7 @@ use crate::hub::{ConnHandle, Outbound};
 use crate::metrics::FrameLabel;
 use crate::node::Node;
 use crate::protocol::{self, CloseCode, Dialect, ErrorCode, FrameError, ServerFrame};
+use crate::telemetry;
 
 /// Frames written per flush at most, so one busy connection cannot starve
 /// its own reader's replies for long.
@@ -228,6 +229,8 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
 ) {
     let mut latencies: Vec<Instant> = Vec::new();
+    // `ws.write` spans of traced frames, ended once flushed.
+    let mut spans: Vec<tracing::Span> = Vec::new();
     'outer: loop {
         let first = tokio::select! {
             biased;
@@ -240,8 +243,11 @@ async fn write_loop(
         let mut next = Some(first);
         let mut n = 0;
         while let Some(o) = next.take() {
-            if let Some(t) = o.accepted_at {
+            if let Some(t) = o.stamp.accepted_at {
                 latencies.push(t);
+            }
+            if let Some(t) = &o.stamp.trace {
+                spans.push(telemetry::write_span(t, &conn.id, o.frame.kind()));
             }
             node.metrics
                 .frames_out
@@ -275,6 +281,7 @@ async fn write_loop(
                 .delivery_latency
                 .observe(t.elapsed().as_secs_f64());
         }
+        spans.clear();
     }
     let frame = conn.close_code().map(|c| CloseFrame {
         code: c.code(),

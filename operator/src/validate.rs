@@ -129,6 +129,14 @@ pub fn validate(cc: &ChatCluster, default_image: &str) -> Result<Resolved, Inval
         switchboard_settings::commands::check_webhook_url(&w.url)
             .map_err(|m| invalid("spec.moderation.webhook.url", m))?;
     }
+    if let Some(endpoint) = &spec.tracing.endpoint {
+        switchboard_settings::telemetry::check_otlp_endpoint(endpoint)
+            .map_err(|m| invalid("spec.tracing.endpoint", m))?;
+    }
+    // The node's rule (SB_TRACE_SAMPLE_RATIO), on the number it will parse.
+    let ratio = spec.tracing.sample_ratio.parse::<f64>().unwrap_or(f64::NAN);
+    switchboard_settings::telemetry::check_sample_ratio(ratio)
+        .map_err(|m| invalid("spec.tracing.sampleRatio", m))?;
     if spec.rocketmq.name_server.trim().is_empty() {
         return Err(invalid("spec.rocketmq.nameServer", "empty"));
     }

@@ -212,6 +212,26 @@ fn cases() -> Vec<(&'static str, Value, Value)> {
             json!({"moderation": {"webhook": {"url": "https://mod:8080/check"}}}),
         ),
         (
+            "trace endpoint over plain http",
+            json!({"tracing": {"endpoint": "http://otel-collector:4318"}}),
+            json!({"tracing": {"endpoint": "https://otel-collector:4318"}}),
+        ),
+        (
+            "trace endpoint port a number",
+            json!({"tracing": {"endpoint": "http://otel-collector:4318"}}),
+            json!({"tracing": {"endpoint": "http://otel-collector:otlp"}}),
+        ),
+        (
+            "sample ratio at most 1",
+            json!({"tracing": {"sampleRatio": "1"}}),
+            json!({"tracing": {"sampleRatio": "1.01"}}),
+        ),
+        (
+            "sample ratio at least 0",
+            json!({"tracing": {"sampleRatio": "0"}}),
+            json!({"tracing": {"sampleRatio": "-0.1"}}),
+        ),
+        (
             "outbox at most 100M",
             json!({"eventStreams": {"outboxLimit": 100_000_000}}),
             json!({"eventStreams": {"outboxLimit": 100_000_001}}),

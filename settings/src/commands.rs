@@ -39,6 +39,12 @@ pub fn check_webhook_timeout(timeout: Duration) -> Result<(), String> {
 /// `spec.moderation.webhook.url`) is `http://` with a host, without
 /// whitespace, at most 2048 bytes (the node has no TLS client).
 pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    check_http_url(url)
+}
+
+/// The rule of every `http://` URL the node calls: a host (and a numeric
+/// port, if any), no whitespace, at most 2048 bytes.
+pub fn check_http_url(url: &str) -> Result<(), String> {
     let authority = url
         .strip_prefix("http://")
         .map(|rest| rest.split('/').next().unwrap_or(""));

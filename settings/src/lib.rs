@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub mod commands;
+pub mod telemetry;
 
 /// One setting, named as the node's environment and as the `ChatCluster` spec
 /// name it.

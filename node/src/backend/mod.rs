@@ -286,6 +286,10 @@ pub enum Envelope {
         /// When the sending node accepted the message, µs since the Unix
         /// epoch, for the delivery latency histogram.
         sent_at_us: i64,
+        /// The W3C `traceparent` of a traced message ([`crate::telemetry`]);
+        /// absent otherwise (and from nodes before tracing, which ignore it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<String>,
     },
     /// A user's presence changed: tell local subscribers.
     Presence(Presence),

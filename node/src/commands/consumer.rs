@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use switchboard_rocketmq::names::{Names, fnv1a64};
 use switchboard_rocketmq::{Delivery, Producer, Record};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::apply::{Failure, apply};
 use super::parse::{Command, parse};
@@ -116,7 +117,9 @@ enum Outcome {
 #[async_trait]
 impl Handle for Handler {
     async fn handle(&self, d: Delivery) -> Result<(), String> {
-        self.consume(d).await
+        let span =
+            crate::telemetry::intake_span("command.apply", &d.topic, &d.msg_id, &d.properties);
+        self.consume(d).instrument(span).await
     }
 }
 

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use switchboard_rocketmq::names::{Names, fnv1a64};
 use switchboard_rocketmq::{Delivery, Producer, Record};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::actions::{execute, label};
 use super::{ApiError, ErrorKind, Response, check_request_id, parse};
@@ -85,7 +86,9 @@ struct Handler {
 #[async_trait]
 impl Handle for Handler {
     async fn handle(&self, d: Delivery) -> Result<(), String> {
-        self.consume(d).await
+        let span =
+            crate::telemetry::intake_span("request.handle", &d.topic, &d.msg_id, &d.properties);
+        self.consume(d).instrument(span).await
     }
 }
 
@@ -246,10 +249,13 @@ impl Handler {
         let record = Record {
             tag: Some(response_type.to_owned()),
             keys: vec![answer.request_id.clone()],
-            properties: vec![
+            properties: [
                 ("request_id".into(), answer.request_id.clone()),
                 ("response_type".into(), response_type.to_owned()),
-            ],
+            ]
+            .into_iter()
+            .chain(crate::telemetry::property())
+            .collect(),
             body,
         };
         let lane = (fnv1a64(answer.request_id.as_bytes()) & 0xffff) as u32;

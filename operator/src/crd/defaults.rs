@@ -88,3 +88,6 @@ pub fn request_timeout() -> String {
 pub fn webhook_timeout() -> String {
     "500ms".into()
 }
+pub fn sample_ratio() -> String {
+    switchboard_settings::telemetry::DEFAULT_SAMPLE_RATIO.to_string()
+}

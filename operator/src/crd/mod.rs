@@ -159,6 +159,11 @@ pub struct ChatClusterSpec {
     /// webhook. Off by default.
     #[serde(default)]
     pub moderation: ModerationSpec,
+
+    /// OpenTelemetry traces over OTLP/HTTP: each traced message is one trace with spans on
+    /// every pod it crosses. Off by default (no endpoint).
+    #[serde(default)]
+    pub tracing: TracingSpec,
 }
 
 /// Image pull policy of the chat node container.
@@ -502,10 +507,12 @@ mod commands;
 mod defaults;
 mod moderation;
 mod streams;
+mod tracing;
 
 pub use commands::{CommandsSpec, RequestsSpec};
 pub use moderation::{ConfigMapKeyRef, ModerationSpec, WebhookSpec, WordsAction};
 pub use streams::EventStreamsSpec;
+pub use tracing::TracingSpec;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
     missing_debug_implementations
 )]
 
+pub mod jaeger;
 pub mod moving;
 pub mod own_deps;
 pub mod own_redis;
@@ -139,15 +140,21 @@ impl Cluster {
 
     pub async fn start_with(test: &str, n: u32, drain_timeout: &str) -> Self {
         let mut c = Self::new(test, drain_timeout);
-        c.provision(n).await;
+        c.launch(n).await;
+        c
+    }
+
+    /// Provisions topics and groups for `n` pods, starts them (with the
+    /// environment set so far) and waits until each is ready.
+    pub async fn launch(&mut self, n: u32) {
+        self.provision(n).await;
         for i in 0..n {
-            let pod = c.spawn(i);
-            c.pods.push(pod);
+            let pod = self.spawn(i);
+            self.pods.push(pod);
         }
-        for p in &c.pods {
+        for p in &self.pods {
             wait_ready(p).await;
         }
-        c
     }
 
     /// A cluster with no topics, groups or pods yet, on the shared Redis.

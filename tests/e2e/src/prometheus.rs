@@ -186,7 +186,7 @@ pub fn as_sent(expr: &str) -> String {
 }
 
 /// `GET path` over HTTP/1.0 (so the body is never chunked): status and body.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     s.write_all(req.as_bytes()).await.ok()?;
@@ -202,7 +202,7 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// Percent-encodes a query parameter.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use switchboard_client::{CommandPublisher, RequestClient};
 use switchboard_e2e::prometheus::{Prometheus, Target, dashboard_queries, tool};
-use switchboard_e2e::{Cluster, request_client, wait_consumers, wait_ready};
+use switchboard_e2e::{Cluster, request_client, wait_consumers};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
@@ -106,13 +106,7 @@ async fn prometheus_scrapes_the_nodes_and_every_dashboard_panel_has_data() {
     std::fs::write(&words, "darn\n").unwrap();
     let mut c = Cluster::new("observability", "2s");
     c.set_env("SB_MODERATION_WORDS_FILE", words.to_str().unwrap());
-    c.provision(2).await;
-    for i in 0..2 {
-        c.pods.push(c.spawn(i));
-    }
-    for p in &c.pods {
-        wait_ready(p).await;
-    }
+    c.launch(2).await;
     wait_consumers(&c, "commands").await;
     wait_consumers(&c, "requests").await;
     let targets: Vec<Target> = c

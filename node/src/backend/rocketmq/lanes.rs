@@ -28,6 +28,7 @@ use super::STALE_AFTER;
 use crate::backend::{BackendError, BackendResult, Envelope};
 use crate::ids::ConversationId;
 use crate::protocol::ServerFrame;
+use crate::telemetry::{self, TraceCtx};
 
 /// Lanes per destination pod: sends in flight to one pod at once. More than the
 /// operator's 4 queues per topic, so a slow send holds up few conversations.
@@ -50,6 +51,33 @@ struct Outgoing {
     json: Vec<u8>,
     key: Option<String>,
     queued: Instant,
+    /// The `bus.publish` span of a traced push: ends when the push is dropped
+    /// (sent or given up).
+    _span: Option<tracing::Span>,
+}
+
+/// The `bus.publish` span of a traced envelope, and the envelope carrying
+/// that span's context instead of its parent's.
+fn publish_span(topic: &str, envelope: &Envelope) -> (Option<tracing::Span>, Option<Envelope>) {
+    let Envelope::ToUsers {
+        trace: Some(parent),
+        ..
+    } = envelope
+    else {
+        return (None, None);
+    };
+    let Some(parent) = TraceCtx::parse(parent) else {
+        return (None, None);
+    };
+    let span = telemetry::publish_span(&parent, topic);
+    let Some(own) = TraceCtx::of(&span) else {
+        return (None, None);
+    };
+    let mut traced = envelope.clone();
+    if let Envelope::ToUsers { trace, .. } = &mut traced {
+        *trace = Some(own.header());
+    }
+    (Some(span), Some(traced))
 }
 
 /// The lanes of every destination pod.
@@ -77,7 +105,10 @@ impl Lanes {
     /// Queues `envelope` for `topic` on its lane. Refused only when
     /// [`CAPACITY`] pushes are waiting already.
     pub fn push(&self, topic: &str, envelope: &Envelope) -> BackendResult<()> {
-        let json = serde_json::to_vec(envelope)
+        // A traced push gets a `bus.publish` span, from now until RocketMQ stored
+        // it, and carries that span's context to the destination.
+        let (span, traced) = publish_span(topic, envelope);
+        let json = serde_json::to_vec(traced.as_ref().unwrap_or(envelope))
             .map_err(|e| BackendError::Unavailable(format!("encoding a push: {e}")))?;
         if self.queued.fetch_add(1, Ordering::AcqRel) >= CAPACITY {
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -89,6 +120,7 @@ impl Lanes {
             json,
             key: key_of(envelope),
             queued: Instant::now(),
+            _span: span,
         };
         let lane = lane_of(envelope);
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -313,6 +345,7 @@ mod tests {
                 state: crate::protocol::TypingState::Start,
             },
             sent_at_us: 1,
+            trace: None,
         }
     }
 
@@ -345,6 +378,7 @@ mod tests {
                 title: None,
             },
             sent_at_us: 0,
+            trace: None,
         };
         assert_eq!(lane_of(&change), lane_of(&typing("group:g1", "bob")));
     }
@@ -358,6 +392,7 @@ mod tests {
                 json: serde_json::to_vec(e).unwrap(),
                 key: None,
                 queued: Instant::now(),
+                _span: None,
             })
             .collect();
         assert_eq!(

@@ -39,6 +39,7 @@ use tracing::warn;
 
 use super::{BackendError, BackendResult, Bus, Envelope};
 use crate::ids::PodIdentity;
+use crate::telemetry::{self, TraceCtx};
 use lanes::Lanes;
 
 /// Pushes older than this are dropped instead of delivered.
@@ -52,6 +53,18 @@ const FLUSH_TIMEOUT: Duration = switchboard_settings::FLUSH_BUDGET;
 /// How long `subscribe` waits for the consumer to hold its queues (normally
 /// about a second); the node retries the subscription after that.
 const ASSIGN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `bus.consume` span of a traced envelope; the envelope then carries
+/// that span's context.
+fn consume_span(env: &mut Envelope, topic: &str, msg_id: &str) -> Option<tracing::Span> {
+    let Envelope::ToUsers { trace, .. } = env else {
+        return None;
+    };
+    let parent = trace.as_deref().and_then(TraceCtx::parse)?;
+    let span = telemetry::consume_span(&parent, topic, msg_id);
+    *trace = TraceCtx::of(&span).map(|c| c.header());
+    Some(span)
+}
 
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(e.to_string())
@@ -208,12 +221,15 @@ impl Bus for RocketMqBus {
                 }
             };
             let stale_before = crate::router::now_micros() - STALE_AFTER.as_micros() as i64;
-            for env in envelopes {
+            for mut env in envelopes {
                 if let Envelope::ToUsers { sent_at_us, .. } = &env
                     && *sent_at_us < stale_before
                 {
                     continue;
                 }
+                // A traced push: `bus.consume` until the node has it, then its
+                // writes are children of that span.
+                let _span = consume_span(&mut env, &d.topic, &d.msg_id);
                 tx.blocking_send(env)
                     .map_err(|_| "the node stopped taking pushes".to_owned())?;
             }
