@@ -365,10 +365,14 @@ impl Metrics {
             };
             if name == "switchboard_connections" {
                 m.connections = value.parse().ok();
-            } else if name == "switchboard_delivery_latency_seconds_count" {
-                m.delivery_count = value.parse().unwrap_or(0);
+            } else if name == "switchboard_delivery_latency_seconds_count"
+                || name.starts_with("switchboard_delivery_latency_seconds_count{")
+            {
+                // Summed over the paths (local, cross_pod).
+                m.delivery_count += value.parse::<u64>().unwrap_or(0);
             } else if let Some(le) = name
-                .strip_prefix("switchboard_delivery_latency_seconds_bucket{le=\"")
+                .strip_prefix("switchboard_delivery_latency_seconds_bucket{")
+                .and_then(|s| s.split("le=\"").nth(1))
                 .and_then(|s| s.strip_suffix("\"}"))
             {
                 let bound = if le == "+Inf" {
@@ -376,8 +380,11 @@ impl Metrics {
                 } else {
                     le.parse().unwrap_or(f64::INFINITY)
                 };
-                if let Ok(n) = value.parse() {
-                    m.delivery_buckets.push((bound, n));
+                if let Ok(n) = value.parse::<u64>() {
+                    match m.delivery_buckets.iter_mut().find(|(b, _)| *b == bound) {
+                        Some(bucket) => bucket.1 += n,
+                        None => m.delivery_buckets.push((bound, n)),
+                    }
                 }
             }
         }
@@ -445,11 +452,15 @@ mod tests {
     #[test]
     fn parses_metrics_and_bucket_quantiles() {
         let text = "# HELP x\nswitchboard_connections 12\n\
-            switchboard_delivery_latency_seconds_sum 0.5\n\
-            switchboard_delivery_latency_seconds_count 10\n\
-            switchboard_delivery_latency_seconds_bucket{le=\"0.0001\"} 5\n\
-            switchboard_delivery_latency_seconds_bucket{le=\"0.0002\"} 9\n\
-            switchboard_delivery_latency_seconds_bucket{le=\"+Inf\"} 10\n";
+            switchboard_delivery_latency_seconds_sum{path=\"local\"} 0.5\n\
+            switchboard_delivery_latency_seconds_count{path=\"local\"} 6\n\
+            switchboard_delivery_latency_seconds_bucket{path=\"local\",le=\"0.0001\"} 4\n\
+            switchboard_delivery_latency_seconds_bucket{path=\"local\",le=\"0.0002\"} 6\n\
+            switchboard_delivery_latency_seconds_bucket{path=\"local\",le=\"+Inf\"} 6\n\
+            switchboard_delivery_latency_seconds_count{path=\"cross_pod\"} 4\n\
+            switchboard_delivery_latency_seconds_bucket{path=\"cross_pod\",le=\"0.0001\"} 1\n\
+            switchboard_delivery_latency_seconds_bucket{path=\"cross_pod\",le=\"0.0002\"} 3\n\
+            switchboard_delivery_latency_seconds_bucket{path=\"cross_pod\",le=\"+Inf\"} 4\n";
         let m = Metrics::parse(text);
         assert_eq!(m.connections, Some(12.0));
         assert_eq!(m.delivery_count, 10);

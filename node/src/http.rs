@@ -185,6 +185,10 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.metrics
         .runtime_tasks
         .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+    node.metrics
+        .users_online
+        .set(i64::try_from(node.hub.users()).unwrap_or(i64::MAX));
+    node.metrics.draining.set(i64::from(node.is_draining()));
     (
         [(
             header::CONTENT_TYPE,

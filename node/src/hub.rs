@@ -26,6 +26,8 @@ pub struct Stamp {
     pub accepted_at: Option<Instant>,
     /// Its trace, when traced: the writer adds a `ws.write` span.
     pub trace: Option<TraceCtx>,
+    /// It came from another pod (the delivery latency's `path`).
+    pub cross_pod: bool,
 }
 
 /// A live connection: a bounded queue to its writer, and a way to close it.
@@ -135,6 +137,11 @@ impl Hub {
 
     pub fn len(&self) -> usize {
         self.read().count
+    }
+
+    /// Users with at least one connection here.
+    pub fn users(&self) -> usize {
+        self.read().by_user.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -60,7 +60,7 @@ impl Node {
             cfg.dev_auth_enabled(),
         );
         let hub = Arc::new(Hub::default());
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_backends(backends.metrics.clone()));
         let router = Arc::new(Router::new(
             pod.name.clone(),
             hub.clone(),
@@ -260,6 +260,7 @@ impl Node {
             .await
         {
             Ok(msgs) => {
+                self.metrics.inbox_replayed.observe(msgs.len() as f64);
                 for m in msgs {
                     if conn.push_bulk(Arc::new(ServerFrame::Message(m))).await
                         != crate::hub::Push::Queued

@@ -87,6 +87,7 @@ impl Router {
         let stamp = Stamp {
             accepted_at,
             trace: accepted_at.and_then(|_| TraceCtx::current()),
+            cross_pod: false,
         };
         for u in users {
             self.hub.deliver(u, &frame, except, &stamp);
@@ -243,6 +244,7 @@ impl Router {
                 let stamp = Stamp {
                     accepted_at,
                     trace: trace.as_deref().and_then(TraceCtx::parse),
+                    cross_pod: true,
                 };
                 for u in &users {
                     self.hub.deliver(u, &frame, except.as_deref(), &stamp);

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::http::ApiError;
 use crate::hub::{ConnHandle, Outbound};
-use crate::metrics::FrameLabel;
+use crate::metrics::{FrameLabel, PathLabel};
 use crate::node::Node;
 use crate::protocol::{self, CloseCode, Dialect, ErrorCode, FrameError, ServerFrame};
 use crate::telemetry;
@@ -228,7 +228,7 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
 ) {
-    let mut latencies: Vec<Instant> = Vec::new();
+    let mut latencies: Vec<(Instant, bool)> = Vec::new();
     // `ws.write` spans of traced frames, ended once flushed.
     let mut spans: Vec<tracing::Span> = Vec::new();
     'outer: loop {
@@ -244,7 +244,7 @@ async fn write_loop(
         let mut n = 0;
         while let Some(o) = next.take() {
             if let Some(t) = o.stamp.accepted_at {
-                latencies.push(t);
+                latencies.push((t, o.stamp.cross_pod));
             }
             if let Some(t) = &o.stamp.trace {
                 spans.push(telemetry::write_span(t, &conn.id, o.frame.kind()));
@@ -276,9 +276,11 @@ async fn write_loop(
         if sink.flush().await.is_err() {
             break;
         }
-        for t in latencies.drain(..) {
+        for (t, cross_pod) in latencies.drain(..) {
+            let path = if cross_pod { "cross_pod" } else { "local" };
             node.metrics
                 .delivery_latency
+                .get_or_create(&PathLabel { path })
                 .observe(t.elapsed().as_secs_f64());
         }
         spans.clear();

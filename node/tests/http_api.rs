@@ -35,8 +35,12 @@ async fn health_readiness_metrics_and_page() {
         r#"switchboard_frames_in_total{frame="send"} 1"#,
         r#"switchboard_frames_out_total{frame="message"} 1"#,
         r#"switchboard_frames_out_total{frame="welcome"} 2"#,
-        "switchboard_delivery_latency_seconds_count",
+        // max was offline: the message came from the inbox.
+        "switchboard_inbox_replayed_messages_count 2",
+        "switchboard_inbox_replayed_messages_sum 1",
         "switchboard_messages_stored_total 1",
+        "switchboard_users_online 2",
+        "switchboard_draining 0",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
     }

@@ -27,7 +27,7 @@ fn keys(test: &str) -> Keys {
 
 async fn store(test: &str) -> RedisStore {
     RedisStore::new(
-        connect(&url(), None).await.unwrap(),
+        connect(&url(), None, Default::default()).await.unwrap(),
         keys(test),
         StoreLimits {
             history_limit: 5,
@@ -52,7 +52,7 @@ async fn store_keeps_the_contract() {
 
 #[tokio::test]
 async fn registry_keeps_the_contract() {
-    let conn = connect(&url(), None).await.unwrap();
+    let conn = connect(&url(), None, Default::default()).await.unwrap();
     let r = RedisRegistry::new(
         conn,
         keys("registry"),
@@ -65,7 +65,7 @@ async fn registry_keeps_the_contract() {
 #[tokio::test]
 async fn dedup_keys_expire_after_their_ttl() {
     let s = RedisStore::new(
-        connect(&url(), None).await.unwrap(),
+        connect(&url(), None, Default::default()).await.unwrap(),
         keys("dedup"),
         StoreLimits {
             history_limit: 5,
@@ -102,7 +102,7 @@ async fn dedup_keys_expire_after_their_ttl() {
 
 #[tokio::test]
 async fn a_dead_pods_entries_are_removed_by_a_survivor() {
-    let conn = connect(&url(), None).await.unwrap();
+    let conn = connect(&url(), None, Default::default()).await.unwrap();
     let keys = keys("reaper");
     // Pods live for 3 heartbeats: 3 x 100 ms.
     let r = RedisRegistry::new(
@@ -131,7 +131,7 @@ async fn a_dead_pods_entries_are_removed_by_a_survivor() {
 
 #[tokio::test]
 async fn presence_rebuilds_itself_after_a_flush() {
-    let conn = connect(&url(), None).await.unwrap();
+    let conn = connect(&url(), None, Default::default()).await.unwrap();
     let keys = keys("flush");
     let prefix = keys.prefix().to_owned();
     let r = RedisRegistry::new(
@@ -170,5 +170,40 @@ async fn presence_rebuilds_itself_after_a_flush() {
             online_users: 1,
             connections: 1
         }
+    );
+}
+
+#[tokio::test]
+async fn every_redis_call_is_timed_by_command_and_failures_counted() {
+    let metrics = switchboard_node::metrics::BackendMetrics::default();
+    let conn = connect(&url(), None, metrics.clone()).await.unwrap();
+    let r = RedisRegistry::new(
+        conn,
+        keys("timed"),
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+    );
+    let m = switchboard_node::metrics::Metrics::with_backends(metrics);
+    r.ping().await.unwrap();
+    r.presence(&UserId::parse("zed").unwrap()).await.unwrap();
+    let text = m.encode();
+    let count = |command: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "switchboard_redis_command_seconds_count{{command=\"{command}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(count("ping"), Some(1.0), "{text}");
+    assert!(
+        count("pipeline").is_some() || count("hget").is_some() || count("evalsha").is_some(),
+        "{text}"
+    );
+    assert!(
+        !text.contains("switchboard_redis_command_errors_total{"),
+        "{text}"
     );
 }

@@ -231,6 +231,19 @@ impl Admin {
         .await
     }
 
+    /// Messages of `topic` stored but not yet consumed by `group`: the sum over the
+    /// topic's queues of the broker's max offset minus the group's committed offset.
+    pub async fn consumer_lag(&self, group: &str, topic: &str) -> Result<u64, Error> {
+        let (group, topic) = (CheetahString::from(group), CheetahString::from(topic));
+        self.call("query consume stats", move |admin| async move {
+            let stats =
+                ConsumerAdmin::examine_consume_stats(&*admin, group, Some(topic), None, None, None)
+                    .await?;
+            Ok(u64::try_from(stats.compute_total_diff()).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Removes `topic` from every broker and from the name server. Removing a topic
     /// that does not exist is not an error.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), Error> {

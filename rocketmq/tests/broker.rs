@@ -192,7 +192,26 @@ async fn a_sent_message_reaches_the_consumer_with_its_key() {
             "a burst of 200 did not arrive in full"
         );
 
+        // The group's lag from the broker's offsets: nothing once the consumer
+        // committed what it handled (every few seconds), then what is sent
+        // while no one consumes.
+        let mut lag = u64::MAX;
+        for _ in 0..60 {
+            lag = admin.consumer_lag(&group, &topic).await.unwrap();
+            if lag == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(lag, 0, "offsets committed");
         consumer.shutdown().await;
+        for i in 0..7 {
+            producer
+                .send(&topic, &format!("late{i}"), vec![7; 8])
+                .await
+                .unwrap();
+        }
+        assert_eq!(admin.consumer_lag(&group, &topic).await.unwrap(), 7);
         producer.shutdown().await;
         admin.delete_topic(&topic).await.unwrap();
         admin.delete_group(&group).await.unwrap();

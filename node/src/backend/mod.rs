@@ -347,4 +347,6 @@ pub struct Backends {
     /// The relay of the business event streams (Redis and RocketMQ with
     /// `SB_EVENTS` or `SB_CLUSTER_EVENTS` on), run by [`crate::run`].
     pub relay: Option<Arc<crate::events::relay::Relay>>,
+    /// The metrics of their calls (Redis, RocketMQ).
+    pub metrics: crate::metrics::BackendMetrics,
 }

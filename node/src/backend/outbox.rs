@@ -35,8 +35,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use super::redis::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::redis::Keys;
 use super::{BackendError, BackendResult};
@@ -186,7 +186,7 @@ fn entry_ms(id: &str) -> i64 {
 /// shard already holds `limit` entries (RocketMQ away: the event is dropped
 /// rather than growing Redis).
 pub(super) async fn add_moderated(
-    conn: &ConnectionManager,
+    conn: &Conn,
     keys: &Keys,
     limit: usize,
     pod: &str,
@@ -282,7 +282,7 @@ static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE))
 /// The relay's side of the outbox.
 #[derive(Clone)]
 pub struct RedisOutbox {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     pod: String,
 }
@@ -301,7 +301,7 @@ fn unavailable(e: redis::RedisError) -> BackendError {
 }
 
 impl RedisOutbox {
-    pub fn new(conn: ConnectionManager, keys: Keys, pod: &str) -> Self {
+    pub fn new(conn: Conn, keys: Keys, pod: &str) -> Self {
         Self {
             conn,
             keys,

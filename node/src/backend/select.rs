@@ -27,6 +27,7 @@ pub fn in_memory(cfg: &Config) -> Backends {
         bus: Arc::new(MemoryBus::new()),
         command_log: store,
         relay: None,
+        metrics: crate::metrics::BackendMetrics::default(),
     }
 }
 
@@ -43,7 +44,8 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
         ),
         None => None,
     };
-    let conn = super::redis::connect(url.expose(), ca)
+    let metrics = crate::metrics::BackendMetrics::default();
+    let conn = super::redis::connect(url.expose(), ca, metrics.clone())
         .await
         .map_err(|e| format!("cannot connect to Redis: {}", redact(&e.to_string(), url)))?;
     let keys = super::redis::Keys::new(cfg.namespace(), &cfg.cluster_name);
@@ -62,6 +64,7 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
                 prefix,
                 cfg.rocketmq_retry_max,
                 credentials.clone(),
+                metrics.clone(),
             )
             .await
             .map_err(|e| format!("cannot start the RocketMQ producer: {e}"))?;
@@ -98,6 +101,7 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
         bus,
         command_log: store,
         relay,
+        metrics,
     })
 }
 

@@ -41,9 +41,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 mod groups;
 mod registry;
 mod store;
+mod timed;
 
 pub use registry::RedisRegistry;
 pub use store::RedisStore;
+pub use timed::Conn;
 
 use super::{BackendError, BackendResult};
 use crate::model::ChatMessage;
@@ -60,7 +62,8 @@ pub(super) fn unavailable(e: redis::RedisError) -> BackendError {
 pub async fn connect(
     url: &str,
     ca_pem: Option<Vec<u8>>,
-) -> Result<ConnectionManager, redis::RedisError> {
+    metrics: crate::metrics::BackendMetrics,
+) -> Result<Conn, redis::RedisError> {
     // rustls needs one process-wide crypto provider; the dependency tree
     // offers two (ring, aws-lc-rs), so pick one. Already installed: fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -79,7 +82,8 @@ pub async fn connect(
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client, cfg).await
+    let manager = ConnectionManager::new_with_config(client, cfg).await?;
+    Ok(Conn::new(manager, metrics))
 }
 
 /// Key names of one cluster.

@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::Conn;
 use async_trait::async_trait;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use super::{Keys, unavailable};
 use crate::backend::redis_lua::{FORGET_POD_SCRIPT, REGISTER_SCRIPT, UNREGISTER_SCRIPT};
@@ -16,7 +16,7 @@ use crate::model::{OnlineStats, Presence};
 /// Registry on Redis.
 #[derive(Clone)]
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     presence_ttl: Duration,
     pod_ttl: Duration,
@@ -33,12 +33,7 @@ impl std::fmt::Debug for RedisRegistry {
 }
 
 impl RedisRegistry {
-    pub fn new(
-        conn: ConnectionManager,
-        keys: Keys,
-        presence_ttl: Duration,
-        heartbeat: Duration,
-    ) -> Self {
+    pub fn new(conn: Conn, keys: Keys, presence_ttl: Duration, heartbeat: Duration) -> Self {
         Self {
             conn,
             keys,

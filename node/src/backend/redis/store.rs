@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use super::Conn;
 use async_trait::async_trait;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use super::{Keys, parse_msg, unavailable};
 use crate::backend::memory::StoreLimits;
@@ -20,7 +20,7 @@ use crate::model::{ChatMessage, Group, GroupProfile};
 /// Message store on Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) keys: Keys,
     pub(super) limits: StoreLimits,
     /// Entries one outbox shard may hold (`None`: no event outbox), and the
@@ -37,7 +37,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(conn: ConnectionManager, keys: Keys, limits: StoreLimits) -> Self {
+    pub fn new(conn: Conn, keys: Keys, limits: StoreLimits) -> Self {
         Self {
             conn,
             keys,

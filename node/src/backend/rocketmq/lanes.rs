@@ -16,7 +16,6 @@
 //! recipients' inboxes) and the lane moves on.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use tracing::warn;
 use super::STALE_AFTER;
 use crate::backend::{BackendError, BackendResult, Envelope};
 use crate::ids::ConversationId;
+use crate::metrics::BackendMetrics;
 use crate::protocol::ServerFrame;
 use crate::telemetry::{self, TraceCtx};
 
@@ -84,22 +84,23 @@ fn publish_span(topic: &str, envelope: &Envelope) -> (Option<tracing::Span>, Opt
 pub struct Lanes {
     producer: Arc<Producer>,
     lanes: Mutex<HashMap<(String, u32), mpsc::UnboundedSender<Outgoing>>>,
-    /// Pushes queued or being sent, in all lanes.
-    queued: Arc<AtomicUsize>,
+    /// Its `bus_outbox` gauge counts the pushes queued or being sent, in all
+    /// lanes.
+    metrics: BackendMetrics,
 }
 
 impl Lanes {
-    pub fn new(producer: Producer) -> Self {
+    pub fn new(producer: Producer, metrics: BackendMetrics) -> Self {
         Self {
             producer: Arc::new(producer),
             lanes: Mutex::new(HashMap::new()),
-            queued: Arc::new(AtomicUsize::new(0)),
+            metrics,
         }
     }
 
     /// Pushes queued or in flight.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        usize::try_from(self.metrics.bus_outbox.get()).unwrap_or(0)
     }
 
     /// Queues `envelope` for `topic` on its lane. Refused only when
@@ -110,8 +111,10 @@ impl Lanes {
         let (span, traced) = publish_span(topic, envelope);
         let json = serde_json::to_vec(traced.as_ref().unwrap_or(envelope))
             .map_err(|e| BackendError::Unavailable(format!("encoding a push: {e}")))?;
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= CAPACITY {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        let queued = &self.metrics.bus_outbox;
+        if usize::try_from(queued.inc()).unwrap_or(0) >= CAPACITY {
+            queued.dec();
+            self.metrics.bus_drop("outbox_full", 1);
             return Err(BackendError::Unavailable(
                 "the bus outbox is full (broker away?)".into(),
             ));
@@ -131,12 +134,12 @@ impl Lanes {
                 topic.to_owned(),
                 lane,
                 rx,
-                Arc::clone(&self.queued),
+                self.metrics.clone(),
             ));
             tx
         });
         if tx.send(out).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+            queued.dec();
             return Err(BackendError::Unavailable("the bus is stopped".into()));
         }
         Ok(())
@@ -149,7 +152,7 @@ async fn run_lane(
     topic: String,
     lane: u32,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    queued: Arc<AtomicUsize>,
+    metrics: BackendMetrics,
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -161,20 +164,29 @@ async fn run_lane(
             batch.push(next);
         }
         let n = batch.len();
-        send(&producer, &topic, lane, &mut batch).await;
+        send(&producer, &topic, lane, &mut batch, &metrics).await;
         batch.clear();
-        queued.fetch_sub(n, Ordering::AcqRel);
+        metrics
+            .bus_outbox
+            .dec_by(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
 /// Sends one batch, retrying with backoff; drops what turns stale meanwhile.
-async fn send(producer: &Producer, topic: &str, lane: u32, batch: &mut Vec<Outgoing>) {
+async fn send(
+    producer: &Producer,
+    topic: &str,
+    lane: u32,
+    batch: &mut Vec<Outgoing>,
+    metrics: &BackendMetrics,
+) {
     let mut pause = RETRY_FIRST;
     let mut tries = 1u32;
     loop {
         let before = batch.len();
         batch.retain(|o| o.queued.elapsed() + pause < STALE_AFTER || tries == 1);
         if batch.len() < before {
+            metrics.bus_drop("stale", (before - batch.len()) as u64);
             warn!(
                 %topic, lane, tries, dropped = before - batch.len(),
                 "pushes given up; their messages stay in the recipients' inboxes"
@@ -192,8 +204,16 @@ async fn send(producer: &Producer, topic: &str, lane: u32, batch: &mut Vec<Outgo
             .send_ordered(topic, lane, keys, encode(batch))
             .await
         {
-            Ok(()) => return,
+            Ok(()) => {
+                for o in batch.iter() {
+                    metrics
+                        .bus_publish_seconds
+                        .observe(o.queued.elapsed().as_secs_f64());
+                }
+                return;
+            }
             Err(e) => {
+                metrics.bus_publish_failures.inc();
                 if tries == 1 {
                     warn!(%topic, lane, error = %e, "push failed; retrying (the lane waits)");
                 }

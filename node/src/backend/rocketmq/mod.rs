@@ -35,10 +35,12 @@ use async_trait::async_trait;
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Credentials, Producer, Runtime};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{BackendError, BackendResult, Bus, Envelope};
 use crate::ids::PodIdentity;
+use crate::metrics::BackendMetrics;
 use crate::telemetry::{self, TraceCtx};
 use lanes::Lanes;
 
@@ -66,6 +68,33 @@ fn consume_span(env: &mut Envelope, topic: &str, msg_id: &str) -> Option<tracing
     Some(span)
 }
 
+/// How often the consumer lag is read from the broker.
+const LAG_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps `lag` at what `group` has not consumed of `topic` (the broker's
+/// offsets), until `stop`. A failed read leaves the last value.
+async fn watch_lag(
+    admin: Admin,
+    group: String,
+    topic: String,
+    lag: prometheus_client::metrics::gauge::Gauge,
+    stop: CancellationToken,
+) {
+    loop {
+        match admin.consumer_lag(&group, &topic).await {
+            Ok(n) => {
+                lag.set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the bus consumer lag"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(LAG_EVERY) => {}
+        }
+    }
+    admin.shutdown().await;
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BackendError {
     BackendError::Unavailable(e.to_string())
 }
@@ -79,6 +108,9 @@ pub struct RocketMqBus {
     credentials: Option<Credentials>,
     lanes: Lanes,
     consumer: Mutex<Option<Consumer>>,
+    metrics: BackendMetrics,
+    /// Stops the consumer lag's refresh.
+    lag_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for RocketMqBus {
@@ -99,6 +131,7 @@ impl RocketMqBus {
         prefix: &str,
         retry_max: u32,
         credentials: Option<Credentials>,
+        metrics: BackendMetrics,
     ) -> BackendResult<Self> {
         let rt = Runtime::new().map_err(unavailable)?;
         let names = Names::new(prefix);
@@ -112,8 +145,10 @@ impl RocketMqBus {
             names,
             retry_max,
             credentials,
-            lanes: Lanes::new(producer),
+            lanes: Lanes::new(producer, metrics.clone()),
             consumer: Mutex::new(None),
+            metrics,
+            lag_stop: CancellationToken::new(),
         })
     }
 
@@ -179,15 +214,26 @@ impl Bus for RocketMqBus {
             ))
         }
         .await;
-        admin.shutdown().await;
-        match exists.map_err(unavailable)? {
-            (true, true) => {}
-            (t, g) => {
+        match exists {
+            Ok((true, true)) => {}
+            Ok((t, g)) => {
+                admin.shutdown().await;
                 return Err(BackendError::Unavailable(format!(
                     "RocketMQ topic {topic} (exists: {t}) and group {group} (exists: {g}) must be created first"
                 )));
             }
+            Err(e) => {
+                admin.shutdown().await;
+                return Err(unavailable(e));
+            }
         }
+        tokio::spawn(watch_lag(
+            admin,
+            group.clone(),
+            topic.clone(),
+            self.metrics.bus_consumer_lag.clone(),
+            self.lag_stop.clone(),
+        ));
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let config = ConsumerConfig {
             namesrv: self.namesrv.clone(),
@@ -253,6 +299,7 @@ impl Bus for RocketMqBus {
     }
 
     async fn unsubscribe(&self, _pod: &str) {
+        self.lag_stop.cancel();
         self.flush().await;
         let consumer = self
             .consumer

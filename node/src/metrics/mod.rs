@@ -8,6 +8,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod backend;
+
+pub use backend::{BackendMetrics, CommandLabel};
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FrameLabel {
     pub frame: &'static str,
@@ -26,6 +30,13 @@ pub struct OutcomeOnlyLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+/// How a message reached the connection it was written to: `local` (sent on
+/// this pod) or `cross_pod` (through the bus).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,7 +163,15 @@ pub struct Metrics {
     /// Sends (clients' and backends'), by outcome: `accepted`, `duplicate`
     /// or the error code.
     pub sends: Family<OutcomeOnlyLabel, Counter>,
-    pub delivery_latency: Histogram,
+    /// From accepting a message to writing it to a recipient's socket, by path.
+    pub delivery_latency: Family<PathLabel, Histogram>,
+    /// Users with a connection on this pod, sampled at each scrape.
+    pub users_online: Gauge,
+    /// 1 while the node drains its connections (shutting down).
+    pub draining: Gauge,
+    /// Messages replayed from the inbox to a connection that comes in.
+    pub inbox_replayed: Histogram,
+    pub backends: BackendMetrics,
     pub messages_stored: Counter,
     pub inbox_skipped: Counter,
     pub bus_envelopes: Family<DirectionLabel, Counter>,
@@ -181,6 +200,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_backends(BackendMetrics::default())
+    }
+
+    /// The node's metrics, the backends' (made with them) included.
+    pub fn with_backends(backends: BackendMetrics) -> Self {
         let m = Self {
             connections: Gauge::default(),
             connections_closed: Family::default(),
@@ -189,7 +213,14 @@ impl Metrics {
             errors: Family::default(),
             // 50 µs .. ~1.6 s
             sends: Family::default(),
-            delivery_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            delivery_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            }),
+            users_online: Gauge::default(),
+            draining: Gauge::default(),
+            // 1 .. 16384 messages
+            inbox_replayed: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            backends,
             messages_stored: Counter::default(),
             inbox_skipped: Counter::default(),
             bus_envelopes: Family::default(),
@@ -245,9 +276,25 @@ impl Metrics {
         );
         r.register(
             "delivery_latency_seconds",
-            "From accepting a message to writing it to a recipient's socket",
+            "From accepting a message to writing it to a recipient's socket, by path (local, cross_pod)",
             self.delivery_latency.clone(),
         );
+        r.register(
+            "users_online",
+            "Users with a connection on this pod",
+            self.users_online.clone(),
+        );
+        r.register(
+            "draining",
+            "1 while the node drains its connections to shut down",
+            self.draining.clone(),
+        );
+        r.register(
+            "inbox_replayed_messages",
+            "Messages replayed from the inbox to each connection that comes in",
+            self.inbox_replayed.clone(),
+        );
+        self.backends.register(r);
         r.register(
             "messages_stored",
             "Messages stored (not counting duplicates)",

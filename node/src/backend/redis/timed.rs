@@ -1,0 +1,119 @@
+//! The Redis connection every Redis backend uses: the reconnecting manager,
+//! with each round trip timed and each failure counted
+//! (`switchboard_redis_command_seconds`, `switchboard_redis_command_errors_total`).
+
+use std::time::Instant;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
+
+use crate::metrics::BackendMetrics;
+
+/// A [`ConnectionManager`] that records its calls.
+#[derive(Clone)]
+pub struct Conn {
+    inner: ConnectionManager,
+    metrics: BackendMetrics,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    pub fn new(inner: ConnectionManager, metrics: BackendMetrics) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn record<T>(&self, command: &'static str, started: Instant, result: &redis::RedisResult<T>) {
+        // A script not loaded yet is part of running it (EVALSHA, then EVAL).
+        let failed = result
+            .as_ref()
+            .is_err_and(|e| e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
+        self.metrics
+            .redis_call(command, started.elapsed().as_secs_f64(), failed);
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self.inner.req_packed_command(cmd).await;
+            self.record(command_name(cmd), started, &result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self
+                .inner
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            self.record("pipeline", started, &result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// The label of a command: its name if the node uses it, `other` else (a
+/// bounded set of series).
+fn command_name(cmd: &Cmd) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "evalsha",
+        "eval",
+        "script",
+        "get",
+        "set",
+        "del",
+        "exists",
+        "expire",
+        "hget",
+        "hgetall",
+        "hset",
+        "smembers",
+        "sismember",
+        "zcard",
+        "zrange",
+        "zremrangebyscore",
+        "xadd",
+        "xlen",
+        "xdel",
+        "xrange",
+        "ping",
+    ];
+    let Some(Arg::Simple(name)) = cmd.args_iter().next() else {
+        return "other";
+    };
+    KNOWN
+        .iter()
+        .find(|k| k.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_named_from_a_closed_set() {
+        assert_eq!(command_name(redis::cmd("HGETALL").arg("k")), "hgetall");
+        assert_eq!(command_name(&redis::cmd("evalsha")), "evalsha");
+        assert_eq!(command_name(redis::cmd("FLUSHALL").arg("x")), "other");
+        assert_eq!(command_name(&Cmd::new()), "other");
+    }
+}
