@@ -11,6 +11,7 @@ pub mod jaeger;
 pub mod moving;
 pub mod own_deps;
 pub mod own_redis;
+pub mod panels;
 pub mod prometheus;
 pub mod realpods;
 pub mod soak;

@@ -20,6 +20,23 @@ pub struct Target {
     pub labels: Vec<(String, String)>,
 }
 
+impl Target {
+    /// The pods of `c`, as the chart's PodMonitor labels them.
+    pub fn nodes(c: &crate::Cluster) -> Vec<Self> {
+        c.pods
+            .iter()
+            .map(|p| Self {
+                job: "switchboard-node".into(),
+                addr: p.addr,
+                labels: vec![
+                    ("namespace".into(), "e2e".into()),
+                    ("pod".into(), p.name.clone()),
+                ],
+            })
+            .collect()
+    }
+}
+
 /// A Prometheus server of the test's own, scraping every second, keeping the
 /// labels a target's series carry over the target's own (`honor_labels`, as
 /// the chart's operator ServiceMonitor does).
@@ -27,6 +44,14 @@ pub struct Prometheus {
     pub addr: SocketAddr,
     child: Child,
     dir: PathBuf,
+}
+
+/// Now, in Unix seconds (Prometheus's time).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// The path of a tool `scripts/observability build` made (`SB_PROMETHEUS_BIN`,
@@ -88,6 +113,29 @@ impl Prometheus {
     /// An instant query: the result vector, or the error Prometheus gave.
     pub async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
         let (status, body) = get(self.addr, &format!("/api/v1/query?query={}", encode(expr)))
+            .await
+            .ok_or("prometheus did not answer")?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{status}: {} {}", v["errorType"], v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// A range query: the result matrix (each series with its `values`), or
+    /// the error Prometheus gave. Times in Unix seconds.
+    pub async fn query_range(
+        &self,
+        expr: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> Result<Vec<Value>, String> {
+        let path = format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            encode(expr)
+        );
+        let (status, body) = get(self.addr, &path)
             .await
             .ok_or("prometheus did not answer")?;
         let v: Value = serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;

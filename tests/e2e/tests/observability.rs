@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_client::{CommandPublisher, RequestClient};
-use switchboard_e2e::prometheus::{Prometheus, Target, dashboard_queries, tool};
+use switchboard_e2e::panels::{KEY_PANELS, file_name, panel, panel_series, render};
+use switchboard_e2e::prometheus::{Prometheus, Target, dashboard_queries, tool, unix_now};
 use switchboard_e2e::{Cluster, request_client, wait_consumers};
 
 fn repo() -> &'static Path {
@@ -127,20 +128,10 @@ async fn prometheus_scrapes_the_nodes_and_every_dashboard_panel_has_data() {
     c.launch(2).await;
     wait_consumers(&c, "commands").await;
     wait_consumers(&c, "requests").await;
-    let targets: Vec<Target> = c
-        .pods
-        .iter()
-        .map(|p| Target {
-            job: "switchboard-node".into(),
-            addr: p.addr,
-            labels: vec![
-                ("namespace".into(), "e2e".into()),
-                ("pod".into(), p.name.clone()),
-            ],
-        })
-        .collect();
+    let targets = Target::nodes(&c);
     let prometheus = Prometheus::start(&targets).await;
     prometheus.wait_up(targets.len()).await;
+    let start = unix_now();
 
     let backend = CommandPublisher::start(
         c.namesrv(),
@@ -212,6 +203,23 @@ async fn prometheus_scrapes_the_nodes_and_every_dashboard_panel_has_data() {
     ] {
         let got = prometheus.query(expr).await.unwrap();
         assert!(got.len() >= want, "{expr}: {got:?}");
+    }
+    // The key panels as pictures (docs/operations.md shows a longer run's):
+    // every series of each panel drawn.
+    for title in KEY_PANELS {
+        let (unit, targets) =
+            panel(&dashboard, title).unwrap_or_else(|| panic!("no panel {title}"));
+        let series = panel_series(&prometheus, &targets, start, unix_now(), 1.0)
+            .await
+            .unwrap();
+        assert!(!series.is_empty(), "{title}: no series");
+        let svg = render(title, unit, &series).unwrap();
+        assert_eq!(
+            svg.matches(r#"stroke-width="2""#).count(),
+            series.len(),
+            "{title}: {svg}"
+        );
+        std::fs::write(dir.join(file_name(title)), svg).unwrap();
     }
     drop(requests);
     drop(backend);
