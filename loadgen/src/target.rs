@@ -372,8 +372,12 @@ impl Metrics {
                 m.delivery_count += value.parse::<u64>().unwrap_or(0);
             } else if let Some(le) = name
                 .strip_prefix("switchboard_delivery_latency_seconds_bucket{")
-                .and_then(|s| s.split("le=\"").nth(1))
-                .and_then(|s| s.strip_suffix("\"}"))
+                .and_then(|s| s.strip_suffix('}'))
+                .and_then(|labels| {
+                    labels
+                        .split(',')
+                        .find_map(|l| l.strip_prefix("le=\"")?.strip_suffix('"'))
+                })
             {
                 let bound = if le == "+Inf" {
                     f64::INFINITY
@@ -458,7 +462,7 @@ mod tests {
             switchboard_delivery_latency_seconds_bucket{path=\"local\",le=\"0.0002\"} 6\n\
             switchboard_delivery_latency_seconds_bucket{path=\"local\",le=\"+Inf\"} 6\n\
             switchboard_delivery_latency_seconds_count{path=\"cross_pod\"} 4\n\
-            switchboard_delivery_latency_seconds_bucket{path=\"cross_pod\",le=\"0.0001\"} 1\n\
+            switchboard_delivery_latency_seconds_bucket{le=\"0.0001\",path=\"cross_pod\"} 1\n\
             switchboard_delivery_latency_seconds_bucket{path=\"cross_pod\",le=\"0.0002\"} 3\n\
             switchboard_delivery_latency_seconds_bucket{path=\"cross_pod\",le=\"+Inf\"} 4\n";
         let m = Metrics::parse(text);
