@@ -42,6 +42,16 @@ async fn main() -> anyhow::Result<()> {
         _ => (None, None),
     };
     tracing_subscriber::registry().with(log).with(traces).init();
+    let result = serve(cfg).await;
+    if let Some(exporter) = exporter {
+        // On every way out: the exporter's own thread sends what is buffered.
+        tokio::task::spawn_blocking(move || exporter.shutdown()).await?;
+    }
+    result
+}
+
+/// Checks the configuration, starts the node and serves until a signal.
+async fn serve(cfg: Config) -> anyhow::Result<()> {
     cfg.validate()
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
@@ -81,10 +91,6 @@ async fn main() -> anyhow::Result<()> {
         "switchboard-node listening on http://{addr} (web page at /, WebSocket at /ws)"
     );
     switchboard_node::run(listener, node, shutdown_signal()).await?;
-    if let Some(exporter) = exporter {
-        // The exporter's own thread sends what is buffered.
-        tokio::task::spawn_blocking(move || exporter.shutdown()).await?;
-    }
     info!("stopped");
     Ok(())
 }

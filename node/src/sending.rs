@@ -47,7 +47,9 @@ pub async fn send(
     let result = store_and_push(node, out, except, stored)
         .instrument(span.clone())
         .await;
-    if let Ok(a) = &result {
+    if let Ok(a) = &result
+        && !span.is_none()
+    {
         span.record("messaging.message.id", a.msg.msg_id.to_string());
     }
     node.metrics.send(match &result {

@@ -6,7 +6,7 @@
 //!
 //! | span | kind | where |
 //! |---|---|---|
-//! | `chat.send` | server | the sender's pod: a `send` frame or a backend's request, to the answer |
+//! | `chat.send` | server | the sender's pod: a `send` frame or a backend's request, through storing and routing it |
 //! | `store.append` | client | storing the message (Redis or memory) |
 //! | `bus.publish` | producer | one per destination pod: queued in the bus's lane until RocketMQ stored it |
 //! | `bus.consume` | consumer | the receiving pod: taken from RocketMQ and handed to the node |
@@ -19,8 +19,10 @@
 //! are one item each (commands, requests, answers) carry it as the message
 //! property `traceparent`.
 //!
-//! Only sampled traces travel: when tracing is off, or a message was not
-//! sampled, nothing is added to the envelope and no span is built.
+//! Only sampled traces travel: when tracing is off no span is built and
+//! nothing is added to the envelope; when it is on, a message not sampled
+//! still builds its `chat.send` and `store.append` spans (that is where the
+//! decision is taken) but carries nothing further.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,12 +74,13 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Sends what is still buffered (bounded: 5 s) and stops.
+    /// Sends what is still buffered (bounded: 1 s, after the node's own
+    /// shutdown, which the pod's grace period is sized for) and stops.
     pub fn shutdown(self) {
         ON.store(false, Ordering::Relaxed);
         if let Err(e) = self
             .provider
-            .shutdown_with_timeout(std::time::Duration::from_secs(5))
+            .shutdown_with_timeout(std::time::Duration::from_secs(1))
         {
             tracing::warn!(error = %e, "traces not all exported at shutdown");
         }
@@ -171,7 +174,8 @@ impl TraceCtx {
     /// A valid context, sampled or not.
     fn decode_any(header: &str) -> Option<Self> {
         let carrier = HashMap::from([(TRACEPARENT.to_owned(), header.to_owned())]);
-        let cx = TraceContextPropagator::new().extract(&carrier);
+        // From an empty context: a malformed header must not yield the current span's.
+        let cx = TraceContextPropagator::new().extract_with_context(&Context::new(), &carrier);
         let sc = cx.span().span_context().clone();
         sc.is_valid().then_some(Self(sc))
     }

@@ -285,6 +285,8 @@ async fn write_loop(
         }
         spans.clear();
     }
+    // Frames not flushed: their spans end now, not after the close.
+    drop(spans);
     let frame = conn.close_code().map(|c| CloseFrame {
         code: c.code(),
         reason: c.reason().into(),

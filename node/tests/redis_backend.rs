@@ -176,6 +176,7 @@ async fn presence_rebuilds_itself_after_a_flush() {
 #[tokio::test]
 async fn every_redis_call_is_timed_by_command_and_failures_counted() {
     let metrics = switchboard_node::metrics::BackendMetrics::default();
+    let metrics_handle = metrics.clone();
     let conn = connect(&url(), None, metrics.clone()).await.unwrap();
     let r = RedisRegistry::new(
         conn,
@@ -204,6 +205,25 @@ async fn every_redis_call_is_timed_by_command_and_failures_counted() {
     );
     assert!(
         !text.contains("switchboard_redis_command_errors_total{"),
+        "{text}"
+    );
+    // An error reply (WRONGTYPE) is a failed call, counted by command.
+    let mut conn = connect(&url(), None, metrics_handle).await.unwrap();
+    let key = format!("sb-test-wrongtype-{}", switchboard_node::ids::now_millis());
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("v")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let wrong = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async::<redis::Value>(&mut conn)
+        .await;
+    assert!(wrong.is_err(), "{wrong:?}");
+    let text = m.encode();
+    assert!(
+        text.contains(r#"switchboard_redis_command_errors_total{command="hgetall"} 1"#),
         "{text}"
     );
 }

@@ -223,13 +223,13 @@ fn cases() -> Vec<(&'static str, Value, Value)> {
         ),
         (
             "sample ratio at most 1",
-            json!({"tracing": {"sampleRatio": "1"}}),
-            json!({"tracing": {"sampleRatio": "1.01"}}),
+            json!({"tracing": {"endpoint": "http://c:4318", "sampleRatio": "1"}}),
+            json!({"tracing": {"endpoint": "http://c:4318", "sampleRatio": "1.01"}}),
         ),
         (
             "sample ratio at least 0",
-            json!({"tracing": {"sampleRatio": "0"}}),
-            json!({"tracing": {"sampleRatio": "-0.1"}}),
+            json!({"tracing": {"endpoint": "http://c:4318", "sampleRatio": "0"}}),
+            json!({"tracing": {"endpoint": "http://c:4318", "sampleRatio": "-0.1"}}),
         ),
         (
             "outbox at most 100M",

@@ -95,10 +95,11 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
         put("SB_MODERATION_FAIL_OPEN", w.fail_open.to_string());
     }
     put("SB_REQUEST_TIMEOUT", s.requests.timeout.clone());
+    // Only with an endpoint: an operator upgrade must not roll clusters that do not trace.
     if let Some(endpoint) = &s.tracing.endpoint {
         put("SB_OTLP_ENDPOINT", endpoint.clone());
+        put("SB_TRACE_SAMPLE_RATIO", s.tracing.sample_ratio.clone());
     }
-    put("SB_TRACE_SAMPLE_RATIO", s.tracing.sample_ratio.clone());
     if let Some(url) = &s.redis.url {
         put("SB_REDIS_URL", url.clone());
     }

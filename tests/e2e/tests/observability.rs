@@ -199,7 +199,12 @@ async fn prometheus_scrapes_the_nodes_and_every_dashboard_panel_has_data() {
             "sum by (pod) (switchboard_bus_publish_seconds_count) > 0",
             2,
         ),
-        ("sum by (pod) (switchboard_users_online) >= 0", 2),
+        // Connections here last a second or two: a scrape a second sees some
+        // on one pod at least.
+        (
+            "max by (pod) (max_over_time(switchboard_users_online[5m])) > 0",
+            1,
+        ),
     ] {
         let got = prometheus.query(expr).await.unwrap();
         assert!(got.len() >= want, "{expr}: {got:?}");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchboard_e2e::Client;
 use switchboard_e2e::moving::Stream;
+use switchboard_e2e::prometheus::{Prometheus, Target};
 use switchboard_e2e::realpods::{CHAT_NS, Card, INSTALL, SYSTEM_NS, wait_for};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -103,6 +104,66 @@ async fn the_card_on_real_pods() {
     for c in [ana, ana2, ben, cy] {
         c.close().await;
     }
+
+    // A real Prometheus scrapes every node pod and the operator pod (through the
+    // forwarders, labelled as the chart's PodMonitor and ServiceMonitor do): all up,
+    // and what the traffic above did is there.
+    let mut targets: Vec<Target> = pods
+        .iter()
+        .zip(&at)
+        .map(|((name, _), addr)| Target {
+            job: "switchboard-node".into(),
+            addr: *addr,
+            labels: vec![
+                ("namespace".into(), CHAT_NS.into()),
+                ("pod".into(), name.clone()),
+            ],
+        })
+        .collect();
+    let op_ip = card
+        .get_json(&["-n", SYSTEM_NS, "pod", &op_name])
+        .and_then(|p| p["status"]["podIP"].as_str().map(str::to_owned))
+        .expect("the operator pod's IP");
+    targets.push(Target {
+        job: "switchboard-operator".into(),
+        addr: card.reach(&op_ip, 8080).await,
+        labels: vec![("pod".into(), op_name.clone())],
+    });
+    let prometheus = Prometheus::start(&targets).await;
+    prometheus.wait_up(targets.len()).await;
+    for (expr, want) in [
+        ("sum by (pod) (switchboard_messages_stored_total) > 0", 1),
+        (
+            "sum by (pod) (switchboard_delivery_latency_seconds_count{path=\"cross_pod\"}) > 0",
+            1,
+        ),
+        ("switchboard_bus_consumer_lag_messages >= 0", 3),
+        (
+            "sum by (pod) (switchboard_redis_command_seconds_count) > 0",
+            3,
+        ),
+        (
+            r#"switchboard_operator_cluster_ready{namespace="chat", name="chat"} == 1"#,
+            1,
+        ),
+        (
+            r#"switchboard_operator_cluster_nodes{name="chat", state="ready"} == 3"#,
+            1,
+        ),
+        ("switchboard_operator_leader == 1", 1),
+    ] {
+        // Scraped every second; gauges refreshed every few.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = prometheus.query(expr).await.unwrap();
+            if rows.len() >= want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{expr}: {rows:?}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    drop(prometheus);
 
     // The web page in chromium through the client Service, signed in with JWTs: two
     // users on different pods chat (tests/browser/cluster.mjs).

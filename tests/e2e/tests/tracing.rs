@@ -60,9 +60,19 @@ async fn a_message_sent_on_one_pod_and_written_on_another_is_one_trace() {
             "switchboard-node",
             &json!({ "messaging.message.id": msg_id }),
             Duration::from_secs(30),
+            // Spans end, and are exported, in no set order: wait for all.
             |t| {
                 let s = spans(t);
-                has(&s, "ws.write", "sb-1") && has(&s, "ws.write", "sb-0")
+                [
+                    ("chat.send", "sb-0"),
+                    ("store.append", "sb-0"),
+                    ("bus.publish", "sb-0"),
+                    ("bus.consume", "sb-1"),
+                    ("ws.write", "sb-1"),
+                    ("ws.write", "sb-0"),
+                ]
+                .iter()
+                .all(|(op, pod)| has(&s, op, pod))
             },
         )
         .await
@@ -160,12 +170,11 @@ async fn a_backends_command_continues_the_backends_trace() {
             &json!({ "messaging.destination.name": format!("{}-commands", c.prefix) }),
             Duration::from_secs(30),
             |t| {
+                let s = spans(t);
+                let count = |op: &str| s.iter().filter(|s| s.operation == op).count();
                 t["traceID"] == trace_id.as_str()
-                    && spans(t)
-                        .iter()
-                        .filter(|s| s.operation == "ws.write")
-                        .count()
-                        == 2
+                    && count("ws.write") == 2
+                    && count("command.apply") == 2
             },
         )
         .await
@@ -199,7 +208,8 @@ async fn a_backends_command_continues_the_backends_trace() {
         assert_eq!(chain.last(), Some(&"backend"), "{chain:?}");
     }
     // Every traced span is in the backend's trace: the untraced notice
-    // (ratio 0) left none.
+    // (ratio 0), written a while ago, left none (spans go out every 200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let all = jaeger.traces("switchboard-node", &json!({})).await;
     assert_eq!(all.len(), 1, "{all:#?}");
     backend.shutdown().await;

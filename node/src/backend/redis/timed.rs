@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
+use redis::{Arg, Cmd, Pipeline, RedisFuture, ServerErrorKind, Value};
 
 use crate::metrics::BackendMetrics;
 
@@ -27,11 +27,7 @@ impl Conn {
         Self { inner, metrics }
     }
 
-    fn record<T>(&self, command: &'static str, started: Instant, result: &redis::RedisResult<T>) {
-        // A script not loaded yet is part of running it (EVALSHA, then EVAL).
-        let failed = result
-            .as_ref()
-            .is_err_and(|e| e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
+    fn record(&self, command: &'static str, started: Instant, failed: bool) {
         self.metrics
             .redis_call(command, started.elapsed().as_secs_f64(), failed);
     }
@@ -42,7 +38,11 @@ impl ConnectionLike for Conn {
         Box::pin(async move {
             let started = Instant::now();
             let result = self.inner.req_packed_command(cmd).await;
-            self.record(command_name(cmd), started, &result);
+            let failed = match &result {
+                Ok(v) => is_error(v),
+                Err(e) => e.kind() != redis::ErrorKind::Server(ServerErrorKind::NoScript),
+            };
+            self.record(command_name(cmd), started, failed);
             result
         })
     }
@@ -59,7 +59,8 @@ impl ConnectionLike for Conn {
                 .inner
                 .req_packed_commands(pipeline, offset, count)
                 .await;
-            self.record("pipeline", started, &result);
+            let failed = result.as_ref().map_or(true, |vs| vs.iter().any(is_error));
+            self.record("pipeline", started, failed);
             result
         })
     }
@@ -67,6 +68,13 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         self.inner.get_db()
     }
+}
+
+/// A server's error reply (the connection hands it over as a value; the
+/// caller turns it into an error). A script not loaded yet (`NOSCRIPT`) is
+/// part of running one: the client loads it and tries again.
+fn is_error(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.kind() != Some(ServerErrorKind::NoScript))
 }
 
 /// The label of a command: its name if the node uses it, `other` else (a
@@ -94,6 +102,11 @@ fn command_name(cmd: &Cmd) -> &'static str {
         "xdel",
         "xrange",
         "ping",
+        "zrevrange",
+        "lrange",
+        "pexpire",
+        "sadd",
+        "zadd",
     ];
     let Some(Arg::Simple(name)) = cmd.args_iter().next() else {
         return "other";

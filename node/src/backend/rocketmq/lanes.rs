@@ -106,11 +106,6 @@ impl Lanes {
     /// Queues `envelope` for `topic` on its lane. Refused only when
     /// [`CAPACITY`] pushes are waiting already.
     pub fn push(&self, topic: &str, envelope: &Envelope) -> BackendResult<()> {
-        // A traced push gets a `bus.publish` span, from now until RocketMQ stored
-        // it, and carries that span's context to the destination.
-        let (span, traced) = publish_span(topic, envelope);
-        let json = serde_json::to_vec(traced.as_ref().unwrap_or(envelope))
-            .map_err(|e| BackendError::Unavailable(format!("encoding a push: {e}")))?;
         let queued = &self.metrics.bus_outbox;
         if usize::try_from(queued.inc()).unwrap_or(0) >= CAPACITY {
             queued.dec();
@@ -119,6 +114,16 @@ impl Lanes {
                 "the bus outbox is full (broker away?)".into(),
             ));
         }
+        // A traced push gets a `bus.publish` span, from now until RocketMQ stored
+        // it, and carries that span's context to the destination.
+        let (span, traced) = publish_span(topic, envelope);
+        let json = match serde_json::to_vec(traced.as_ref().unwrap_or(envelope)) {
+            Ok(json) => json,
+            Err(e) => {
+                queued.dec();
+                return Err(BackendError::Unavailable(format!("encoding a push: {e}")));
+            }
+        };
         let out = Outgoing {
             json,
             key: key_of(envelope),

@@ -71,8 +71,9 @@ fn consume_span(env: &mut Envelope, topic: &str, msg_id: &str) -> Option<tracing
 /// How often the consumer lag is read from the broker.
 const LAG_EVERY: Duration = Duration::from_secs(10);
 
-/// Keeps `lag` at what `group` has not consumed of `topic` (the broker's
-/// offsets), until `stop`. A failed read leaves the last value.
+/// Keeps `lag` at the messages (each a batch of pushes) of `topic` that
+/// `group` has not consumed (the broker's offsets), until `stop`. A failed
+/// read leaves the last value and is logged once per run of failures.
 async fn watch_lag(
     admin: Admin,
     group: String,
@@ -80,12 +81,19 @@ async fn watch_lag(
     lag: prometheus_client::metrics::gauge::Gauge,
     stop: CancellationToken,
 ) {
+    let mut failing = false;
     loop {
         match admin.consumer_lag(&group, &topic).await {
             Ok(n) => {
                 lag.set(i64::try_from(n).unwrap_or(i64::MAX));
+                failing = false;
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read the bus consumer lag"),
+            // Once per run of failures: the gauge keeps its last value.
+            Err(e) if !failing => {
+                warn!(error = %e, %group, "cannot read the bus consumer lag from the broker");
+                failing = true;
+            }
+            Err(_) => {}
         }
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -109,8 +117,8 @@ pub struct RocketMqBus {
     lanes: Lanes,
     consumer: Mutex<Option<Consumer>>,
     metrics: BackendMetrics,
-    /// Stops the consumer lag's refresh.
-    lag_stop: CancellationToken,
+    /// Stops the consumer lag's refresh of the current subscription.
+    lag_stop: Mutex<Option<CancellationToken>>,
 }
 
 impl std::fmt::Debug for RocketMqBus {
@@ -148,7 +156,7 @@ impl RocketMqBus {
             lanes: Lanes::new(producer, metrics.clone()),
             consumer: Mutex::new(None),
             metrics,
-            lag_stop: CancellationToken::new(),
+            lag_stop: Mutex::new(None),
         })
     }
 
@@ -227,18 +235,11 @@ impl Bus for RocketMqBus {
                 return Err(unavailable(e));
             }
         }
-        tokio::spawn(watch_lag(
-            admin,
-            group.clone(),
-            topic.clone(),
-            self.metrics.bus_consumer_lag.clone(),
-            self.lag_stop.clone(),
-        ));
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let config = ConsumerConfig {
             namesrv: self.namesrv.clone(),
-            topic,
-            group,
+            topic: topic.clone(),
+            group: group.clone(),
             max_reconsume_times: Some(self.retry_max),
             in_order: true,
             batch: 32,
@@ -281,13 +282,37 @@ impl Bus for RocketMqBus {
             }
             Ok::<(), String>(())
         })
-        .await
-        .map_err(unavailable)?;
+        .await;
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                admin.shutdown().await;
+                return Err(unavailable(e));
+            }
+        };
         // Ready only once the consumer holds its queues: before that a push is
         // stored but nobody reads it (for up to 20 s).
         if let Err(e) = consumer.wait_assigned(ASSIGN_TIMEOUT).await {
             consumer.shutdown().await;
+            admin.shutdown().await;
             return Err(unavailable(e));
+        }
+        // The lag of this subscription, read until it ends.
+        let stop = CancellationToken::new();
+        tokio::spawn(watch_lag(
+            admin,
+            group,
+            topic,
+            self.metrics.bus_consumer_lag.clone(),
+            stop.clone(),
+        ));
+        let replaced = self
+            .lag_stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(stop);
+        if let Some(old) = replaced {
+            old.cancel();
         }
         *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer);
         Ok(rx)
@@ -299,7 +324,14 @@ impl Bus for RocketMqBus {
     }
 
     async fn unsubscribe(&self, _pod: &str) {
-        self.lag_stop.cancel();
+        let lag = self
+            .lag_stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(stop) = lag {
+            stop.cancel();
+        }
         self.flush().await;
         let consumer = self
             .consumer
