@@ -1,11 +1,12 @@
 //! WebSocket client connections and the server frames the loadgen reads.
 
 use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
@@ -68,8 +69,9 @@ pub async fn connect(
     target: &Endpoint,
     user: &str,
     cfg: WebSocketConfig,
+    source: Option<IpAddr>,
 ) -> Result<Ws, ConnectError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, user, cfg)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, user, cfg, source)).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::new("timeout", "no handshake within 10 s")),
     }
@@ -79,8 +81,9 @@ async fn connect_inner(
     target: &Endpoint,
     user: &str,
     cfg: WebSocketConfig,
+    source: Option<IpAddr>,
 ) -> Result<Ws, ConnectError> {
-    let tcp = TcpStream::connect(target.addr)
+    let tcp = dial(target.addr, source)
         .await
         .map_err(|e| ConnectError::new(format!("tcp: {:?}", e.kind()), e))?;
     tcp.set_nodelay(true)
@@ -96,6 +99,22 @@ async fn connect_inner(
         })?;
     target.proto.handshake(&mut ws, user).await?;
     Ok(ws)
+}
+
+/// A TCP connection to `addr`, from `source` (any free port) when given: one
+/// source address has about 28,000 ephemeral ports towards one server port,
+/// so more connections than that need more (loopback) source addresses.
+async fn dial(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let sock = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(ip, 0))?;
+    sock.connect(addr).await
 }
 
 /// The outcome of [`connect_many`].
@@ -117,15 +136,21 @@ impl Connected {
 }
 
 /// Connects every user to its node, `concurrency` attempts at a time (spread
-/// over the runtime's worker threads), each waiting for its `welcome`.
+/// over the runtime's worker threads), each waiting for its `welcome`. The
+/// i-th attempt connects from `sources[i % len]` (none: the OS picks).
 pub async fn connect_many(
     users: Vec<(Endpoint, String)>,
     cfg: WebSocketConfig,
     concurrency: usize,
+    sources: &[IpAddr],
 ) -> Connected {
     let n = users.len();
+    let source = |i: usize| (!sources.is_empty()).then(|| sources[i % sources.len()]);
     let mut results = futures_util::stream::iter(users.into_iter().enumerate())
-        .map(|(i, (ep, user))| tokio::spawn(async move { (i, connect(&ep, &user, cfg).await) }))
+        .map(|(i, (ep, user))| {
+            let from = source(i);
+            tokio::spawn(async move { (i, connect(&ep, &user, cfg, from).await) })
+        })
         .buffer_unordered(concurrency.max(1));
     let mut out = Connected {
         conns: (0..n).map(|_| None).collect(),

@@ -1,5 +1,6 @@
 //! `idle`: how much node memory one idle WebSocket connection costs.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,6 +32,12 @@ pub struct IdleArgs {
     /// 25 s they send a `ping` every 25 s to stay under the idle timeout.
     #[arg(long, default_value_t = 2.0)]
     pub hold_secs: f64,
+
+    /// Connect from this many loopback source addresses, 127.0.0.1 upwards
+    /// (round robin). One source address has about 28,000 ephemeral ports
+    /// towards the node's one port: above that many connections, use more.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub sources: u8,
 
     /// Read buffer of each of the loadgen's own client sockets (bytes).
     #[arg(long, default_value_t = 4096)]
@@ -106,6 +113,7 @@ pub async fn run(args: IdleArgs, out: Out) -> anyhow::Result<bool> {
             .collect(),
         cfg,
         args.concurrency,
+        &sources(args.sources),
     )
     .await;
     let connect_secs = t.elapsed().as_secs_f64();
@@ -237,6 +245,16 @@ pub async fn run(args: IdleArgs, out: Out) -> anyhow::Result<bool> {
 
 /// Keeps the connections open for `d`, pinging every 25 s (the node closes a
 /// connection silent for three heartbeat intervals, 90 s by default).
+/// `n` loopback source addresses from 127.0.0.1; none (the OS picks) for one.
+fn sources(n: u8) -> Vec<IpAddr> {
+    if n <= 1 {
+        return Vec::new();
+    }
+    (1..=n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
 async fn hold(conns: &mut [Ws], d: Duration) {
     const PING_EVERY: Duration = Duration::from_secs(25);
     let end = Instant::now() + d;

@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::UserId;
 use crate::protocol::{CloseCode, Dialect, ServerFrame};
+use crate::sendq::{Refused, SendQueue};
 use crate::telemetry::TraceCtx;
 
 /// One item for a connection's writer task.
@@ -37,7 +37,7 @@ pub struct ConnHandle {
     pub id: String,
     pub user: UserId,
     pub dialect: Dialect,
-    tx: mpsc::Sender<Outbound>,
+    queue: SendQueue<Outbound>,
     close: CancellationToken,
     close_code: Mutex<Option<CloseCode>>,
 }
@@ -53,12 +53,13 @@ pub enum Push {
 }
 
 impl ConnHandle {
-    pub fn new(id: String, user: UserId, dialect: Dialect, tx: mpsc::Sender<Outbound>) -> Self {
+    /// A connection whose queue holds at most `queue` frames.
+    pub fn new(id: String, user: UserId, dialect: Dialect, queue: usize) -> Self {
         Self {
             id,
             user,
             dialect,
-            tx,
+            queue: SendQueue::new(queue),
             close: CancellationToken::new(),
             close_code: Mutex::new(None),
         }
@@ -68,22 +69,38 @@ impl ConnHandle {
     /// slower than we write: it is closed with 4001 rather than letting the
     /// queue (and our memory) grow.
     pub fn push(&self, frame: Arc<ServerFrame>, stamp: Stamp) -> Push {
-        match self.tx.try_send(Outbound { frame, stamp }) {
+        match self.queue.push(Outbound { frame, stamp }) {
             Ok(()) => Push::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.close_with(CloseCode::SlowConsumer);
                 Push::Overflow
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Closed,
+            Err(Refused::Closed) => Push::Closed,
         }
+    }
+
+    /// The writer's end of the queue: the next frame, waiting for one.
+    pub async fn next_out(&self) -> Outbound {
+        self.queue.pop().await
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_next_out(&self) -> Option<Outbound> {
+        self.queue.try_pop()
+    }
+
+    /// The writer is gone: frames still queued are dropped, later pushes
+    /// answer [`Push::Closed`].
+    pub fn writer_gone(&self) {
+        self.queue.close();
     }
 
     /// Queues a frame, waiting while the queue is more than half full, so
     /// bulk sends (inbox replay) leave room for live traffic.
     pub async fn push_bulk(&self, frame: Arc<ServerFrame>) -> Push {
-        let half = self.tx.max_capacity() / 2;
-        while self.tx.capacity() < half {
-            if self.close.is_cancelled() || self.tx.is_closed() {
+        let half = self.queue.capacity() / 2;
+        while self.queue.len() > half {
+            if self.close.is_cancelled() || self.queue.is_closed() {
                 return Push::Closed;
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -255,23 +272,26 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn conn(id: &str, user: &str, cap: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(cap);
-        let c = ConnHandle::new(id.into(), UserId::parse(user).unwrap(), Dialect::V1, tx);
-        (Arc::new(c), rx)
+    fn conn(id: &str, user: &str, cap: usize) -> Arc<ConnHandle> {
+        Arc::new(ConnHandle::new(
+            id.into(),
+            UserId::parse(user).unwrap(),
+            Dialect::V1,
+            cap,
+        ))
     }
 
     #[test]
     fn delivers_to_all_devices_but_the_sender() {
         let hub = Hub::default();
-        let (a1, mut r1) = conn("p#1", "a", 8);
-        let (a2, mut r2) = conn("p#2", "a", 8);
+        let a1 = conn("p#1", "a", 8);
+        let a2 = conn("p#2", "a", 8);
         hub.insert(a1.clone());
         hub.insert(a2.clone());
         let f = Arc::new(ServerFrame::Pong { ts: 1 });
         assert_eq!(hub.deliver(&a1.user, &f, Some("p#1"), &Stamp::default()), 1);
-        assert!(r1.try_recv().is_err());
-        assert!(r2.try_recv().is_ok());
+        assert!(a1.try_next_out().is_none());
+        assert!(a2.try_next_out().is_some());
         hub.remove(&a2);
         assert_eq!(hub.len(), 1);
         assert_eq!(hub.deliver(&a1.user, &f, None, &Stamp::default()), 1);
@@ -280,7 +300,7 @@ mod tests {
     #[test]
     fn a_full_queue_closes_the_connection() {
         let hub = Hub::default();
-        let (a, _rx) = conn("p#1", "a", 2);
+        let a = conn("p#1", "a", 2);
         hub.insert(a.clone());
         let f = Arc::new(ServerFrame::Pong { ts: 1 });
         assert_eq!(a.push(f.clone(), Stamp::default()), Push::Queued);
@@ -293,14 +313,14 @@ mod tests {
     #[test]
     fn presence_watchers_are_cleaned_up() {
         let hub = Hub::default();
-        let (a, mut ra) = conn("p#1", "a", 8);
+        let a = conn("p#1", "a", 8);
         hub.insert(a.clone());
         let bob = UserId::parse("bob").unwrap();
         assert!(hub.watch(&a, std::slice::from_ref(&bob), 1));
         assert!(!hub.watch(&a, &[UserId::parse("cy").unwrap()], 1));
         let f = Arc::new(ServerFrame::Pong { ts: 1 });
         hub.deliver_presence(&bob, &f);
-        assert!(ra.try_recv().is_ok());
+        assert!(a.try_next_out().is_some());
         hub.remove(&a);
         assert!(hub.read().watchers.is_empty());
     }

@@ -35,6 +35,7 @@ pub mod requests;
 pub mod router;
 pub mod secret;
 pub mod sending;
+mod sendq;
 mod serve;
 pub mod telemetry;
 pub use serve::bind;

@@ -12,7 +12,7 @@ use crate::auth::Authenticator;
 use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
 use crate::config::{Config, Secret};
 use crate::history;
-use crate::hub::{ConnHandle, Hub, Outbound, Stamp};
+use crate::hub::{ConnHandle, Hub, Stamp};
 use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -180,20 +180,15 @@ impl Node {
     ///
     /// The welcome is queued before the connection becomes visible to the hub
     /// and the registry, so it is always the first frame, ahead of any push.
-    pub async fn open(
-        &self,
-        user: UserId,
-        dialect: Dialect,
-    ) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+    pub async fn open(&self, user: UserId, dialect: Dialect) -> Arc<ConnHandle> {
         let (groups, profiles) =
             crate::groups::for_welcome(self.backends.store.as_ref(), &self.metrics, &user).await;
         let n = self.conn_seq.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.cfg.outbound_buffer);
         let conn = Arc::new(ConnHandle::new(
             format!("{}#{n}", self.pod.name),
             user,
             dialect,
-            tx,
+            self.cfg.outbound_buffer,
         ));
         conn.push(
             Arc::new(ServerFrame::Welcome {
@@ -227,7 +222,7 @@ impl Node {
             Err(e) => self.backend_failed("register", &e),
         }
         debug!(conn = %conn.id, user = %conn.user, "connected");
-        (conn, rx)
+        conn
     }
 
     /// Forgets a closed connection.

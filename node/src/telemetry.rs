@@ -126,9 +126,10 @@ where
 }
 
 /// A sampled span's context, handed from one span to the next across tasks
-/// and pods.
+/// and pods. Boxed: it rides in every frame queued to a connection (`hub::Stamp`),
+/// and each connection's queue allocates its slots up front, traced or not.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TraceCtx(SpanContext);
+pub struct TraceCtx(Box<SpanContext>);
 
 impl TraceCtx {
     /// The context of `span`, if tracing is on and the span is sampled.
@@ -138,7 +139,7 @@ impl TraceCtx {
         }
         let cx = span.context();
         let sc = cx.span().span_context().clone();
-        (sc.is_valid() && sc.is_sampled()).then_some(Self(sc))
+        (sc.is_valid() && sc.is_sampled()).then(|| Self(Box::new(sc)))
     }
 
     /// The context of the current span (see [`TraceCtx::of`]).
@@ -153,7 +154,7 @@ impl TraceCtx {
     pub fn header(&self) -> String {
         let mut carrier = HashMap::new();
         TraceContextPropagator::new().inject_context(
-            &Context::new().with_remote_span_context(self.0.clone()),
+            &Context::new().with_remote_span_context((*self.0).clone()),
             &mut carrier,
         );
         carrier.remove(TRACEPARENT).unwrap_or_default()
@@ -177,13 +178,13 @@ impl TraceCtx {
         // From an empty context: a malformed header must not yield the current span's.
         let cx = TraceContextPropagator::new().extract_with_context(&Context::new(), &carrier);
         let sc = cx.span().span_context().clone();
-        sc.is_valid().then_some(Self(sc))
+        sc.is_valid().then(|| Self(Box::new(sc)))
     }
 
     /// Makes `span` a child of this context (no-op for a disabled span).
     pub fn adopt(&self, span: &Span) {
         if !span.is_none() {
-            let _ = span.set_parent(Context::new().with_remote_span_context(self.0.clone()));
+            let _ = span.set_parent(Context::new().with_remote_span_context((*self.0).clone()));
         }
     }
 
@@ -305,7 +306,7 @@ mod tests {
             true,
             TraceState::default(),
         );
-        let header = TraceCtx(sc).header();
+        let header = TraceCtx(Box::new(sc)).header();
         assert_eq!(
             header,
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

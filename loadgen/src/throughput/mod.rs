@@ -146,12 +146,14 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
         at(recv_users, &|i| target.receiver(i).clone()),
         cfg,
         args.concurrency,
+        &[],
     )
     .await;
     let senders = client::connect_many(
         at(send_users.clone(), &|i| target.sender(i).clone()),
         cfg,
         args.concurrency,
+        &[],
     )
     .await;
     let mut connect_failures = receivers.failures.clone();

@@ -5,7 +5,7 @@
 //! in one process can share one instance of each (that is how the cross-node
 //! routing is unit-tested without Redis or RocketMQ).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -35,8 +35,43 @@ struct RegistryState {
     /// user -> [(conn_id, pod)]: a user has a handful of devices, and a Vec
     /// is far smaller per user than a map.
     conns: HashMap<UserId, Vec<(String, String)>>,
-    connections: usize,
+    /// pod -> its connections: what `pods` and `stats` read, kept with every
+    /// change so neither walks every connection (a connect storm would be
+    /// quadratic).
+    pods: BTreeMap<String, usize>,
     last_seen: HashMap<UserId, i64>,
+}
+
+impl RegistryState {
+    /// Sets the pod of a connection; true if the connection was new.
+    fn upsert(&mut self, user: &UserId, conn_id: &str, pod: &str) -> bool {
+        let conns = self.conns.entry(user.clone()).or_default();
+        match conns.iter_mut().find(|(c, _)| c == conn_id) {
+            Some((_, p)) if p == pod => false,
+            Some((_, p)) => {
+                let old = std::mem::replace(p, pod.to_owned());
+                self.count(&old, -1);
+                self.count(pod, 1);
+                false
+            }
+            None => {
+                conns.push((conn_id.to_owned(), pod.to_owned()));
+                self.count(pod, 1);
+                true
+            }
+        }
+    }
+
+    fn count(&mut self, pod: &str, delta: isize) {
+        if let Some(n) = self.pods.get_mut(pod) {
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.pods.remove(pod);
+            }
+        } else if delta > 0 {
+            self.pods.insert(pod.to_owned(), delta.unsigned_abs());
+        }
+    }
 }
 
 impl MemoryRegistry {
@@ -49,11 +84,8 @@ impl MemoryRegistry {
 impl Registry for MemoryRegistry {
     async fn register(&self, conn: &ConnectionInfo) -> BackendResult<bool> {
         let mut st = lock(&self.inner);
-        let entry = st.conns.entry(conn.user.clone()).or_default();
-        let first = entry.is_empty();
-        if upsert(entry, &conn.conn_id, &conn.pod) {
-            st.connections += 1;
-        }
+        let first = st.conns.get(&conn.user).is_none_or(Vec::is_empty);
+        st.upsert(&conn.user, &conn.conn_id, &conn.pod);
         st.last_seen.insert(conn.user.clone(), now_millis());
         Ok(first)
     }
@@ -63,17 +95,16 @@ impl Registry for MemoryRegistry {
         let Some(entry) = st.conns.get_mut(&conn.user) else {
             return Ok(false);
         };
-        let before = entry.len();
-        entry.retain(|(c, _)| *c != conn.conn_id);
-        let removed = entry.len() < before;
-        let last = removed && entry.is_empty();
+        let Some(i) = entry.iter().position(|(c, _)| *c == conn.conn_id) else {
+            return Ok(false);
+        };
+        let (_, pod) = entry.remove(i);
+        let last = entry.is_empty();
         if last {
             st.conns.remove(&conn.user);
         }
-        if removed {
-            st.connections -= 1;
-            st.last_seen.insert(conn.user.clone(), now_millis());
-        }
+        st.count(&pod, -1);
+        st.last_seen.insert(conn.user.clone(), now_millis());
         Ok(last)
     }
 
@@ -101,7 +132,7 @@ impl Registry for MemoryRegistry {
         let st = lock(&self.inner);
         Ok(OnlineStats {
             online_users: st.conns.len(),
-            connections: st.connections,
+            connections: st.pods.values().sum(),
         })
     }
 
@@ -117,11 +148,9 @@ impl Registry for MemoryRegistry {
         let mut st = lock(&self.inner);
         let now = now_millis();
         let mut offline = Vec::new();
-        let mut removed = 0;
+        st.pods.remove(pod);
         st.conns.retain(|user, conns| {
-            let before = conns.len();
             conns.retain(|(_, p)| p != pod);
-            removed += before - conns.len();
             if conns.is_empty() {
                 offline.push(user.clone());
                 false
@@ -129,7 +158,6 @@ impl Registry for MemoryRegistry {
                 true
             }
         });
-        st.connections -= removed;
         for u in &offline {
             st.last_seen.insert(u.clone(), now);
         }
@@ -137,14 +165,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn pods(&self) -> BackendResult<Vec<String>> {
-        let st = lock(&self.inner);
-        let pods: BTreeSet<String> = st
-            .conns
-            .values()
-            .flatten()
-            .map(|(_, p)| p.clone())
-            .collect();
-        Ok(pods.into_iter().collect())
+        Ok(lock(&self.inner).pods.keys().cloned().collect())
     }
 
     async fn heartbeat(&self, _pod: &str, conns: &[ConnectionInfo]) -> BackendResult<()> {
@@ -152,27 +173,10 @@ impl Registry for MemoryRegistry {
         let mut st = lock(&self.inner);
         let now = now_millis();
         for c in conns {
-            let entry = st.conns.entry(c.user.clone()).or_default();
-            if upsert(entry, &c.conn_id, &c.pod) {
-                st.connections += 1;
-            }
+            st.upsert(&c.user, &c.conn_id, &c.pod);
             st.last_seen.insert(c.user.clone(), now);
         }
         Ok(())
-    }
-}
-
-/// Sets the pod of a connection; true if the connection was new.
-fn upsert(conns: &mut Vec<(String, String)>, conn_id: &str, pod: &str) -> bool {
-    match conns.iter_mut().find(|(c, _)| c == conn_id) {
-        Some((_, p)) => {
-            pod.clone_into(p);
-            false
-        }
-        None => {
-            conns.push((conn_id.to_owned(), pod.to_owned()));
-            true
-        }
     }
 }
 
@@ -265,5 +269,35 @@ mod tests {
     #[tokio::test]
     async fn registry_keeps_the_contract() {
         contract::registry(&MemoryRegistry::new(), "t1").await;
+    }
+
+    /// The pods with connections and the connection count are kept with each
+    /// change (not recounted), through moves, heartbeats and a forgotten pod.
+    #[tokio::test]
+    async fn pods_and_connections_follow_every_change() {
+        let r = MemoryRegistry::new();
+        let c = |id: &str, user: &str, pod: &str| ConnectionInfo {
+            conn_id: id.into(),
+            user: UserId::parse(user).unwrap(),
+            pod: pod.into(),
+        };
+        async fn state(r: &MemoryRegistry) -> (Vec<String>, usize) {
+            let pods = r.pods().await.unwrap();
+            (pods, r.stats().await.unwrap().connections)
+        }
+        r.register(&c("1", "a", "p0")).await.unwrap();
+        r.register(&c("2", "a", "p1")).await.unwrap();
+        r.register(&c("3", "b", "p1")).await.unwrap();
+        r.register(&c("3", "b", "p1")).await.unwrap();
+        assert_eq!(state(&r).await, (vec!["p0".into(), "p1".into()], 3));
+        // A heartbeat that moves connection 1 to p2 (and re-adds the others).
+        r.heartbeat("p2", &[c("1", "a", "p2"), c("3", "b", "p1")])
+            .await
+            .unwrap();
+        assert_eq!(state(&r).await, (vec!["p1".into(), "p2".into()], 3));
+        r.unregister(&c("1", "a", "p2")).await.unwrap();
+        assert_eq!(state(&r).await, (vec!["p1".into()], 2));
+        assert_eq!(r.forget_pod("p1").await.unwrap().len(), 2);
+        assert_eq!(state(&r).await, (Vec::<String>::new(), 0));
     }
 }
