@@ -243,8 +243,6 @@ pub async fn run(args: IdleArgs, out: Out) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-/// Keeps the connections open for `d`, pinging every 25 s (the node closes a
-/// connection silent for three heartbeat intervals, 90 s by default).
 /// `n` loopback source addresses from 127.0.0.1; none (the OS picks) for one.
 fn sources(n: u8) -> Vec<IpAddr> {
     if n <= 1 {
@@ -255,21 +253,38 @@ fn sources(n: u8) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Keeps the connections open for `d`, each pinging every 25 s (the node
+/// closes a connection silent for three heartbeat intervals, 90 s by
+/// default). The pings are spread over the 25 s, a slice every 100 ms, as
+/// real clients' heartbeats are (each from its own connect time), not sent
+/// in one burst.
 async fn hold(conns: &mut [Ws], d: Duration) {
     const PING_EVERY: Duration = Duration::from_secs(25);
+    const TICK: Duration = Duration::from_millis(100);
+    if d <= PING_EVERY {
+        // Fresh connections: nothing to keep alive yet.
+        tokio::time::sleep(d).await;
+        return;
+    }
+    let slices = (PING_EVERY.as_millis() / TICK.as_millis()) as usize;
+    let per_tick = conns.len().div_ceil(slices).max(1);
     let end = Instant::now() + d;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    let mut next = 0;
+    while Instant::now() < end {
+        tokio::time::timeout(end.saturating_duration_since(Instant::now()), tick.tick())
+            .await
+            .ok();
+        if Instant::now() >= end || conns.is_empty() {
             return;
         }
-        tokio::time::sleep(left.min(PING_EVERY)).await;
-        if Instant::now() < end {
-            futures_util::stream::iter(conns.iter_mut())
-                .for_each_concurrent(500, |ws| async move {
-                    let _ = ws.send(Message::text(r#"{"type":"ping"}"#)).await;
-                })
-                .await;
-        }
+        let from = next % conns.len();
+        let to = (from + per_tick).min(conns.len());
+        next = to;
+        futures_util::stream::iter(conns[from..to].iter_mut())
+            .for_each_concurrent(500, |ws| async move {
+                let _ = ws.send(Message::text(r#"{"type":"ping"}"#)).await;
+            })
+            .await;
     }
 }

@@ -161,6 +161,13 @@ pub struct Config {
     #[arg(long, env = "SB_DEDUP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub dedup_ttl: Duration,
 
+    /// In-memory store only: at most this many `client_msg_id`s are
+    /// remembered (the oldest are forgotten first, before their TTL), so a
+    /// standalone node's memory is bounded by its limits, not by how many
+    /// messages it has seen. Redis keeps each for `SB_DEDUP_TTL`.
+    #[arg(long, env = "SB_DEDUP_LIMIT", default_value_t = 100_000)]
+    pub dedup_limit: usize,
+
     /// How long after sending a sender may recall a message (`0s`: senders
     /// cannot; the admin API always can).
     #[arg(long, env = "SB_RECALL_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
@@ -439,6 +446,9 @@ impl Config {
         }
         switchboard_settings::telemetry::check_sample_ratio(self.tracing.sample_ratio)
             .map_err(|m| format!("SB_TRACE_SAMPLE_RATIO {m}"))?;
+        if self.dedup_limit == 0 {
+            return Err("SB_DEDUP_LIMIT must be at least 1".into());
+        }
         let shards = crate::backend::outbox::SHARDS as usize;
         if !(shards..=MAX_OUTBOX_LIMIT).contains(&self.events_outbox_limit) {
             return Err(format!(

@@ -33,6 +33,7 @@ async fn store(test: &str) -> RedisStore {
             history_limit: 5,
             inbox_limit: 2,
             dedup_ttl: Duration::from_secs(60),
+            dedup_limit: 100,
             max_group_members: 3,
         },
     )
@@ -71,6 +72,7 @@ async fn dedup_keys_expire_after_their_ttl() {
             history_limit: 5,
             inbox_limit: 10,
             dedup_ttl: Duration::from_millis(300),
+            dedup_limit: 100,
             max_group_members: 3,
         },
     );

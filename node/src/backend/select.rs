@@ -14,6 +14,7 @@ fn limits(cfg: &Config) -> StoreLimits {
         history_limit: cfg.history_limit,
         inbox_limit: cfg.inbox_limit,
         dedup_ttl: cfg.dedup_ttl,
+        dedup_limit: cfg.dedup_limit,
         max_group_members: cfg.max_group_members,
     }
 }

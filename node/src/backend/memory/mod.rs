@@ -250,6 +250,7 @@ mod tests {
             history_limit: 5,
             inbox_limit: 2,
             dedup_ttl: Duration::from_secs(60),
+            dedup_limit: 100,
             max_group_members: 3,
         })
     }
@@ -269,6 +270,49 @@ mod tests {
     #[tokio::test]
     async fn registry_keeps_the_contract() {
         contract::registry(&MemoryRegistry::new(), "t1").await;
+    }
+
+    /// Beyond `dedup_limit`, the oldest `client_msg_id`s are forgotten first:
+    /// memory is bounded by the limit, not by the messages seen.
+    #[tokio::test]
+    async fn dedup_keys_are_bounded_oldest_first() {
+        use crate::backend::MessageStore;
+        use crate::ids::{ConversationId, MsgId};
+        use crate::model::ChatMessage;
+        let s = MemoryStore::new(StoreLimits {
+            history_limit: 5,
+            inbox_limit: 100,
+            dedup_ttl: Duration::from_secs(3600),
+            dedup_limit: 2,
+            max_group_members: 3,
+        });
+        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
+        let send = |id: u64, cid: &str| {
+            let msg = ChatMessage {
+                msg_id: MsgId(id),
+                conversation: ConversationId::direct(&a, &b),
+                seq: 0,
+                from: a.clone(),
+                to: Some(b.clone()),
+                group: None,
+                content: "hi".into(),
+                format: Default::default(),
+                recalled: false,
+                status: None,
+                ts: 1,
+                client_msg_id: Some(cid.into()),
+                chat_id: None,
+            };
+            let s = &s;
+            let b = b.clone();
+            async move { s.append(msg, &[b]).await.unwrap().duplicate }
+        };
+        assert!(!send(1, "x").await && !send(2, "y").await && !send(3, "z").await);
+        assert!(
+            send(4, "z").await && send(5, "y").await,
+            "the newest two are kept"
+        );
+        assert!(!send(6, "x").await, "the oldest was forgotten");
     }
 
     /// The pods with connections and the connection count are kept with each

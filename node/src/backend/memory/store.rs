@@ -20,6 +20,8 @@ pub struct StoreLimits {
     pub history_limit: usize,
     pub inbox_limit: usize,
     pub dedup_ttl: Duration,
+    /// Most `client_msg_id`s remembered (in memory; Redis expires by TTL only).
+    pub dedup_limit: usize,
     pub max_group_members: usize,
 }
 
@@ -74,9 +76,10 @@ impl MemoryStore {
 }
 
 impl StoreState {
-    fn expire_dedup(&mut self, now: Instant) {
+    /// Forgets dedup keys past their TTL, and the oldest beyond `limit`.
+    fn expire_dedup(&mut self, now: Instant, limit: usize) {
         while let Some((at, _)) = self.dedup_expiry.front() {
-            if *at > now {
+            if *at > now && self.dedup_expiry.len() <= limit {
                 break;
             }
             if let Some((_, key)) = self.dedup_expiry.pop_front() {
@@ -105,7 +108,7 @@ impl MessageStore for MemoryStore {
     async fn append(&self, mut msg: ChatMessage, recipients: &[UserId]) -> BackendResult<Appended> {
         let mut st = lock(&self.inner);
         let now = Instant::now();
-        st.expire_dedup(now);
+        st.expire_dedup(now, self.limits.dedup_limit);
         let dedup_key = msg
             .client_msg_id
             .as_ref()
@@ -155,6 +158,8 @@ impl MessageStore for MemoryStore {
             inbox.index.insert(msg.msg_id, pos);
         }
         if let Some(key) = dedup_key {
+            // Room for this key within the limit.
+            st.expire_dedup(now, self.limits.dedup_limit.saturating_sub(1));
             st.dedup.insert(key.clone(), msg.clone());
             st.dedup_expiry
                 .push_back((now + self.limits.dedup_ttl, key));
