@@ -36,6 +36,7 @@ pub struct IdleArgs {
     /// Connect from this many loopback source addresses, 127.0.0.1 upwards
     /// (round robin). One source address has about 28,000 ephemeral ports
     /// towards the node's one port: above that many connections, use more.
+    /// The node must listen on an IPv4 loopback address.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
     pub sources: u8,
 
@@ -100,6 +101,13 @@ pub async fn run(args: IdleArgs, out: Out) -> anyhow::Result<bool> {
     let me = std::process::id();
     let lg_rss_before = sys::rss_bytes(me)?;
 
+    if args.sources > 1 && !matches!(target.endpoint.addr.ip(), IpAddr::V4(ip) if ip.is_loopback())
+    {
+        anyhow::bail!(
+            "--sources binds to 127.0.0.x: the node must be on IPv4 loopback too, not {}",
+            target.endpoint.addr
+        );
+    }
     let prefix = format!("lg{me}i");
     let users: Vec<String> = (0..args.connections)
         .map(|i| format!("{prefix}{i}"))

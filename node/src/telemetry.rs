@@ -127,7 +127,7 @@ where
 
 /// A sampled span's context, handed from one span to the next across tasks
 /// and pods. Boxed: it rides in every frame queued to a connection (`hub::Stamp`),
-/// and each connection's queue allocates its slots up front, traced or not.
+/// traced or not, and boxed it makes each queued item 8 bytes bigger, not ~80.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceCtx(Box<SpanContext>);
 

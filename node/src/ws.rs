@@ -234,6 +234,9 @@ async fn write_loop(
     conn: Arc<ConnHandle>,
     mut sink: SplitSink<WebSocket, Message>,
 ) {
+    // However this task ends (a panic too), later pushes see the connection
+    // closed instead of filling a queue nobody reads.
+    let _gone = WriterGone(&conn);
     let mut latencies: Vec<(Instant, bool)> = Vec::new();
     // `ws.write` spans of traced frames, ended once flushed.
     let mut spans: Vec<tracing::Span> = Vec::new();
@@ -302,6 +305,16 @@ async fn write_loop(
     )
     .await;
     conn.closed().cancel();
+}
+
+/// Tells the connection its writer is gone when dropped.
+#[derive(Debug)]
+struct WriterGone<'a>(&'a ConnHandle);
+
+impl Drop for WriterGone<'_> {
+    fn drop(&mut self) {
+        self.0.writer_gone();
+    }
 }
 
 /// A token bucket: `rate` tokens per second, up to `burst`.

@@ -43,21 +43,19 @@ struct RegistryState {
 }
 
 impl RegistryState {
-    /// Sets the pod of a connection; true if the connection was new.
-    fn upsert(&mut self, user: &UserId, conn_id: &str, pod: &str) -> bool {
+    /// Adds a connection, or sets the pod of one already known.
+    fn upsert(&mut self, user: &UserId, conn_id: &str, pod: &str) {
         let conns = self.conns.entry(user.clone()).or_default();
         match conns.iter_mut().find(|(c, _)| c == conn_id) {
-            Some((_, p)) if p == pod => false,
+            Some((_, p)) if p == pod => {}
             Some((_, p)) => {
                 let old = std::mem::replace(p, pod.to_owned());
                 self.count(&old, -1);
                 self.count(pod, 1);
-                false
             }
             None => {
                 conns.push((conn_id.to_owned(), pod.to_owned()));
                 self.count(pod, 1);
-                true
             }
         }
     }
