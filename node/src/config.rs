@@ -68,11 +68,6 @@ pub struct Config {
     #[arg(long, env = "SB_TOPIC_PREFIX")]
     pub topic_prefix: Option<String>,
 
-    /// Redeliveries of a push the node could not take before RocketMQ parks
-    /// it in the group's dead-letter queue.
-    #[arg(long, env = "SB_ROCKETMQ_RETRY_MAX", default_value_t = 3)]
-    pub rocketmq_retry_max: u32,
-
     /// RocketMQ ACL access key (the ACL 2.0 user name), for a broker that
     /// enforces ACL; set together with SB_ROCKETMQ_SECRET_KEY.
     #[arg(long, env = "SB_ROCKETMQ_ACCESS_KEY")]

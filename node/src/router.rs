@@ -112,8 +112,9 @@ impl Router {
         }
     }
 
-    /// Sends `frame` to the other pods holding connections of `users`; returns
-    /// the users whose connections could not be looked up.
+    /// Sends `frame` to the other pods holding connections of `users` (one
+    /// registry look-up for all of them); returns the users whose connections
+    /// could not be looked up (all of them, or none).
     async fn push_remote(
         &self,
         users: &[UserId],
@@ -122,23 +123,24 @@ impl Router {
         sent_at_us: i64,
         trace: Option<&str>,
     ) -> Vec<UserId> {
+        if users.is_empty() {
+            return Vec::new();
+        }
         let mut remote: HashMap<String, Vec<UserId>> = HashMap::new();
-        let mut unrouted = Vec::new();
-        for u in users {
-            match self.registry.connections(u).await {
-                Ok(conns) => {
-                    for (_, pod) in conns {
-                        if pod != self.pod {
-                            let list = remote.entry(pod).or_default();
-                            if list.last() != Some(u) {
-                                list.push(u.clone());
-                            }
-                        }
+        let pods = match self.registry.pods_of(users).await {
+            Ok(pods) => pods,
+            Err(e) => {
+                self.backend_failed("connections", &e);
+                return users.to_vec();
+            }
+        };
+        for (u, pods) in users.iter().zip(pods) {
+            for pod in pods {
+                if pod != self.pod {
+                    let list = remote.entry(pod).or_default();
+                    if list.last() != Some(u) {
+                        list.push(u.clone());
                     }
-                }
-                Err(e) => {
-                    self.backend_failed("connections", &e);
-                    unrouted.push(u.clone());
                 }
             }
         }
@@ -159,7 +161,7 @@ impl Router {
                 self.backend_failed("publish", &e);
             }
         }
-        unrouted
+        Vec::new()
     }
 
     /// Retries the pushes whose routing lookup failed, in order, until the

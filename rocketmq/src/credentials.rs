@@ -57,6 +57,11 @@ impl Credentials {
         &self.access_key
     }
 
+    /// The secret key, to sign requests with (never printed).
+    pub(crate) fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
     /// The client hook that signs every request with these keys.
     pub(crate) fn hook(&self) -> Arc<AclClientRPCHook> {
         Arc::new(AclClientRPCHook::new(SessionCredentials::with_keys(

@@ -55,6 +55,26 @@ pub enum Error {
         "the consumer holds no queue of topic {0} yet (no route, or the broker does not know the consumer)"
     )]
     NotAssigned(String),
+    /// A name server or broker could not be reached, or the connection broke, or
+    /// it did not answer in time ([`crate::direct`]).
+    #[error("RocketMQ at {addr}: {detail}")]
+    Io {
+        /// The `host:port` talked to.
+        addr: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A name server or broker answered a request with an error code
+    /// ([`crate::direct`]): e.g. 17 no such topic, 16 no permission, 26 no such group.
+    #[error("RocketMQ {op} refused: code {code}: {remark}")]
+    Refused {
+        /// What this crate was doing.
+        op: &'static str,
+        /// RocketMQ's response code.
+        code: i32,
+        /// The server's reason.
+        remark: String,
+    },
     /// ACL credentials that cannot be used (the reason never includes the secret key).
     #[error("invalid RocketMQ credentials: {0}")]
     Credentials(String),

@@ -42,6 +42,7 @@
 mod admin;
 mod consumer;
 mod credentials;
+pub mod direct;
 mod error;
 pub mod names;
 mod producer;

@@ -496,6 +496,24 @@ pub async fn registry(r: &dyn Registry, tag: &str) {
     let mut conns = r.connections(&a).await.expect("connections");
     conns.sort();
     assert_eq!(conns.len(), 2);
+    // Pods of several users at once, in their order; an unknown user has none.
+    let nobody = u(tag, "nobody");
+    let mut pods = r
+        .pods_of(&[nobody.clone(), a.clone(), nobody.clone()])
+        .await
+        .expect("pods_of");
+    pods[1].sort();
+    assert_eq!(
+        pods,
+        vec![vec![], vec![format!("p0{tag}"), format!("p1{tag}")], vec![]]
+    );
+    assert_eq!(
+        r.pods_of(std::slice::from_ref(&a))
+            .await
+            .expect("pods_of one")
+            .len(),
+        1
+    );
     assert_eq!(
         r.stats().await.expect("stats").online_users,
         before.online_users + 1

@@ -99,6 +99,22 @@ pub trait Registry: Send + Sync + Debug {
     async fn unregister(&self, conn: &ConnectionInfo) -> BackendResult<bool>;
     /// The user's live connections as `(conn_id, pod)`.
     async fn connections(&self, user: &UserId) -> BackendResult<Vec<(String, String)>>;
+    /// The pods holding connections of each of `users`, in `users`' order (a pod
+    /// once per connection): what routing a push needs, in one round trip where
+    /// the backend allows.
+    async fn pods_of(&self, users: &[UserId]) -> BackendResult<Vec<Vec<String>>> {
+        let mut out = Vec::with_capacity(users.len());
+        for u in users {
+            out.push(
+                self.connections(u)
+                    .await?
+                    .into_iter()
+                    .map(|(_, pod)| pod)
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
     async fn presence(&self, user: &UserId) -> BackendResult<Presence>;
     async fn stats(&self) -> BackendResult<OnlineStats>;
     /// Up to `limit` online users, in id order.

@@ -63,7 +63,6 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
             let bus = super::rocketmq::RocketMqBus::start(
                 namesrv,
                 prefix,
-                cfg.rocketmq_retry_max,
                 credentials.clone(),
                 metrics.clone(),
             )

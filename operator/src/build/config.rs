@@ -29,10 +29,6 @@ pub fn node_config(cc: &ChatCluster, r: &Resolved) -> BTreeMap<String, String> {
     put("SB_TOPIC_PREFIX", r.topic_prefix.clone());
     put("SB_ROCKETMQ_NAMESRV", s.rocketmq.name_server.clone());
     put(
-        "SB_ROCKETMQ_RETRY_MAX",
-        s.rocketmq.retry_max_times.to_string(),
-    );
-    put(
         "SB_HEARTBEAT_INTERVAL",
         s.presence.heartbeat_interval.clone(),
     );
@@ -315,9 +311,9 @@ mod tests {
         );
         let config = node_config(&cc, &validate(&cc, "n").unwrap());
         assert!(
-            config.keys().all(|k| !k.starts_with("SB_ROCKETMQ_")
-                || k.ends_with("NAMESRV")
-                || k.ends_with("RETRY_MAX")),
+            config
+                .keys()
+                .all(|k| !k.starts_with("SB_ROCKETMQ_") || k.ends_with("NAMESRV")),
             "{config:?}"
         );
     }

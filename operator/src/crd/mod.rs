@@ -240,8 +240,11 @@ pub struct RocketMqSpec {
     #[schemars(range(min = 1, max = 64))]
     pub queues_per_topic: u32,
 
-    /// How many times a node's consumer group retries a message it failed to handle before
-    /// RocketMQ moves it to the group's dead-letter topic.
+    /// How many times RocketMQ redelivers a message that a consumer of one of the cluster's
+    /// groups failed to handle (the API requests group `PREFIX-api`) before moving it to the
+    /// group's dead-letter topic. The nodes' delivery groups (`PREFIX-node-N`) are read in
+    /// order without redelivery: a push a node could not take is read again by the pod's
+    /// next run.
     #[serde(default = "defaults::retry_max")]
     #[schemars(range(min = 0, max = 16))]
     pub retry_max_times: u32,

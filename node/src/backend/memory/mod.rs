@@ -111,6 +111,19 @@ impl Registry for MemoryRegistry {
         Ok(st.conns.get(user).cloned().unwrap_or_default())
     }
 
+    async fn pods_of(&self, users: &[UserId]) -> BackendResult<Vec<Vec<String>>> {
+        let st = lock(&self.inner);
+        Ok(users
+            .iter()
+            .map(|u| {
+                st.conns
+                    .get(u)
+                    .map(|c| c.iter().map(|(_, pod)| pod.clone()).collect())
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     async fn presence(&self, user: &UserId) -> BackendResult<Presence> {
         let st = lock(&self.inner);
         let conns = st.conns.get(user);

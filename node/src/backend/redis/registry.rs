@@ -141,6 +141,23 @@ impl Registry for RedisRegistry {
             .map_err(unavailable)
     }
 
+    async fn pods_of(&self, users: &[UserId]) -> BackendResult<Vec<Vec<String>>> {
+        if let [user] = users {
+            let mut conn = self.conn.clone();
+            let pods: Vec<String> = conn
+                .hvals(format!("{}conns:{user}", self.keys.prefix()))
+                .await
+                .map_err(unavailable)?;
+            return Ok(vec![pods]);
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hvals(format!("{}conns:{u}", self.keys.prefix()));
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async(&mut conn).await.map_err(unavailable)
+    }
+
     async fn presence(&self, user: &UserId) -> BackendResult<Presence> {
         let mut conn = self.conn.clone();
         let (conns, last_seen): (Vec<(String, String)>, Option<i64>) = redis::pipe()

@@ -91,6 +91,7 @@ fn command_name(cmd: &Cmd) -> &'static str {
         "expire",
         "hget",
         "hgetall",
+        "hvals",
         "hset",
         "smembers",
         "sismember",

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchboard_rocketmq::Producer;
+use switchboard_rocketmq::direct::OrderedProducer;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -82,7 +82,7 @@ fn publish_span(topic: &str, envelope: &Envelope) -> (Option<tracing::Span>, Opt
 
 /// The lanes of every destination pod.
 pub struct Lanes {
-    producer: Arc<Producer>,
+    producer: Arc<OrderedProducer>,
     lanes: Mutex<HashMap<(String, u32), mpsc::UnboundedSender<Outgoing>>>,
     /// Its `bus_outbox` gauge counts the pushes queued or being sent, in all
     /// lanes.
@@ -90,7 +90,7 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    pub fn new(producer: Producer, metrics: BackendMetrics) -> Self {
+    pub fn new(producer: OrderedProducer, metrics: BackendMetrics) -> Self {
         Self {
             producer: Arc::new(producer),
             lanes: Mutex::new(HashMap::new()),
@@ -153,7 +153,7 @@ impl Lanes {
 
 /// Sends what waits in one lane, a batch at a time, until the lanes are dropped.
 async fn run_lane(
-    producer: Arc<Producer>,
+    producer: Arc<OrderedProducer>,
     topic: String,
     lane: u32,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
@@ -179,7 +179,7 @@ async fn run_lane(
 
 /// Sends one batch, retrying with backoff; drops what turns stale meanwhile.
 async fn send(
-    producer: &Producer,
+    producer: &OrderedProducer,
     topic: &str,
     lane: u32,
     batch: &mut Vec<Outgoing>,
@@ -200,13 +200,13 @@ async fn send(
         if batch.is_empty() {
             return;
         }
-        let keys = batch
+        let keys: Vec<String> = batch
             .iter()
             .filter_map(|o| o.key.clone())
             .take(MAX_KEYS)
             .collect();
         match producer
-            .send_ordered(topic, lane, keys, encode(batch))
+            .send_ordered(topic, lane, &keys, encode(batch))
             .await
         {
             Ok(()) => {

@@ -3,15 +3,17 @@
 //! harness) before the pod starts.
 //!
 //! An envelope for pod `sb-2` is sent to topic `PREFIX-node-2` with the
-//! message id as key; pod 2's push consumer of group `PREFIX-node-2` hands it
-//! to the node, in batches of what one pull brought. A message that does not
-//! parse is logged and dropped, and so is an envelope of a batch that does not
-//! (a newer node's kind during a rolling update): retrying would repeat the
-//! rest of its batch. One the node cannot take because it is stopping is retried by
-//! RocketMQ through the group's `%RETRY%` topic, at most `retry_max` times,
-//! then parked in `%DLQ%PREFIX-node-2`. Pushes older than
-//! [`STALE_AFTER`] are dropped: the recipient has the message in its inbox,
-//! and a push that old (a pod that was down) is noise.
+//! message id as key; pod 2 reads every queue of that topic in group
+//! `PREFIX-node-2`, in order, and hands the envelopes to the node. Both ends
+//! speak RocketMQ directly on the node's runtime
+//! ([`switchboard_rocketmq::direct`]): no thread hand-off per message. A message
+//! that does not parse is logged and dropped, and so is an envelope of a batch
+//! that does not (a newer node's kind during a rolling update): retrying would
+//! repeat the rest of its batch. When the node stops taking pushes (it is
+//! stopping), the queue stops there and the group's offset stays before that
+//! message: the pod's next run reads it again. Pushes older than
+//! [`STALE_AFTER`] are dropped: the recipient has the message in its inbox, and
+//! a push that old (a pod that was down) is noise.
 //!
 //! Sends go through lanes ([`lanes`]): `publish` only queues, so a slow or
 //! restarting broker never holds up the sender's `sent` answer; pushes of one
@@ -20,11 +22,10 @@
 //! until it would be stale. During a broker restart the pushes are late, not
 //! lost. Only a full outbox refuses a push (the message stays in the inbox).
 //!
-//! The consumer hands over one batch at a time in queue order, so a pod
+//! The consumer hands over the messages of each queue in queue order, so a pod
 //! writes the pushes of one conversation from one pod in the order they were
-//! routed there ([`switchboard_rocketmq::ConsumerConfig::in_order`]). When the
-//! node cannot take a push at once, the consumer waits (backpressure) instead of
-//! failing it, which would send it round the `%RETRY%` topic, behind later ones.
+//! routed there. When the node cannot take a push at once, the consumer waits
+//! (backpressure) instead of failing it.
 
 mod lanes;
 
@@ -32,8 +33,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use switchboard_rocketmq::direct::{OrderedConsumer, OrderedConsumerConfig, OrderedProducer};
 use switchboard_rocketmq::names::Names;
-use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Credentials, Producer, Runtime};
+use switchboard_rocketmq::{Admin, Credentials, Runtime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -52,9 +54,8 @@ const INBOUND_QUEUE: usize = 8192;
 /// How long a graceful stop waits for the outbox to empty: the budget the
 /// operator counts into the pod's grace period.
 const FLUSH_TIMEOUT: Duration = switchboard_settings::FLUSH_BUDGET;
-/// How long `subscribe` waits for the consumer to hold its queues (normally
-/// about a second); the node retries the subscription after that.
-const ASSIGN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Messages one pull brings at most (each a batch of pushes).
+const PULL_BATCH: u32 = 32;
 
 /// The `bus.consume` span of a traced envelope; the envelope then carries
 /// that span's context.
@@ -112,10 +113,9 @@ pub struct RocketMqBus {
     rt: Runtime,
     namesrv: String,
     names: Names,
-    retry_max: u32,
     credentials: Option<Credentials>,
     lanes: Lanes,
-    consumer: Mutex<Option<Consumer>>,
+    consumer: Mutex<Option<OrderedConsumer>>,
     metrics: BackendMetrics,
     /// Stops the consumer lag's refresh of the current subscription.
     lag_stop: Mutex<Option<CancellationToken>>,
@@ -131,27 +131,23 @@ impl std::fmt::Debug for RocketMqBus {
 }
 
 impl RocketMqBus {
-    /// Starts the producer. Topics and groups are not created here: they
-    /// belong to the operator.
+    /// Starts the producer (it connects on first use). Topics and groups are
+    /// not created here: they belong to the operator.
     /// `credentials` sign every request (a broker with ACL).
     pub async fn start(
         namesrv: &str,
         prefix: &str,
-        retry_max: u32,
         credentials: Option<Credentials>,
         metrics: BackendMetrics,
     ) -> BackendResult<Self> {
         let rt = Runtime::new().map_err(unavailable)?;
         let names = Names::new(prefix);
         let group = format!("{prefix}-producer");
-        let producer = Producer::start_as(&rt, namesrv, &group, credentials.clone())
-            .await
-            .map_err(unavailable)?;
+        let producer = OrderedProducer::new(namesrv, &group, credentials.clone());
         Ok(Self {
             rt,
             namesrv: namesrv.to_owned(),
             names,
-            retry_max,
             credentials,
             lanes: Lanes::new(producer, metrics.clone()),
             consumer: Mutex::new(None),
@@ -236,51 +232,52 @@ impl Bus for RocketMqBus {
             }
         }
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        let config = ConsumerConfig {
+        let config = OrderedConsumerConfig {
             namesrv: self.namesrv.clone(),
             topic: topic.clone(),
             group: group.clone(),
-            max_reconsume_times: Some(self.retry_max),
-            in_order: true,
-            batch: 32,
+            batch: PULL_BATCH,
             credentials: self.credentials.clone(),
         };
-        // The handler runs right on the client's (blocking) consume thread: handing
-        // every push to the node's runtime and waiting for it there cost a thread
-        // switch each way per message. It waits while the node's queue is full.
-        let consumer = Consumer::start_blocking(&self.rt, config, move |d| {
-            // What does not parse is logged and dropped: redelivering it would
-            // repeat the good messages of its batch.
-            let envelopes = match lanes::decode(&d.body) {
-                Ok(decoded) => {
-                    if decoded.unreadable > 0 {
-                        warn!(
-                            msg_id = %d.msg_id,
-                            unreadable = decoded.unreadable,
-                            "dropping bus envelopes this node cannot read (a newer node's kind, or malformed)"
-                        );
+        // Each queue's messages, in order; a full node queue makes the consumer
+        // wait (backpressure).
+        let consumer = OrderedConsumer::start(config, move |d| {
+            let tx = tx.clone();
+            async move {
+                // What does not parse is logged and dropped: redelivering it would
+                // repeat the good messages of its batch.
+                let envelopes = match lanes::decode(&d.body) {
+                    Ok(decoded) => {
+                        if decoded.unreadable > 0 {
+                            warn!(
+                                msg_id = %d.msg_id,
+                                unreadable = decoded.unreadable,
+                                "dropping bus envelopes this node cannot read (a newer node's kind, or malformed)"
+                            );
+                        }
+                        decoded.envelopes
                     }
-                    decoded.envelopes
+                    Err(e) => {
+                        warn!(msg_id = %d.msg_id, error = %e, "dropping a malformed bus message");
+                        return Ok(());
+                    }
+                };
+                let stale_before = crate::router::now_micros() - STALE_AFTER.as_micros() as i64;
+                for mut env in envelopes {
+                    if let Envelope::ToUsers { sent_at_us, .. } = &env
+                        && *sent_at_us < stale_before
+                    {
+                        continue;
+                    }
+                    // A traced push: `bus.consume` until the node has it, then its
+                    // writes are children of that span.
+                    let _span = consume_span(&mut env, &d.topic, &d.msg_id);
+                    tx.send(env)
+                        .await
+                        .map_err(|_| "the node stopped taking pushes".to_owned())?;
                 }
-                Err(e) => {
-                    warn!(msg_id = %d.msg_id, error = %e, "dropping a malformed bus message");
-                    return Ok(());
-                }
-            };
-            let stale_before = crate::router::now_micros() - STALE_AFTER.as_micros() as i64;
-            for mut env in envelopes {
-                if let Envelope::ToUsers { sent_at_us, .. } = &env
-                    && *sent_at_us < stale_before
-                {
-                    continue;
-                }
-                // A traced push: `bus.consume` until the node has it, then its
-                // writes are children of that span.
-                let _span = consume_span(&mut env, &d.topic, &d.msg_id);
-                tx.blocking_send(env)
-                    .map_err(|_| "the node stopped taking pushes".to_owned())?;
+                Ok::<(), String>(())
             }
-            Ok::<(), String>(())
         })
         .await;
         let consumer = match consumer {
@@ -290,13 +287,6 @@ impl Bus for RocketMqBus {
                 return Err(unavailable(e));
             }
         };
-        // Ready only once the consumer holds its queues: before that a push is
-        // stored but nobody reads it (for up to 20 s).
-        if let Err(e) = consumer.wait_assigned(ASSIGN_TIMEOUT).await {
-            consumer.shutdown().await;
-            admin.shutdown().await;
-            return Err(unavailable(e));
-        }
         // The lag of this subscription, read until it ends.
         let stop = CancellationToken::new();
         tokio::spawn(watch_lag(

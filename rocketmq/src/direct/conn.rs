@@ -1,0 +1,175 @@
+//! One TCP connection to a name server or broker, speaking RocketMQ's remoting
+//! protocol: requests are matched to their responses by `opaque`, many may be in
+//! flight at once, and one task reads the responses. Everything runs on the
+//! caller's runtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rocketmq_protocol::protocol::remoting_command::RemotingCommand;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+
+use crate::Error;
+
+/// The largest frame read (RocketMQ's own limit: 16 MiB and the length field).
+const MAX_FRAME: usize = 16 * 1024 * 1024 + 4;
+
+/// Waiters by `opaque`; `None` once the connection is closed.
+type Pending = Arc<Mutex<Option<HashMap<i32, oneshot::Sender<RemotingCommand>>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection. Closed for good by the first read or write error; the owner
+/// then connects again.
+pub(super) struct Conn {
+    addr: String,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next: AtomicI32,
+    reader: AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Closes the connection unless disarmed: a write cut short (timeout, or the
+/// request's future dropped) leaves half a frame on the wire.
+struct CloseUnlessDone<'a>(&'a Conn, bool);
+
+impl Drop for CloseUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.close();
+        }
+    }
+}
+
+impl Conn {
+    pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Self, Error> {
+        let io = |detail: String| Error::Io {
+            addr: addr.to_owned(),
+            detail,
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io(format!("no connection within {timeout:?}")))?
+            .map_err(|e| io(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| io(e.to_string()))?;
+        let (mut rd, writer) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let waiters = Arc::clone(&pending);
+        let peer = addr.to_owned();
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            'read: loop {
+                loop {
+                    match RemotingCommand::decode_with_max_frame_bytes(&mut buf, MAX_FRAME) {
+                        Ok(Some(cmd)) if cmd.is_response_type() => {
+                            let waiter = lock(&waiters)
+                                .as_mut()
+                                .and_then(|w| w.remove(&cmd.opaque()));
+                            if let Some(tx) = waiter {
+                                let _ = tx.send(cmd);
+                            }
+                        }
+                        // A request from the server (we register nothing that
+                        // asks for an answer): ignored.
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(addr = %peer, error = %e, "unreadable RocketMQ frame; reconnecting");
+                            break 'read;
+                        }
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            // Dropping the senders fails every waiter at once.
+            lock(&waiters).take();
+        })
+        .abort_handle();
+        Ok(Self {
+            addr: addr.to_owned(),
+            writer: tokio::sync::Mutex::new(writer),
+            pending,
+            next: AtomicI32::new(1),
+            reader,
+        })
+    }
+
+    pub(super) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        lock(&self.pending).is_none()
+    }
+
+    fn close(&self) {
+        lock(&self.pending).take();
+        self.reader.abort();
+    }
+
+    /// Sends `cmd` and waits up to `timeout` for its response.
+    pub(super) async fn request(
+        &self,
+        mut cmd: RemotingCommand,
+        timeout: Duration,
+    ) -> Result<RemotingCommand, Error> {
+        let io = |detail: &str| Error::Io {
+            addr: self.addr.clone(),
+            detail: detail.to_owned(),
+        };
+        let opaque = self.next.fetch_add(1, Ordering::Relaxed);
+        cmd.set_opaque_mut(opaque);
+        let mut frame = BytesMut::new();
+        cmd.try_fast_header_encode(&mut frame)
+            .map_err(|e| io(&format!("encoding a request: {e}")))?;
+        if let Some(body) = cmd.body() {
+            frame.extend_from_slice(body);
+        }
+        let (tx, rx) = oneshot::channel();
+        match lock(&self.pending).as_mut() {
+            Some(waiters) => waiters.insert(opaque, tx),
+            None => return Err(io("connection closed")),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        {
+            let mut guard = CloseUnlessDone(self, false);
+            let written = tokio::time::timeout_at(deadline, async {
+                self.writer.lock().await.write_all(&frame).await
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => guard.1 = true,
+                Ok(Err(e)) => return Err(io(&e.to_string())),
+                Err(_) => return Err(io("write timed out")),
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(io("connection closed")),
+            Err(_) => {
+                if let Some(waiters) = lock(&self.pending).as_mut() {
+                    waiters.remove(&opaque);
+                }
+                Err(io(&format!("no answer within {timeout:?}")))
+            }
+        }
+    }
+}

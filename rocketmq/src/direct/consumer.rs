@@ -1,0 +1,339 @@
+//! An ordered pull consumer of every queue of one topic, on the caller's runtime.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rocketmq_model::common::sys_flag::message_sys_flag::MessageSysFlag;
+use rocketmq_protocol::protocol::body::message_codec::decode_message_frame;
+use rocketmq_protocol::protocol::remoting_command::RemotingCommand;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Client, Queue, code, field, refused};
+use crate::{Credentials, Delivery, Error};
+
+/// How long the broker holds a pull that finds nothing (long polling): a message
+/// that arrives meanwhile is answered at once.
+const SUSPEND: Duration = Duration::from_secs(15);
+/// A pull's whole budget: the suspension and some.
+const PULL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Offset requests.
+const OFFSET_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause after a failed pull, doubled up to the most.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(3);
+
+/// `PULL_MESSAGE`'s `sysFlag` bits: commit the offset given, suspend when
+/// nothing is there, the subscription is in the request.
+const FLAG_COMMIT_OFFSET: i32 = 1;
+const FLAG_SUSPEND: i32 = 2;
+const FLAG_SUBSCRIPTION: i32 = 4;
+
+/// What an [`OrderedConsumer`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderedConsumerConfig {
+    /// Name server(s): `host:port`, several separated by `;`.
+    pub namesrv: String,
+    /// The topic; all tags are read.
+    pub topic: String,
+    /// The consumer group, which keeps the offsets. It must exist.
+    pub group: String,
+    /// Most messages one pull brings.
+    pub batch: u32,
+    /// ACL credentials (`Sub` on the topic and the group).
+    pub credentials: Option<Credentials>,
+}
+
+/// Reads every readable queue of a topic, each in the order stored, and hands
+/// every message to a handler, one at a time per queue; the queues run side by
+/// side. The group's offsets are committed with each pull and at
+/// [`OrderedConsumer::shutdown`]; a process that dies gets the messages since the
+/// last commit again (at least once).
+///
+/// Unlike [`crate::Consumer`] it does not join the group through heartbeats or
+/// share queues: it reads all of them, so one process only may read a topic
+/// with it. A handler's `Err` stops that queue's reading where it failed (the
+/// message is read again by the next consumer of the group): it is for a
+/// handler that can no longer take messages, not for retrying one.
+pub struct OrderedConsumer {
+    stop: CancellationToken,
+    queues: JoinSet<()>,
+}
+
+impl std::fmt::Debug for OrderedConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderedConsumer").finish_non_exhaustive()
+    }
+}
+
+impl OrderedConsumer {
+    /// Reads the topic's route and each queue's offset (the group's committed
+    /// one, or the queue's end for a group that never committed), then starts
+    /// reading. Fails when the topic has no route or an offset cannot be read.
+    pub async fn start<F, Fut, E>(config: OrderedConsumerConfig, handler: F) -> Result<Self, Error>
+    where
+        F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: std::fmt::Display,
+    {
+        let client = Arc::new(Client::new(&config.namesrv, config.credentials.clone()));
+        let route = client.route(&config.topic).await?;
+        if route.read.is_empty() {
+            return Err(Error::NotAssigned(config.topic.clone()));
+        }
+        let reader = Arc::new(Reader {
+            client,
+            topic: config.topic,
+            group: config.group,
+            batch: config.batch.max(1),
+        });
+        let mut starts = Vec::with_capacity(route.read.len());
+        for q in &route.read {
+            starts.push((q.clone(), reader.start_offset(q).await?));
+        }
+        let stop = CancellationToken::new();
+        let handler = Arc::new(handler);
+        let mut queues = JoinSet::new();
+        for (q, offset) in starts {
+            let (reader, handler, stop) = (Arc::clone(&reader), Arc::clone(&handler), stop.clone());
+            queues.spawn(async move { reader.run(q, offset, &*handler, stop).await });
+        }
+        Ok(Self { stop, queues })
+    }
+
+    /// Stops reading (a handler call under way is let finish), commits each
+    /// queue's offset, and returns.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.queues.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for OrderedConsumer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Reader {
+    client: Arc<Client>,
+    topic: String,
+    group: String,
+    batch: u32,
+}
+
+/// What one pull found.
+enum Pulled {
+    Found(Vec<Delivery>, Vec<i64>, i64),
+    /// Nothing (after the broker's suspension), or the offset moved: go on
+    /// from here.
+    Next(i64),
+    Again,
+}
+
+impl Reader {
+    /// Where to start in `q`: the group's committed offset, else the queue's end.
+    async fn start_offset(&self, q: &Queue) -> Result<i64, Error> {
+        let fields = [
+            ("consumerGroup", self.group.clone()),
+            ("topic", self.topic.clone()),
+            ("queueId", q.id.to_string()),
+            ("setZeroIfNotFound", "false".to_owned()),
+        ];
+        let r = self
+            .client
+            .call(
+                &q.addr,
+                Client::command(code::QUERY_CONSUMER_OFFSET, &fields),
+                OFFSET_TIMEOUT,
+            )
+            .await?;
+        match r.code() {
+            code::SUCCESS => field(&r, "offset").ok_or_else(|| refused("query offset", &r)),
+            code::QUERY_NOT_FOUND => {
+                let fields = [("topic", self.topic.clone()), ("queueId", q.id.to_string())];
+                let r = self
+                    .client
+                    .call(
+                        &q.addr,
+                        Client::command(code::GET_MAX_OFFSET, &fields),
+                        OFFSET_TIMEOUT,
+                    )
+                    .await?;
+                match r.code() {
+                    code::SUCCESS => field(&r, "offset").ok_or_else(|| refused("max offset", &r)),
+                    _ => Err(refused("max offset", &r)),
+                }
+            }
+            _ => Err(refused("query offset", &r)),
+        }
+    }
+
+    async fn run<F, Fut, E>(&self, q: Queue, mut offset: i64, handler: &F, stop: CancellationToken)
+    where
+        F: Fn(Delivery) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let mut pause = RETRY_FIRST;
+        let mut failing = false;
+        'pulling: while !stop.is_cancelled() {
+            let pulled = tokio::select! {
+                () = stop.cancelled() => break,
+                p = self.pull(&q, offset) => p,
+            };
+            match pulled {
+                Ok(Pulled::Found(deliveries, offsets, next)) => {
+                    for (d, at) in deliveries.into_iter().zip(offsets) {
+                        if let Err(e) = handler(d).await {
+                            tracing::warn!(topic = %self.topic, queue = q.id, offset = at, error = %e,
+                                "the handler stopped taking messages; this queue stops here");
+                            offset = at;
+                            break 'pulling;
+                        }
+                        offset = at + 1;
+                    }
+                    offset = offset.max(next);
+                }
+                Ok(Pulled::Next(next)) => offset = next,
+                Ok(Pulled::Again) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(topic = %self.topic, queue = q.id, error = %e,
+                            "pulling from RocketMQ failed; retrying");
+                    }
+                    failing = true;
+                    self.client.forget_route(&self.topic);
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
+                    continue;
+                }
+            }
+            if failing {
+                tracing::info!(topic = %self.topic, queue = q.id, "pulling from RocketMQ again");
+            }
+            failing = false;
+            pause = RETRY_FIRST;
+        }
+        self.commit(&q, offset).await;
+    }
+
+    /// One pull from `offset`, committing `offset` (what was handled before it).
+    async fn pull(&self, q: &Queue, offset: i64) -> Result<Pulled, Error> {
+        let commit = if offset > 0 { FLAG_COMMIT_OFFSET } else { 0 };
+        let fields = [
+            ("consumerGroup", self.group.clone()),
+            ("topic", self.topic.clone()),
+            ("queueId", q.id.to_string()),
+            ("queueOffset", offset.to_string()),
+            ("maxMsgNums", self.batch.to_string()),
+            (
+                "sysFlag",
+                (commit | FLAG_SUSPEND | FLAG_SUBSCRIPTION).to_string(),
+            ),
+            ("commitOffset", offset.to_string()),
+            ("suspendTimeoutMillis", SUSPEND.as_millis().to_string()),
+            ("subscription", "*".to_owned()),
+            ("subVersion", "0".to_owned()),
+            ("expressionType", "TAG".to_owned()),
+        ];
+        let r = self
+            .client
+            .call(
+                &q.addr,
+                Client::command(code::PULL_MESSAGE, &fields),
+                PULL_TIMEOUT,
+            )
+            .await?;
+        let next = field::<i64>(&r, "nextBeginOffset");
+        match (r.code(), next) {
+            (code::SUCCESS, Some(next)) => {
+                let (deliveries, offsets) = self.decode(&r);
+                Ok(Pulled::Found(deliveries, offsets, next))
+            }
+            (code::PULL_NOT_FOUND, Some(next)) => Ok(Pulled::Next(next)),
+            (code::PULL_OFFSET_MOVED, Some(next)) => {
+                tracing::warn!(topic = %self.topic, queue = q.id, from = offset, to = next,
+                    "the broker moved this queue's offset (messages expired or the queue was reset)");
+                Ok(Pulled::Next(next))
+            }
+            (code::PULL_RETRY_IMMEDIATELY, _) => Ok(Pulled::Again),
+            _ => Err(refused("pull", &r)),
+        }
+    }
+
+    /// The messages of a pull response, with their queue offsets. One that does
+    /// not decode ends the list (the rest of the body cannot be framed); the
+    /// offsets after it are skipped with a warning.
+    fn decode(&self, r: &RemotingCommand) -> (Vec<Delivery>, Vec<i64>) {
+        let mut body: Bytes = r.body().cloned().unwrap_or_default();
+        let (mut out, mut offsets) = (Vec::new(), Vec::new());
+        while !body.is_empty() {
+            let frame = match decode_message_frame(&mut body) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "dropping the rest of an unreadable pull response");
+                    break;
+                }
+            };
+            let payload = if frame.sys_flag & MessageSysFlag::COMPRESSED_FLAG != 0 {
+                match MessageSysFlag::get_compression_type(frame.sys_flag)
+                    .and_then(|c| c.decompression(&frame.body))
+                {
+                    Ok(b) => b.to_vec(),
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, offset = frame.queue_offset, error = %e,
+                            "dropping a message whose body does not decompress");
+                        continue;
+                    }
+                }
+            } else {
+                frame.body.to_vec()
+            };
+            let prop = |name: &str| frame.properties.get(name).map(ToString::to_string);
+            let msg_id = prop("UNIQ_KEY")
+                .unwrap_or_else(|| format!("{}@{}", frame.commit_log_offset, frame.queue_offset));
+            offsets.push(frame.queue_offset);
+            out.push(Delivery {
+                topic: frame.topic.to_string(),
+                key: prop("KEYS"),
+                tag: prop("TAGS"),
+                properties: frame
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: payload,
+                msg_id,
+                reconsume_times: u32::try_from(frame.reconsume_times).unwrap_or(0),
+                born_at_ms: frame.born_timestamp,
+            });
+        }
+        (out, offsets)
+    }
+
+    /// Stores `offset` as the group's offset of `q` (best effort: logged).
+    async fn commit(&self, q: &Queue, offset: i64) {
+        let fields = [
+            ("consumerGroup", self.group.clone()),
+            ("topic", self.topic.clone()),
+            ("queueId", q.id.to_string()),
+            ("commitOffset", offset.to_string()),
+        ];
+        let cmd = Client::command(code::UPDATE_CONSUMER_OFFSET, &fields);
+        match self.client.call(&q.addr, cmd, OFFSET_TIMEOUT).await {
+            Ok(r) if r.code() == code::SUCCESS => {}
+            Ok(r) => {
+                tracing::warn!(topic = %self.topic, queue = q.id, error = %refused("commit offset", &r), "offset not committed")
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, queue = q.id, error = %e, "offset not committed")
+            }
+        }
+    }
+}
