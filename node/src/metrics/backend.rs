@@ -29,6 +29,8 @@ pub struct BackendMetrics {
     pub bus_publish_seconds: Histogram,
     /// Failed sends of a batch of pushes (each retried until its pushes are stale).
     pub bus_publish_failures: Counter,
+    /// Pushes per RocketMQ message sent (a lane's batch).
+    pub bus_batch_pushes: Histogram,
     /// Pushes not sent: `stale` (retried for a minute), `outbox_full`.
     pub bus_dropped: Family<ReasonLabel, Counter>,
     /// Pushes queued in the bus's lanes or being sent (the lanes count with it).
@@ -49,6 +51,8 @@ impl Default for BackendMetrics {
             // 100 µs .. ~52 s (a broker away holds pushes up to a minute)
             bus_publish_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
             bus_publish_failures: Counter::default(),
+            // 1 .. 128 (a lane's largest batch)
+            bus_batch_pushes: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             bus_dropped: Family::default(),
             bus_outbox: Gauge::default(),
             bus_consumer_lag: Gauge::default(),
@@ -84,6 +88,11 @@ impl BackendMetrics {
             "bus_publish_failures",
             "Failed sends of a batch of cross-pod pushes (retried)",
             self.bus_publish_failures.clone(),
+        );
+        r.register(
+            "bus_batch_pushes",
+            "Cross-pod pushes per RocketMQ message sent (a lane's batch)",
+            self.bus_batch_pushes.clone(),
         );
         r.register(
             "bus_pushes_dropped",

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_rocketmq::direct::OrderedProducer;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::warn;
 
 use super::STALE_AFTER;
@@ -30,9 +30,13 @@ use crate::metrics::BackendMetrics;
 use crate::protocol::ServerFrame;
 use crate::telemetry::{self, TraceCtx};
 
-/// Lanes per destination pod: sends in flight to one pod at once. More than the
-/// operator's 4 queues per topic, so a slow send holds up few conversations.
+/// Lanes per destination pod. More than the operator's 4 queues per topic, so
+/// a slow send holds up few conversations.
 pub const LANES: u32 = 8;
+/// Sends in flight to one pod at once, whatever their lanes: the other lanes
+/// gather what is routed meanwhile into their next batch, so under load the
+/// broker gets fewer, larger messages; an idle lane still sends at once.
+pub const IN_FLIGHT: usize = 2;
 /// Envelopes in one RocketMQ message at most.
 pub const MAX_BATCH: usize = 128;
 /// A batch stops growing past this many bytes (RocketMQ takes up to 4 MiB).
@@ -84,6 +88,8 @@ fn publish_span(topic: &str, envelope: &Envelope) -> (Option<tracing::Span>, Opt
 pub struct Lanes {
     producer: Arc<OrderedProducer>,
     lanes: Mutex<HashMap<(String, u32), mpsc::UnboundedSender<Outgoing>>>,
+    /// Per destination topic: the [`IN_FLIGHT`] sends its lanes share.
+    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Its `bus_outbox` gauge counts the pushes queued or being sent, in all
     /// lanes.
     metrics: BackendMetrics,
@@ -94,6 +100,7 @@ impl Lanes {
         Self {
             producer: Arc::new(producer),
             lanes: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -134,11 +141,19 @@ impl Lanes {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         let tx = lanes.entry((topic.to_owned(), lane)).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
+            let sends = Arc::clone(
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(topic.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(IN_FLIGHT))),
+            );
             tokio::spawn(run_lane(
                 Arc::clone(&self.producer),
                 topic.to_owned(),
                 lane,
                 rx,
+                sends,
                 self.metrics.clone(),
             ));
             tx
@@ -157,10 +172,17 @@ async fn run_lane(
     topic: String,
     lane: u32,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    sends: Arc<Semaphore>,
     metrics: BackendMetrics,
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
+        // Wait for a send slot of this pod, then let the tasks that are ready to
+        // route run once: what they push joins this batch.
+        let Ok(slot) = Arc::clone(&sends).acquire_owned().await else {
+            return;
+        };
+        tokio::task::yield_now().await;
         let mut bytes = first.json.len();
         batch.push(first);
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -169,7 +191,15 @@ async fn run_lane(
             batch.push(next);
         }
         let n = batch.len();
-        send(&producer, &topic, lane, &mut batch, &metrics).await;
+        send(
+            &producer,
+            &topic,
+            lane,
+            &mut batch,
+            (&sends, slot),
+            &metrics,
+        )
+        .await;
         batch.clear();
         metrics
             .bus_outbox
@@ -178,11 +208,14 @@ async fn run_lane(
 }
 
 /// Sends one batch, retrying with backoff; drops what turns stale meanwhile.
+/// Holds a send slot of the pod while a try is under way, not while it waits
+/// to try again (a failing lane does not hold up the others).
 async fn send(
     producer: &OrderedProducer,
     topic: &str,
     lane: u32,
     batch: &mut Vec<Outgoing>,
+    (sends, mut slot): (&Arc<Semaphore>, OwnedSemaphorePermit),
     metrics: &BackendMetrics,
 ) {
     let mut pause = RETRY_FIRST;
@@ -210,6 +243,7 @@ async fn send(
             .await
         {
             Ok(()) => {
+                metrics.bus_batch_pushes.observe(batch.len() as f64);
                 for o in batch.iter() {
                     metrics
                         .bus_publish_seconds
@@ -222,7 +256,12 @@ async fn send(
                 if tries == 1 {
                     warn!(%topic, lane, error = %e, "push failed; retrying (the lane waits)");
                 }
+                drop(slot);
                 tokio::time::sleep(pause).await;
+                let Ok(again) = Arc::clone(sends).acquire_owned().await else {
+                    return;
+                };
+                slot = again;
                 pause = (pause * 2).min(RETRY_MAX);
                 tries += 1;
             }
