@@ -233,13 +233,33 @@ impl Admin {
 
     /// Messages of `topic` stored but not yet consumed by `group`: the sum over the
     /// topic's queues of the broker's max offset minus the group's committed offset.
+    /// Asks the masters of the topic's own route, so it also works for a group whose
+    /// consumer never joined it through heartbeats (a [`crate::direct`] consumer: it
+    /// has no `%RETRY%` topic, where the client's admin looks by default).
     pub async fn consumer_lag(&self, group: &str, topic: &str) -> Result<u64, Error> {
         let (group, topic) = (CheetahString::from(group), CheetahString::from(topic));
         self.call("query consume stats", move |admin| async move {
-            let stats =
-                ConsumerAdmin::examine_consume_stats(&*admin, group, Some(topic), None, None, None)
-                    .await?;
-            Ok(u64::try_from(stats.compute_total_diff()).unwrap_or(0))
+            let Some(route) = TopicAdmin::examine_topic_route_info(&*admin, topic.clone()).await?
+            else {
+                return Ok(0);
+            };
+            let mut lag = 0u64;
+            for broker in &route.broker_datas {
+                let Some(addr) = broker.broker_addrs().get(&MASTER_ID) else {
+                    continue;
+                };
+                let stats = ConsumerAdmin::examine_consume_stats(
+                    &*admin,
+                    group.clone(),
+                    Some(topic.clone()),
+                    None,
+                    Some(addr.clone()),
+                    None,
+                )
+                .await?;
+                lag += u64::try_from(stats.compute_total_diff()).unwrap_or(0);
+            }
+            Ok(lag)
         })
         .await
     }

@@ -117,6 +117,9 @@ async fn lanes_arrive_in_order_and_offsets_survive_a_restart() {
             .send_ordered(&topic, 1, &[], b"1:after".to_vec())
             .await
             .unwrap();
+        // The lag is read from the broker's offsets: this group never joined
+        // through heartbeats (it has no %RETRY% topic).
+        assert_eq!(admin.consumer_lag(&group, &topic).await.unwrap(), 2);
         let again: Seen = Arc::default();
         let reader = consumer(&topic, &group, &again).await.unwrap();
         assert!(
@@ -127,6 +130,7 @@ async fn lanes_arrive_in_order_and_offsets_survive_a_restart() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(bodies(&again), [format!("1:{big}"), "1:after".to_owned()]);
         reader.shutdown().await;
+        assert_eq!(admin.consumer_lag(&group, &topic).await.unwrap(), 0);
         client.shutdown().await;
         admin.delete_group(&group).await.unwrap();
         admin.delete_topic(&topic).await.unwrap();
