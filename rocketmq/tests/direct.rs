@@ -170,3 +170,45 @@ async fn a_missing_topic_is_a_clear_error() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_added_later_are_read_from_their_start() {
+    bounded(Duration::from_secs(120), async {
+        let rt = Runtime::new().unwrap();
+        let admin = Admin::connect(&rt, &namesrv()).await.unwrap();
+        let names = fresh_names("direct-grow");
+        let (topic, group) = (names.node_topic(0), names.node_group(0));
+        admin.ensure_topic(&topic, 2).await.unwrap();
+        admin.ensure_group(&group, 3).await.unwrap();
+        let seen: Seen = Arc::default();
+        let reader = consumer(&topic, &group, &seen).await.unwrap();
+        // Two more queues (the operator raising queuesPerTopic): a producer that
+        // reads the new route writes to all four.
+        admin.ensure_topic(&topic, QUEUES).await.unwrap();
+        let producer = OrderedProducer::new(&namesrv(), "direct-grow", None);
+        for lane in 0..QUEUES {
+            let body = format!("{lane}:0").into_bytes();
+            producer
+                .send_ordered(&topic, lane, &[], body)
+                .await
+                .unwrap();
+        }
+        // The consumer reads its route again within 30 s.
+        assert!(
+            eventually(Duration::from_secs(60), || seen.lock().unwrap().len()
+                >= QUEUES as usize)
+            .await,
+            "{:?}",
+            bodies(&seen)
+        );
+        let mut got = bodies(&seen);
+        got.sort();
+        assert_eq!(got, ["0:0", "1:0", "2:0", "3:0"]);
+        reader.shutdown().await;
+        admin.delete_group(&group).await.unwrap();
+        admin.delete_topic(&topic).await.unwrap();
+        admin.shutdown().await;
+        rt.shutdown().await;
+    })
+    .await;
+}

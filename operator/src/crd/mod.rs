@@ -240,11 +240,11 @@ pub struct RocketMqSpec {
     #[schemars(range(min = 1, max = 64))]
     pub queues_per_topic: u32,
 
-    /// How many times RocketMQ redelivers a message that a consumer of one of the cluster's
-    /// groups failed to handle (the API requests group `PREFIX-api`) before moving it to the
-    /// group's dead-letter topic. The nodes' delivery groups (`PREFIX-node-N`) are read in
-    /// order without redelivery: a push a node could not take is read again by the pod's
-    /// next run.
+    /// The `retryMaxTimes` the operator sets on the cluster's consumer groups: how many times
+    /// the broker redelivers a message to a consumer that sends no bound of its own before
+    /// moving it to the group's dead-letter topic. The nodes send their own bound (API
+    /// requests: 3; commands: `commands.redeliveries` + 2) and read their delivery groups in
+    /// order without redelivery, so the nodes' behaviour does not depend on it.
     #[serde(default = "defaults::retry_max")]
     #[schemars(range(min = 0, max = 16))]
     pub retry_max_times: u32,

@@ -44,8 +44,8 @@ impl Drop for Conn {
     }
 }
 
-/// Closes the connection unless disarmed: a write cut short (timeout, or the
-/// request's future dropped) leaves half a frame on the wire.
+/// Closes the connection unless disarmed: a write cut short (an error, a
+/// timeout, or the request's future dropped) leaves half a frame on the wire.
 struct CloseUnlessDone<'a>(&'a Conn, bool);
 
 impl Drop for CloseUnlessDone<'_> {
@@ -148,28 +148,44 @@ impl Conn {
             Some(waiters) => waiters.insert(opaque, tx),
             None => return Err(io("connection closed")),
         };
+        // However this future ends, its waiter goes (an answer removes it first).
+        let _waiter = Waiter(self, opaque);
         let deadline = tokio::time::Instant::now() + timeout;
+        let Ok(mut writer) = tokio::time::timeout_at(deadline, self.writer.lock()).await else {
+            return Err(io("no turn to write within the timeout"));
+        };
         {
             let mut guard = CloseUnlessDone(self, false);
-            let written = tokio::time::timeout_at(deadline, async {
-                self.writer.lock().await.write_all(&frame).await
-            })
-            .await;
-            match written {
+            match tokio::time::timeout_at(deadline, writer.write_all(&frame)).await {
                 Ok(Ok(())) => guard.1 = true,
                 Ok(Err(e)) => return Err(io(&e.to_string())),
                 Err(_) => return Err(io("write timed out")),
             }
         }
+        drop(writer);
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(io("connection closed")),
             Err(_) => {
-                if let Some(waiters) = lock(&self.pending).as_mut() {
-                    waiters.remove(&opaque);
-                }
-                Err(io(&format!("no answer within {timeout:?}")))
+                // A peer that stopped answering (a half-open connection, a dead
+                // host) would otherwise keep this connection for the kernel's
+                // retransmission timeout: start over with a new one.
+                self.close();
+                Err(io(&format!(
+                    "no answer within {timeout:?}; connection closed"
+                )))
             }
+        }
+    }
+}
+
+/// Removes a request's waiter when the request ends.
+struct Waiter<'a>(&'a Conn, i32);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if let Some(waiters) = lock(&self.0.pending).as_mut() {
+            waiters.remove(&self.1);
         }
     }
 }

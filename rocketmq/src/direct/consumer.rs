@@ -1,5 +1,6 @@
 //! An ordered pull consumer of every queue of one topic, on the caller's runtime.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,10 @@ const SUSPEND: Duration = Duration::from_secs(15);
 const PULL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Offset requests.
 const OFFSET_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the route is read for queues added since the start.
+const ROUTE_EVERY: Duration = Duration::from_secs(30);
+/// Pause before pulling again when the broker asked for a retry.
+const RETRY_SOON: Duration = Duration::from_millis(50);
 /// Pause after a failed pull, doubled up to the most.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(3);
@@ -59,7 +64,7 @@ pub struct OrderedConsumerConfig {
 /// handler that can no longer take messages, not for retrying one.
 pub struct OrderedConsumer {
     stop: CancellationToken,
-    queues: JoinSet<()>,
+    queues: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for OrderedConsumer {
@@ -70,13 +75,16 @@ impl std::fmt::Debug for OrderedConsumer {
 
 impl OrderedConsumer {
     /// Reads the topic's route and each queue's offset (the group's committed
-    /// one, or the queue's end for a group that never committed), then starts
-    /// reading. Fails when the topic has no route or an offset cannot be read.
+    /// one; for a group that never committed, the start of a queue whose first
+    /// message the broker still holds in memory, else the queue's end), then
+    /// starts reading. Fails when the topic has no route or an offset cannot be
+    /// read. The route is read again every 30 s: a queue added later (more
+    /// queues per topic) is read from then on, from its start.
     pub async fn start<F, Fut, E>(config: OrderedConsumerConfig, handler: F) -> Result<Self, Error>
     where
         F: Fn(Delivery) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send,
-        E: std::fmt::Display,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + 'static,
     {
         let client = Arc::new(Client::new(&config.namesrv, config.credentials.clone()));
         let route = client.route(&config.topic).await?;
@@ -94,20 +102,20 @@ impl OrderedConsumer {
             starts.push((q.clone(), reader.start_offset(q).await?));
         }
         let stop = CancellationToken::new();
-        let handler = Arc::new(handler);
-        let mut queues = JoinSet::new();
-        for (q, offset) in starts {
-            let (reader, handler, stop) = (Arc::clone(&reader), Arc::clone(&handler), stop.clone());
-            queues.spawn(async move { reader.run(q, offset, &*handler, stop).await });
-        }
-        Ok(Self { stop, queues })
+        let queues = tokio::spawn(supervise(reader, starts, Arc::new(handler), stop.clone()));
+        Ok(Self {
+            stop,
+            queues: Some(queues),
+        })
     }
 
     /// Stops reading (a handler call under way is let finish), commits each
     /// queue's offset, and returns.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
-        while self.queues.join_next().await.is_some() {}
+        if let Some(queues) = self.queues.take() {
+            let _ = queues.await;
+        }
     }
 }
 
@@ -115,6 +123,54 @@ impl Drop for OrderedConsumer {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Runs a task per queue; every [`ROUTE_EVERY`] reads the route and starts the
+/// queues that are new. Ends when every queue task ended after `stop`.
+async fn supervise<F, Fut, E>(
+    reader: Arc<Reader>,
+    starts: Vec<(Queue, i64)>,
+    handler: Arc<F>,
+    stop: CancellationToken,
+) where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + 'static,
+{
+    let mut running = HashSet::new();
+    let mut queues = JoinSet::new();
+    let spawn = |q: Queue, offset: i64, queues: &mut JoinSet<()>, running: &mut HashSet<_>| {
+        running.insert((q.broker.clone(), q.id));
+        let (reader, handler, stop) = (Arc::clone(&reader), Arc::clone(&handler), stop.clone());
+        queues.spawn(async move { reader.run(q, offset, &*handler, stop).await });
+    };
+    for (q, offset) in starts {
+        spawn(q, offset, &mut queues, &mut running);
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(ROUTE_EVERY) => {}
+        }
+        reader.client.forget_route(&reader.topic);
+        let Ok(route) = reader.client.route(&reader.topic).await else {
+            continue;
+        };
+        for q in &route.read {
+            if running.contains(&(q.broker.clone(), q.id)) {
+                continue;
+            }
+            match reader.start_offset(q).await {
+                Ok(offset) => {
+                    tracing::info!(topic = %reader.topic, queue = q.id, broker = %q.broker, offset, "reading a new queue");
+                    spawn(q.clone(), offset, &mut queues, &mut running);
+                }
+                Err(e) => tracing::warn!(topic = %reader.topic, queue = q.id, error = %e,
+                    "cannot read a new queue's offset; trying again later"),
+            }
+        }
+    }
+    while queues.join_next().await.is_some() {}
 }
 
 struct Reader {
@@ -134,13 +190,15 @@ enum Pulled {
 }
 
 impl Reader {
-    /// Where to start in `q`: the group's committed offset, else the queue's end.
+    /// Where to start in `q`: the group's committed offset; for a group that
+    /// never committed, the broker answers 0 while the queue's first message is
+    /// in memory (a new or young queue: read all of it), else "not found": the
+    /// queue's end.
     async fn start_offset(&self, q: &Queue) -> Result<i64, Error> {
         let fields = [
             ("consumerGroup", self.group.clone()),
             ("topic", self.topic.clone()),
             ("queueId", q.id.to_string()),
-            ("setZeroIfNotFound", "false".to_owned()),
         ];
         let r = self
             .client
@@ -171,8 +229,13 @@ impl Reader {
         }
     }
 
-    async fn run<F, Fut, E>(&self, q: Queue, mut offset: i64, handler: &F, stop: CancellationToken)
-    where
+    async fn run<F, Fut, E>(
+        &self,
+        mut q: Queue,
+        mut offset: i64,
+        handler: &F,
+        stop: CancellationToken,
+    ) where
         F: Fn(Delivery) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
@@ -187,6 +250,14 @@ impl Reader {
             match pulled {
                 Ok(Pulled::Found(deliveries, offsets, next)) => {
                     for (d, at) in deliveries.into_iter().zip(offsets) {
+                        if at < offset {
+                            continue;
+                        }
+                        if stop.is_cancelled() {
+                            // Stopping: the rest is read again by the next reader.
+                            offset = at;
+                            break 'pulling;
+                        }
                         if let Err(e) = handler(d).await {
                             tracing::warn!(topic = %self.topic, queue = q.id, offset = at, error = %e,
                                 "the handler stopped taking messages; this queue stops here");
@@ -198,7 +269,7 @@ impl Reader {
                     offset = offset.max(next);
                 }
                 Ok(Pulled::Next(next)) => offset = next,
-                Ok(Pulled::Again) => {}
+                Ok(Pulled::Again) => tokio::time::sleep(RETRY_SOON).await,
                 Err(e) => {
                     if !failing {
                         tracing::warn!(topic = %self.topic, queue = q.id, error = %e,
@@ -209,6 +280,15 @@ impl Reader {
                     tokio::select! {
                         () = stop.cancelled() => break,
                         () = tokio::time::sleep(pause) => {}
+                    }
+                    // The broker may be back elsewhere.
+                    if let Ok(route) = self.client.route(&self.topic).await
+                        && let Some(now) = route
+                            .read
+                            .iter()
+                            .find(|n| n.broker == q.broker && n.id == q.id)
+                    {
+                        q.addr.clone_from(&now.addr);
                     }
                     pause = (pause * 2).min(RETRY_MAX);
                     continue;
@@ -262,6 +342,9 @@ impl Reader {
                     "the broker moved this queue's offset (messages expired or the queue was reset)");
                 Ok(Pulled::Next(next))
             }
+            // Nothing matched (or a store file was being removed): go on from
+            // where the broker says, as the client does.
+            (code::PULL_RETRY_IMMEDIATELY, Some(next)) if next > offset => Ok(Pulled::Next(next)),
             (code::PULL_RETRY_IMMEDIATELY, _) => Ok(Pulled::Again),
             _ => Err(refused("pull", &r)),
         }

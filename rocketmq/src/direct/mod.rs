@@ -64,6 +64,9 @@ const NAMESRV_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a topic's route is used before it is read again (at once after a
 /// failed request).
 const ROUTE_TTL: Duration = Duration::from_secs(30);
+/// When the name servers cannot be reached, the last route read is used, and
+/// read again after this long.
+const ROUTE_RETRY: Duration = Duration::from_secs(5);
 
 /// One queue of a topic: `(broker name, queue id)` and the master's address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,7 +89,8 @@ struct Route {
 pub(crate) struct Client {
     namesrv: Vec<String>,
     credentials: Option<Credentials>,
-    conns: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Each topic's route and until when it is used without asking again.
     routes: Mutex<HashMap<String, (Instant, Arc<Route>)>>,
 }
 
@@ -100,7 +104,7 @@ impl Client {
                 .map(str::to_owned)
                 .collect(),
             credentials,
-            conns: tokio::sync::Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
         }
     }
@@ -144,14 +148,22 @@ impl Client {
         Ok(())
     }
 
+    /// The open connection to `addr`, or a new one. Connects outside the lock:
+    /// an address that does not answer holds up only its own requests.
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, Error> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(addr)
+        if let Some(c) = lock(&self.conns).get(addr)
             && !c.is_closed()
         {
             return Ok(Arc::clone(c));
         }
         let c = Arc::new(Conn::connect(addr, CONNECT_TIMEOUT).await?);
+        let mut conns = lock(&self.conns);
+        // Two requests may have connected at once: keep the first, drop ours.
+        if let Some(open) = conns.get(addr)
+            && !open.is_closed()
+        {
+            return Ok(Arc::clone(open));
+        }
         conns.insert(addr.to_owned(), Arc::clone(&c));
         Ok(c)
     }
@@ -169,13 +181,42 @@ impl Client {
         conn.request(cmd, timeout).await
     }
 
-    /// The route of `topic`, from the cache or the name server.
+    /// The route of `topic`, from the cache or the name server. When no name
+    /// server answers, the last route read (if any) is used for [`ROUTE_RETRY`]
+    /// more: a name server outage does not stop traffic to the brokers.
     async fn route(&self, topic: &str) -> Result<Arc<Route>, Error> {
-        if let Some((at, route)) = lock(&self.routes).get(topic)
-            && at.elapsed() < ROUTE_TTL
+        let cached = lock(&self.routes).get(topic).cloned();
+        if let Some((until, route)) = &cached
+            && Instant::now() < *until
         {
             return Ok(Arc::clone(route));
         }
+        match self.read_route(topic).await {
+            Ok(route) => {
+                let route = Arc::new(route);
+                lock(&self.routes).insert(
+                    topic.to_owned(),
+                    (Instant::now() + ROUTE_TTL, Arc::clone(&route)),
+                );
+                Ok(route)
+            }
+            Err(e @ Error::Io { .. }) => match cached {
+                Some((_, route)) => {
+                    lock(&self.routes).insert(
+                        topic.to_owned(),
+                        (Instant::now() + ROUTE_RETRY, Arc::clone(&route)),
+                    );
+                    tracing::warn!(%topic, error = %e, "no name server answers; using the last route read");
+                    Ok(route)
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the name servers, in turn, for `topic`'s route.
+    async fn read_route(&self, topic: &str) -> Result<Route, Error> {
         let mut last = Error::NoBroker(self.namesrv.join(";"));
         for namesrv in &self.namesrv {
             let cmd = Self::command(code::GET_ROUTEINFO_BY_TOPIC, &[("topic", topic.to_owned())]);
@@ -186,10 +227,7 @@ impl Client {
                             addr: namesrv.clone(),
                             detail: format!("unreadable route of {topic}: {e}"),
                         })?;
-                    let route = Arc::new(route_of(&data));
-                    lock(&self.routes)
-                        .insert(topic.to_owned(), (Instant::now(), Arc::clone(&route)));
-                    return Ok(route);
+                    return Ok(route_of(&data));
                 }
                 Ok(r) => last = refused("route", &r),
                 Err(e) => last = e,
@@ -198,9 +236,12 @@ impl Client {
         Err(last)
     }
 
-    /// Reads `topic`'s route again on next use (after a failed request).
+    /// Reads `topic`'s route again on next use (after a failed request); the
+    /// route read last stays as the fallback.
     fn forget_route(&self, topic: &str) {
-        lock(&self.routes).remove(topic);
+        if let Some((until, _)) = lock(&self.routes).get_mut(topic) {
+            *until = Instant::now();
+        }
     }
 }
 

@@ -25,7 +25,9 @@ const PROPERTY: char = '\u{2}';
 pub struct OrderedProducer {
     client: Arc<Client>,
     group: String,
-    /// Distinguishes this producer's message ids.
+    /// Distinguishes this producer's message ids from other producers' (other
+    /// pods, where the process id is often 1, and earlier runs): the start time
+    /// in nanoseconds, the process id and a count of producers mixed.
     id: u64,
     next: AtomicU64,
 }
@@ -45,11 +47,15 @@ impl OrderedProducer {
     /// use.
     pub fn new(namesrv: &str, group: &str, credentials: Option<Credentials>) -> Self {
         static PRODUCERS: AtomicU64 = AtomicU64::new(0);
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         Self {
             client: Arc::new(Client::new(namesrv, credentials)),
             group: group.to_owned(),
-            id: (u64::from(std::process::id()) << 16)
-                | (PRODUCERS.fetch_add(1, Ordering::Relaxed) & 0xffff),
+            id: started
+                ^ (u64::from(std::process::id()) << 40)
+                ^ PRODUCERS.fetch_add(1, Ordering::Relaxed).rotate_left(20),
             next: AtomicU64::new(0),
         }
     }
@@ -123,7 +129,7 @@ impl OrderedProducer {
     /// The properties string: the keys, a unique id, wait for the store.
     fn properties(&self, keys: &[String]) -> String {
         let uniq = format!(
-            "{:012X}{:016X}",
+            "{:016X}{:016X}",
             self.id,
             self.next.fetch_add(1, Ordering::Relaxed)
         );

@@ -30,8 +30,10 @@ use crate::metrics::BackendMetrics;
 use crate::protocol::ServerFrame;
 use crate::telemetry::{self, TraceCtx};
 
-/// Lanes per destination pod. More than the operator's 4 queues per topic, so
-/// a slow send holds up few conversations.
+/// Lanes per destination pod: more than the operator's 4 queues per topic.
+/// A lane's failed send holds up only that lane's conversations (it gives its
+/// send slot back while it waits to try again); a slow one holds one of the
+/// pod's [`IN_FLIGHT`] slots until its 3 s timeout.
 pub const LANES: u32 = 8;
 /// Sends in flight to one pod at once, whatever their lanes: the other lanes
 /// gather what is routed meanwhile into their next batch, so under load the
