@@ -189,3 +189,119 @@ impl Drop for Waiter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server on loopback that reads `n` requests, then answers them in
+    /// reverse order with their request's code (or not at all, or closes).
+    async fn server(n: usize, answer: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let mut requests = Vec::new();
+            while requests.len() < n {
+                while let Some(cmd) = RemotingCommand::decode(&mut buf).unwrap() {
+                    requests.push(cmd);
+                }
+                if requests.len() < n && socket.read_buf(&mut buf).await.unwrap() == 0 {
+                    return;
+                }
+            }
+            if !answer {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                return;
+            }
+            for req in requests.iter().rev() {
+                let mut response = RemotingCommand::create_success_response_command()
+                    .set_opaque(req.opaque())
+                    .set_code(req.code())
+                    .mark_response_type();
+                let mut frame = BytesMut::new();
+                response.try_fast_header_encode(&mut frame).unwrap();
+                socket.write_all(&frame).await.unwrap();
+            }
+            // Then the connection ends.
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn responses_find_their_requests_in_any_order() {
+        let addr = server(2, true).await;
+        let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let t = Duration::from_secs(5);
+        let (a, b) = tokio::join!(
+            conn.request(RemotingCommand::create_remoting_command(105), t),
+            conn.request(RemotingCommand::create_remoting_command(10), t),
+        );
+        let code = |r: Result<RemotingCommand, Error>| r.ok().map(|r| r.code());
+        assert_eq!(code(a), Some(105));
+        assert_eq!(code(b), Some(10));
+        // No waiter left (the server may have hung up already: then none at all).
+        assert!(lock(&conn.pending).as_ref().is_none_or(HashMap::is_empty));
+        // The server hung up: the connection says so, and a request fails at once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(conn.is_closed());
+        let e = conn
+            .request(RemotingCommand::create_remoting_command(10), t)
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("connection closed"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_closes_the_connection() {
+        let addr = server(1, false).await;
+        let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let e = conn
+            .request(
+                RemotingCommand::create_remoting_command(11),
+                Duration::from_millis(300),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no answer within"), "{e}");
+        assert!(conn.is_closed(), "a silent peer is given up");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_leaves_no_waiter() {
+        let addr = server(1, false).await;
+        let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let request = conn.request(
+            RemotingCommand::create_remoting_command(11),
+            Duration::from_secs(5),
+        );
+        // Written, then given up before an answer.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), request)
+                .await
+                .is_err()
+        );
+        assert!(lock(&conn.pending).as_ref().unwrap().is_empty());
+        assert!(
+            !conn.is_closed(),
+            "the frame was whole: the connection stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_is_an_error_naming_the_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let e = Conn::connect(&addr, Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains(&addr), "{e}");
+    }
+}

@@ -306,7 +306,7 @@ mod tests {
     #[test]
     fn a_route_lists_master_queues_sorted_by_broker_and_id() {
         // As a Java name server writes it: numeric map keys unquoted.
-        let json = br#"{"brokerDatas":[{"brokerAddrs":{0:"127.0.0.1:10911",1:"127.0.0.1:10921"},"brokerName":"b","cluster":"c"},{"brokerAddrs":{0:"127.0.0.1:10811"},"brokerName":"a","cluster":"c"}],"queueDatas":[{"brokerName":"b","perm":6,"readQueueNums":2,"topicSysFlag":0,"writeQueueNums":2},{"brokerName":"a","perm":4,"readQueueNums":1,"topicSysFlag":0,"writeQueueNums":1}],"filterServerTable":{}}"#;
+        let json = br#"{"brokerDatas":[{"brokerAddrs":{0:"127.0.0.1:10911",1:"127.0.0.1:10921"},"brokerName":"b","cluster":"c","enableActingMaster":false},{"brokerAddrs":{0:"127.0.0.1:10811"},"brokerName":"a","cluster":"c","enableActingMaster":false}],"queueDatas":[{"brokerName":"b","perm":6,"readQueueNums":2,"topicSysFlag":0,"writeQueueNums":2},{"brokerName":"a","perm":4,"readQueueNums":1,"topicSysFlag":0,"writeQueueNums":1}],"filterServerTable":{}}"#;
         let route = route_of(&TopicRouteData::decode(json).unwrap());
         let ids = |qs: &[Queue]| {
             qs.iter()
