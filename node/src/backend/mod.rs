@@ -102,19 +102,7 @@ pub trait Registry: Send + Sync + Debug {
     /// The pods holding connections of each of `users`, in `users`' order (a pod
     /// once per connection): what routing a push needs, in one round trip where
     /// the backend allows.
-    async fn pods_of(&self, users: &[UserId]) -> BackendResult<Vec<Vec<String>>> {
-        let mut out = Vec::with_capacity(users.len());
-        for u in users {
-            out.push(
-                self.connections(u)
-                    .await?
-                    .into_iter()
-                    .map(|(_, pod)| pod)
-                    .collect(),
-            );
-        }
-        Ok(out)
-    }
+    async fn pods_of(&self, users: &[UserId]) -> BackendResult<Vec<Vec<String>>>;
     async fn presence(&self, user: &UserId) -> BackendResult<Presence>;
     async fn stats(&self) -> BackendResult<OnlineStats>;
     /// Up to `limit` online users, in id order.

@@ -112,10 +112,6 @@ impl Conn {
         })
     }
 
-    pub(super) fn addr(&self) -> &str {
-        &self.addr
-    }
-
     pub(super) fn is_closed(&self) -> bool {
         lock(&self.pending).is_none()
     }

@@ -176,9 +176,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<RemotingCommand, Error> {
         self.sign(&mut cmd)?;
-        let conn = self.conn(addr).await?;
-        debug_assert_eq!(conn.addr(), addr);
-        conn.request(cmd, timeout).await
+        self.conn(addr).await?.request(cmd, timeout).await
     }
 
     /// The route of `topic`, from the cache or the name server. When no name
