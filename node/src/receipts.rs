@@ -20,15 +20,17 @@ impl Receipts<'_> {
     /// one that was there gets `delivered`.
     pub async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> Result<(), FrameError> {
         let acked = self.store.ack(user, msg_ids).await?;
-        for m in acked {
+        for a in acked {
+            let m = a.msg;
             let frame = ServerFrame::Delivered {
                 msg_id: m.msg_id,
                 conversation: m.conversation.clone(),
                 seq: m.seq,
                 user: user.clone(),
             };
+            let pods = a.sender_pods.map(|p| vec![p]);
             self.router
-                .route(std::slice::from_ref(&m.from), frame, None, None)
+                .route_via(std::slice::from_ref(&m.from), pods, frame, None, None)
                 .await;
         }
         Ok(())

@@ -82,6 +82,21 @@ impl Router {
         except: Option<&str>,
         accepted_at: Option<Instant>,
     ) {
+        self.route_via(users, None, frame, except, accepted_at)
+            .await;
+    }
+
+    /// [`Router::route`] with the pods of `users` already known (one entry
+    /// per user, as [`Registry::pods_of`] answers: the store read them with
+    /// its write); `None` asks the registry.
+    pub async fn route_via(
+        &self,
+        users: &[UserId],
+        pods: Option<Vec<Vec<String>>>,
+        frame: ServerFrame,
+        except: Option<&str>,
+        accepted_at: Option<Instant>,
+    ) {
         let frame = Arc::new(frame);
         // A traced message (the caller's span is sampled) is traced on every pod.
         let stamp = Stamp {
@@ -95,7 +110,7 @@ impl Router {
         let sent_at_us = now_micros() - accepted_at.map_or(0, |t| t.elapsed().as_micros() as i64);
         let trace = stamp.trace.as_ref().map(TraceCtx::header);
         let unrouted = self
-            .push_remote(users, &frame, except, sent_at_us, trace.as_deref())
+            .push_remote(users, pods, &frame, except, sent_at_us, trace.as_deref())
             .await;
         if !unrouted.is_empty() {
             let repush = Repush {
@@ -112,12 +127,13 @@ impl Router {
         }
     }
 
-    /// Sends `frame` to the other pods holding connections of `users` (one
-    /// registry look-up for all of them); returns the users whose connections
-    /// could not be looked up (all of them, or none).
+    /// Sends `frame` to the other pods holding connections of `users` (`pods`,
+    /// else one registry look-up for all of them); returns the users whose
+    /// connections could not be looked up (all of them, or none).
     async fn push_remote(
         &self,
         users: &[UserId],
+        pods: Option<Vec<Vec<String>>>,
         frame: &Arc<ServerFrame>,
         except: Option<&str>,
         sent_at_us: i64,
@@ -127,7 +143,11 @@ impl Router {
             return Vec::new();
         }
         let mut remote: HashMap<String, Vec<UserId>> = HashMap::new();
-        let pods = match self.registry.pods_of(users).await {
+        let pods = match pods.filter(|p| p.len() == users.len()) {
+            Some(pods) => Ok(pods),
+            None => self.registry.pods_of(users).await,
+        };
+        let pods = match pods {
             Ok(pods) => pods,
             Err(e) => {
                 self.backend_failed("connections", &e);
@@ -180,6 +200,7 @@ impl Router {
                 r.users = self
                     .push_remote(
                         &r.users,
+                        None,
                         &r.frame,
                         r.except.as_deref(),
                         r.sent_at_us,

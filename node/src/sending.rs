@@ -112,7 +112,7 @@ async fn store_and_push(
         client_msg_id: out.client_msg_id,
         chat_id: out.chat_id,
     };
-    let appended = backends
+    let mut appended = backends
         .store
         .append(msg, &recipients)
         .instrument(telemetry::store_span())
@@ -124,14 +124,22 @@ async fn store_and_push(
     let frame = ServerFrame::Message(appended.msg.clone());
     if appended.duplicate {
         node.metrics.repushed.inc();
-        node.router().route(&recipients, frame, except, None).await;
+        node.router()
+            .route_via(&recipients, appended.pods.take(), frame, except, None)
+            .await;
     } else {
         node.metrics.messages_stored.inc();
         node.metrics
             .inbox_skipped
             .inc_by(appended.inbox_skipped.len() as u64);
         node.router()
-            .route(&recipients, frame, except, Some(accepted_at))
+            .route_via(
+                &recipients,
+                appended.pods.take(),
+                frame,
+                except,
+                Some(accepted_at),
+            )
             .await;
         // After the push: recording the rewrite adds nothing to delivery.
         if let (Some(policy), Some(r)) = (node.moderator(), rewritten) {

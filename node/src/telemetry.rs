@@ -7,7 +7,7 @@
 //! | span | kind | where |
 //! |---|---|---|
 //! | `chat.send` | server | the sender's pod: a `send` frame or a backend's request, through storing and routing it |
-//! | `store.append` | client | storing the message (Redis or memory) |
+//! | `store.append` | client | storing the message (Redis or memory; on Redis with the look-up of where to push, same round trip) |
 //! | `bus.publish` | producer | one per destination pod: queued in the bus's lane until RocketMQ stored it |
 //! | `bus.consume` | consumer | the receiving pod: taken from RocketMQ and handed to the node |
 //! | `ws.write` | internal | one per connection: written and flushed to the socket |

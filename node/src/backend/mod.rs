@@ -134,6 +134,20 @@ pub struct Appended {
     /// Recipients whose inbox was full: a group message is still stored in
     /// history (they catch up with `resume`), but not in their inbox.
     pub inbox_skipped: Vec<UserId>,
+    /// Where to push it: the pods holding connections of each recipient,
+    /// then of the sender (as [`Registry::pods_of`] answers), read right
+    /// after the write in the same round trip. `None`: the store cannot tell
+    /// (it does not share the registry's keyspace); ask the registry.
+    pub pods: Option<Vec<Vec<String>>>,
+}
+
+/// A message [`MessageStore::ack`] took out of an inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub msg: Arc<ChatMessage>,
+    /// The pods holding the sender's connections, read with the ack (where
+    /// its `delivered` goes). `None`: ask the registry.
+    pub sender_pods: Option<Vec<String>>,
 }
 
 /// One page of a conversation's history.
@@ -191,7 +205,7 @@ pub trait MessageStore: Send + Sync + Debug {
     async fn inbox(&self, user: &UserId, limit: usize) -> BackendResult<Vec<Arc<ChatMessage>>>;
     /// Removes the ids from the user's inbox and returns the messages that
     /// were there (ids already acked or unknown are skipped).
-    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>>;
+    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Acked>>;
     /// Raises `user`'s read watermark in `conversation` to `seq`, clamped to
     /// the conversation's last seq; with the event outbox on, records a
     /// `message_read` (with `msg_id` when the reader named one) when it rose,

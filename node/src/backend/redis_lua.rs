@@ -79,7 +79,7 @@ const APPEND: &str = r#"
 -- KEYS: seq, hist, order, msg:<id>, dedup (or the order key again when none), inbox:<r1>...,
 --       then with an outbox: its shard stream, the 1:1 recipient's conns (or the stream again)
 -- ARGV: json, has_dedup (0/1), dedup ttl ms, history limit, inbox limit, is_group (0/1), msg id,
---       outbox shard limit (0 = no outbox), pod
+--       outbox shard limit (0 = no outbox), pod, sender
 if ARGV[2] == '1' then
   local prev = redis.call('GET', KEYS[5])
   if prev then return {'dup', prev} end
@@ -113,7 +113,7 @@ for i = 1, ninbox do
   end
 end
 if refs > 0 then
-  redis.call('HSET', KEYS[4], 'b', json, 'r', refs)
+  redis.call('HSET', KEYS[4], 'b', json, 'r', refs, 'f', ARGV[10])
   -- A 1:1 message remembers its outbox shard: its ack is recorded there, after it.
   if outbox and ARGV[6] == '0' then redis.call('HSET', KEYS[4], 's', KEYS[#KEYS - 1]) end
 end
@@ -231,13 +231,24 @@ return 'ok'
 
 const ACK: &str = r#"
 -- KEYS: inbox:<user>   ARGV: key prefix, pod ('' = no event outbox), msg ids...
+-- Reply, per acked message: its body, the number of its sender's pods and the
+-- pods ('-' instead when the entry does not name its sender).
 local out = {}
 for i = 3, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     local mk = ARGV[1] .. 'msg:' .. ARGV[i]
-    local b = redis.call('HGET', mk, 'b')
-    if b then table.insert(out, b) end
-    local s = redis.call('HGET', mk, 's')
+    local h = redis.call('HMGET', mk, 'b', 's', 'f')
+    local b, s, f = h[1], h[2], h[3]
+    if b then
+      table.insert(out, b)
+      if f then
+        local pods = redis.call('HVALS', ARGV[1] .. 'conns:' .. f)
+        table.insert(out, tostring(#pods))
+        for _, p in ipairs(pods) do table.insert(out, p) end
+      else
+        table.insert(out, '-')
+      end
+    end
     if b and s and ARGV[2] ~= '' then redis.call('XADD', s, '*', 'k', 'ack', 'm', b, 'off', '0', 'pod', ARGV[2]) end
     if redis.call('HINCRBY', mk, 'r', -1) <= 0 then redis.call('DEL', mk) end
   end

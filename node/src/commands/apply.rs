@@ -212,9 +212,15 @@ async fn notice(node: &Node, to: &NoticeTarget, content: String, key: &str) -> R
     let appended = store.append(msg, &recipients).await?;
     if !appended.duplicate {
         node.metrics.messages_stored.inc();
+        // The store's pods end with the sender's (`system`: none), not pushed to.
+        let pods = appended.pods.map(|mut pods| {
+            pods.pop();
+            pods
+        });
         node.router()
-            .route(
+            .route_via(
                 &recipients,
+                pods,
                 ServerFrame::Message(Arc::clone(&appended.msg)),
                 None,
                 Some(accepted_at),

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::lock;
 use crate::backend::{
-    Appended, BackendError, BackendResult, Claim, CommandLog, HistoryPage, HistoryQuery,
+    Acked, Appended, BackendError, BackendResult, Claim, CommandLog, HistoryPage, HistoryQuery,
     MessageStore,
 };
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
@@ -120,6 +120,7 @@ impl MessageStore for MemoryStore {
                 msg: first.clone(),
                 duplicate: true,
                 inbox_skipped: Vec::new(),
+                pods: None,
             });
         }
         // A direct message to a full inbox is refused (nothing is stored, the
@@ -168,6 +169,7 @@ impl MessageStore for MemoryStore {
             msg,
             duplicate: false,
             inbox_skipped,
+            pods: None,
         })
     }
 
@@ -263,7 +265,7 @@ impl MessageStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>> {
+    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Acked>> {
         let mut st = lock(&self.inner);
         let Some(inbox) = st.inboxes.get_mut(user) else {
             return Ok(Vec::new());
@@ -272,6 +274,10 @@ impl MessageStore for MemoryStore {
             .iter()
             .filter_map(|id| inbox.index.remove(id))
             .filter_map(|pos| inbox.entries.remove(&pos))
+            .map(|msg| Acked {
+                msg,
+                sender_pods: None,
+            })
             .collect();
         if inbox.entries.is_empty() {
             st.inboxes.remove(user);

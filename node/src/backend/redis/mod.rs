@@ -18,8 +18,9 @@
 //!   (a recalled message's entry is replaced by its tombstone).
 //! - `Kread:<conv>` hash participant -> read watermark (seq).
 //! - `Korder` counter: global insertion order of inbox entries.
-//! - `Kmsg:<id>` hash {b: JSON, r: inbox references, s: outbox shard stream
-//!   of a 1:1 message when events are on}: one body shared by all inboxes,
+//! - `Kmsg:<id>` hash {b: JSON, r: inbox references, f: sender (whose pods
+//!   the ack script looks up for `delivered`), s: outbox shard stream of a
+//!   1:1 message when events are on}: one body shared by all inboxes,
 //!   deleted when the last recipient acks.
 //! - `Kinbox:<user>` sorted set msg id -> insertion order.
 //! - `Kdedup:<user>:<client_msg_id>` message JSON, TTL = dedup TTL.

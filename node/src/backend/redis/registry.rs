@@ -141,6 +141,9 @@ impl Registry for RedisRegistry {
             .map_err(unavailable)
     }
 
+    /// `HVALS conns:<user>`. The store reads the same hashes the same way
+    /// after its append and ack scripts (`RedisStore`): a change here goes
+    /// there too.
     async fn pods_of(&self, users: &[UserId]) -> BackendResult<Vec<Vec<String>>> {
         if let [user] = users {
             let mut conn = self.conn.clone();

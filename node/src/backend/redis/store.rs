@@ -12,7 +12,7 @@ use crate::backend::redis_lua::{
     ACK_SCRIPT, APPEND_SCRIPT, HISTORY_SCRIPT, INBOX_SCRIPT, MARK_READ_SCRIPT, RECALL_SCRIPT,
 };
 use crate::backend::{
-    Appended, BackendError, BackendResult, HistoryPage, HistoryQuery, MessageStore,
+    Acked, Appended, BackendError, BackendResult, HistoryPage, HistoryQuery, MessageStore,
 };
 use crate::ids::{ConversationId, GroupId, MsgId, UserId};
 use crate::model::{ChatMessage, Group, GroupProfile};
@@ -96,6 +96,34 @@ fn parse_history(reply: &[String]) -> BackendResult<HistoryPage> {
     })
 }
 
+/// The ack script's reply: per message its body, then the number of its
+/// sender's pods and the pods (`-` when the message does not name its
+/// sender: stored by an older node).
+fn parse_acked(reply: Vec<String>) -> BackendResult<Vec<Acked>> {
+    let bad = || BackendError::Unavailable("unexpected reply from the ack script".into());
+    let mut out = Vec::new();
+    let mut it = reply.into_iter();
+    while let Some(body) = it.next() {
+        let sender_pods = match it.next().as_deref() {
+            Some("-") => None,
+            Some(n) => {
+                let n: usize = n.parse().map_err(|_| bad())?;
+                let pods: Vec<String> = it.by_ref().take(n).collect();
+                if pods.len() != n {
+                    return Err(bad());
+                }
+                Some(pods)
+            }
+            None => return Err(bad()),
+        };
+        out.push(Acked {
+            msg: parse_msg(&body)?,
+            sender_pods,
+        });
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl MessageStore for RedisStore {
     async fn append(&self, msg: ChatMessage, recipients: &[UserId]) -> BackendResult<Appended> {
@@ -139,8 +167,42 @@ impl MessageStore for RedisStore {
             .arg(msg.msg_id.0.to_string())
             .arg(self.outbox.as_ref().map_or(0, |(limit, _)| *limit))
             .arg(self.outbox.as_ref().map_or("", |(_, pod)| pod.as_str()));
+        inv.arg(msg.from.as_str());
+        // The pods to push to, read after the script in the same round trip
+        // (a connection runs its commands in order): whoever registered before
+        // the write is found, whoever registers after it reads the inbox.
+        let mut pipe = redis::pipe();
+        // Each reply on its own: a look-up that fails (after the script has
+        // stored the message) must not make a stored message look failed.
+        pipe.ignore_errors().invoke_script(&inv);
+        for u in recipients.iter().chain(std::iter::once(&msg.from)) {
+            pipe.hvals(format!("{}conns:{u}", k.prefix()));
+        }
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let mut replies: Vec<redis::Value> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        if matches!(replies.first(), Some(redis::Value::ServerError(e)) if e.kind() == Some(redis::ServerErrorKind::NoScript))
+        {
+            // Not run: load it and send the whole pipeline again.
+            inv.load_async(&mut conn).await.map_err(unavailable)?;
+            replies = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        }
+        let mut replies = replies.into_iter();
+        let reply: Vec<String> = match replies.next() {
+            Some(redis::Value::ServerError(e)) => {
+                return Err(BackendError::Unavailable(e.to_string()));
+            }
+            Some(v) => {
+                redis::from_redis_value(v).map_err(|e| BackendError::Unavailable(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        // One entry per recipient and the sender, else the router asks the registry.
+        let pods = replies
+            .map(redis::from_redis_value)
+            .collect::<Result<Vec<Vec<String>>, _>>()
+            .ok()
+            .filter(|pods| pods.len() == recipients.len() + 1);
         let index = |s: &String| {
             s.parse::<usize>()
                 .ok()
@@ -152,6 +214,7 @@ impl MessageStore for RedisStore {
                 msg: parse_msg(&reply[1])?,
                 duplicate: true,
                 inbox_skipped: Vec::new(),
+                pods,
             }),
             Some("outbox") => Err(BackendError::Unavailable(
                 "the event outbox is full (RocketMQ away?)".into(),
@@ -166,6 +229,7 @@ impl MessageStore for RedisStore {
                 msg: parse_msg(&reply[1])?,
                 duplicate: false,
                 inbox_skipped: reply[2..].iter().filter_map(index).collect(),
+                pods,
             }),
             _ => Err(BackendError::Unavailable(
                 "unexpected reply from the append script".into(),
@@ -261,7 +325,7 @@ impl MessageStore for RedisStore {
         bodies.iter().map(|b| parse_msg(b)).collect()
     }
 
-    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Arc<ChatMessage>>> {
+    async fn ack(&self, user: &UserId, msg_ids: &[MsgId]) -> BackendResult<Vec<Acked>> {
         let mut inv = ACK_SCRIPT.prepare_invoke();
         inv.key(format!("{}inbox:{user}", self.keys.prefix()))
             .arg(self.keys.prefix())
@@ -270,8 +334,8 @@ impl MessageStore for RedisStore {
             inv.arg(id.0.to_string());
         }
         let mut conn = self.conn.clone();
-        let bodies: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-        bodies.iter().map(|b| parse_msg(b)).collect()
+        let reply: Vec<String> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        parse_acked(reply)
     }
 
     async fn recall(

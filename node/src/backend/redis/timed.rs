@@ -60,7 +60,12 @@ impl ConnectionLike for Conn {
                 .req_packed_commands(pipeline, offset, count)
                 .await;
             let failed = result.as_ref().map_or(true, |vs| vs.iter().any(is_error));
-            self.record("pipeline", started, failed);
+            // A script with look-ups pipelined after it is the script's round trip.
+            let label = match pipeline.cmd_iter().next().map(command_name) {
+                Some("evalsha") => "evalsha",
+                _ => "pipeline",
+            };
+            self.record(label, started, failed);
             result
         })
     }

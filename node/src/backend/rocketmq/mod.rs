@@ -28,6 +28,7 @@
 //! (backpressure) instead of failing it.
 
 mod lanes;
+mod wire;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -246,7 +247,7 @@ impl Bus for RocketMqBus {
             async move {
                 // What does not parse is logged and dropped: redelivering it would
                 // repeat the good messages of its batch.
-                let envelopes = match lanes::decode(&d.body) {
+                let envelopes = match wire::decode(&d.body) {
                     Ok(decoded) => {
                         if decoded.unreadable > 0 {
                             warn!(
