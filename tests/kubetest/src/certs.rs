@@ -9,7 +9,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-use crate::Error;
+use crate::error::Error;
 
 /// Paths of the PEM files written by [`generate`].
 #[derive(Debug, Clone)]

@@ -14,65 +14,32 @@
 //! `SB_CONTROLPLANE_BIN` to a directory holding them to skip that lookup.
 
 mod certs;
+mod error;
 mod forward;
+mod kubeconfig;
 mod process;
 mod realpods;
+mod setup;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::json;
 
-use crate::certs::Certs;
+pub use crate::error::Error;
 pub use crate::forward::{Forward, NetNs};
+pub use crate::kubeconfig::client_for;
+use crate::kubeconfig::{http_get, write_kubeconfig};
 use crate::process::{Proc, free_port};
 pub use crate::realpods::{NODE_IP, RealCluster, RealOptions};
-
-/// Label and annotation that mark a node as kwok's to manage.
-pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
-/// How long each component gets to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}: {1}")]
-    Io(PathBuf, #[source] std::io::Error),
-    #[error("cannot start {0}: {1}")]
-    Spawn(PathBuf, #[source] std::io::Error),
-    #[error("certificates: {0}")]
-    Certs(String),
-    #[error("{name} exited ({status}); last log lines:\n{log}")]
-    Exited {
-        name: &'static str,
-        status: String,
-        log: String,
-    },
-    #[error("{what} not ready after {after:?}; last log lines:\n{log}")]
-    Timeout {
-        what: String,
-        after: Duration,
-        log: String,
-    },
-    #[error("control plane binaries: {0}")]
-    Binaries(String),
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
-    #[error(transparent)]
-    Kube(#[from] kube::Error),
-}
-
-impl Error {
-    /// A process exited because its port was taken between picking and binding it.
-    pub fn is_port_clash(&self) -> bool {
-        matches!(self, Error::Exited { log, .. } if log.contains("address already in use"))
-    }
-}
+pub use crate::setup::{KWOK_NODE_ANNOTATION, binaries};
+use crate::setup::{
+    READY_TIMEOUT, apiserver_args, args, fake_node, next_seq, node_is_ready, wait_ready,
+};
 
 /// How many times [`ControlPlane::start_with`] tries when a port was taken.
 const START_ATTEMPTS: u32 = 3;
@@ -110,8 +77,6 @@ pub struct ControlPlane {
     started_in: Duration,
 }
 
-pub(crate) static SEQ: AtomicUsize = AtomicUsize::new(0);
-
 impl ControlPlane {
     /// Starts a control plane with one kwok node.
     pub async fn start() -> Result<Self, Error> {
@@ -141,7 +106,7 @@ impl ControlPlane {
         let (dir, keep_dir) = match options.dir {
             Some(dir) => (dir, true),
             None => {
-                let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+                let seq = next_seq();
                 let dir = std::env::temp_dir().join(format!(
                     "sb-kube-{}-{seq}-{}",
                     std::process::id(),
@@ -373,7 +338,7 @@ impl ControlPlane {
     /// Creates a namespace of its own for one test (`<prefix>-<n>`) and waits until
     /// its default service account exists, so pods can be admitted at once.
     pub async fn namespace(&self, prefix: &str) -> Result<String, Error> {
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let seq = next_seq();
         let name = format!("{prefix}-{seq}");
         let api: Api<Namespace> = Api::all(self.client.clone());
         let ns: Namespace = serde_json::from_value(json!({
@@ -446,178 +411,4 @@ impl Drop for Starting {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn apiserver_args(certs: &Certs, etcd_url: &str, port: u16, dir: &Path) -> Vec<String> {
-    let sa_key = certs.service_account_key.display();
-    let sa_pub = certs.service_account_pub.display();
-    vec![
-        format!("--etcd-servers={etcd_url}"),
-        "--bind-address=127.0.0.1".to_owned(),
-        "--advertise-address=127.0.0.1".to_owned(),
-        format!("--secure-port={port}"),
-        format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-        format!("--tls-cert-file={}", certs.serving_cert.display()),
-        format!("--tls-private-key-file={}", certs.serving_key.display()),
-        format!("--client-ca-file={}", certs.ca_cert.display()),
-        format!("--service-account-key-file={sa_pub}"),
-        format!("--service-account-signing-key-file={sa_key}"),
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
-        "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
-        "--authorization-mode=RBAC".to_owned(),
-        "--allow-privileged=true".to_owned(),
-        // One apiserver: no need to wait for peers or to reconcile endpoints.
-        "--endpoint-reconciler-type=none".to_owned(),
-        "--v=1".to_owned(),
-    ]
-}
-
-fn write_kubeconfig(path: &Path, server: &str, certs: &Certs) -> Result<(), Error> {
-    // JSON is YAML: kubectl, helm and kube-rs all read this file.
-    let config = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{
-            "name": "switchboard-test",
-            "cluster": {
-                "server": server,
-                "certificate-authority-data": b64(&certs.ca_pem),
-            },
-        }],
-        "users": [{
-            "name": "switchboard-test-admin",
-            "user": {
-                "client-certificate-data": b64(&certs.admin_cert_pem),
-                "client-key-data": b64(&certs.admin_key_pem),
-            },
-        }],
-        "contexts": [{
-            "name": "switchboard-test",
-            "context": {
-                "cluster": "switchboard-test",
-                "user": "switchboard-test-admin",
-                "namespace": "default",
-            },
-        }],
-        "current-context": "switchboard-test",
-    });
-    let text =
-        serde_json::to_string_pretty(&config).map_err(|e| Error::Kubeconfig(e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| Error::Io(path.to_path_buf(), e))
-}
-
-/// Standard base64, as kubeconfig `*-data` fields want it.
-fn b64(pem: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(pem)
-}
-
-/// A client from a kubeconfig file.
-pub async fn client_for(kubeconfig: &Path) -> Result<Client, Error> {
-    // A crate that links this one may enable both of rustls's providers (aws-lc-rs via
-    // another dependency): pick one, as the node and the operator do.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Kubeconfig(e.to_string()))?;
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| Error::Kubeconfig(e.to_string()))?;
-    Ok(Client::try_from(config)?)
-}
-
-fn http_get(path: &str) -> Result<http::Request<Vec<u8>>, Error> {
-    http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Error::Kubeconfig(e.to_string()))
-}
-
-/// Polls `check` until it returns `Ok(true)`; fails early when a process died.
-async fn wait_ready<F, Fut>(procs: &mut [Proc], what: &str, mut check: F) -> Result<(), Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool, Error>>,
-{
-    let began = Instant::now();
-    loop {
-        for p in procs.iter_mut() {
-            p.check_alive()?;
-        }
-        // Errors while starting (connection refused, 404 before a CRD or a node
-        // exists) are the normal not-ready state; only the deadline ends the wait.
-        if let Ok(true) = check().await {
-            return Ok(());
-        }
-        if began.elapsed() > READY_TIMEOUT {
-            let log = procs
-                .iter()
-                .map(|p| format!("--- {}\n{}", p.name, p.log_tail(10)))
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(Error::Timeout {
-                what: what.to_owned(),
-                after: READY_TIMEOUT,
-                log,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn fake_node(name: &str) -> Node {
-    // kwok keeps the node Ready and its pods Running; capacity is what the scheduler sees.
-    let capacity = json!({ "cpu": "32", "memory": "256Gi", "pods": "110" });
-    serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": { KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0" },
-            "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "type": "kwok",
-            },
-        },
-        "status": { "allocatable": capacity, "capacity": capacity },
-    }))
-    .unwrap_or_default()
-}
-
-fn node_is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// The directory holding the control plane binaries: `$SB_CONTROLPLANE_BIN`, else
-/// what `scripts/controlplane bin` prints (it builds them on first use).
-pub fn binaries() -> Result<PathBuf, Error> {
-    if let Some(dir) = std::env::var_os("SB_CONTROLPLANE_BIN") {
-        return Ok(PathBuf::from(dir));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/controlplane");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("bin")
-        .output()
-        .map_err(|e| Error::Spawn(script.clone(), e))?;
-    if !out.status.success() {
-        return Err(Error::Binaries(format!(
-            "{} bin failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    Ok(PathBuf::from(dir))
 }

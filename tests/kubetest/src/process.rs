@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::Error;
+use crate::error::Error;
 
 #[derive(Debug)]
 pub(crate) struct Proc {

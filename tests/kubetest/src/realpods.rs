@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 
+use crate::error::Error;
 use crate::forward::{Forward, NetNs};
-use crate::{Error, client_for};
+use crate::kubeconfig::client_for;
 
 /// The node's address inside the namespace (apiserver, Redis, RocketMQ listen there).
 pub const NODE_IP: &str = "10.200.0.1";
@@ -73,12 +74,12 @@ impl RealCluster {
     /// be Ready. Needs root.
     pub async fn start(options: RealOptions) -> Result<Self, Error> {
         let began = Instant::now();
-        let bin = crate::binaries()?;
+        let bin = crate::setup::binaries()?;
         run_script(&["build"])?;
         let dir = std::env::temp_dir().join(format!(
             "switchboard-realpods-{}-{}",
             std::process::id(),
-            crate::SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            crate::setup::next_seq()
         ));
         let dir_s = dir.to_string_lossy().into_owned();
         let mut args = vec!["up", dir_s.as_str()];
