@@ -8,7 +8,6 @@ use crate::backend::{BackendError, BackendResult, MessageStore};
 use crate::ids::{GroupId, UserId};
 use crate::metrics::Metrics;
 use crate::model::{Group, GroupProfile};
-use crate::node::Node;
 use crate::protocol::ServerFrame;
 use crate::protocol::server::GroupChange;
 use crate::router::Router;
@@ -45,14 +44,6 @@ pub struct Groups<'a> {
 }
 
 impl<'a> Groups<'a> {
-    /// The groups of `node`'s store, told through its router.
-    pub fn of(node: &'a Node) -> Self {
-        Self {
-            store: node.backends().store.as_ref(),
-            router: node.router(),
-        }
-    }
-
     /// Creates the group with an owner and title (either may be absent);
     /// `GroupExists` if it exists.
     pub async fn create(

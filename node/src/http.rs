@@ -13,83 +13,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::backend::BackendError;
-use crate::groups::Groups;
+use crate::api_error::ApiError;
 use crate::ids::{GroupId, UserId};
 use crate::model::GroupProfile;
 use crate::node::Node;
 use crate::protocol::ErrorCode;
 use crate::ws;
-
-/// An HTTP error: a status and a JSON body `{code, reason}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    reason: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, reason: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"code": self.code, "reason": self.reason})),
-        )
-            .into_response()
-    }
-}
-
-impl From<BackendError> for ApiError {
-    fn from(e: BackendError) -> Self {
-        let (status, code) = match &e {
-            BackendError::Unavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
-            }
-            BackendError::InboxFull(_) => (StatusCode::CONFLICT, ErrorCode::InboxFull),
-            BackendError::NoSuchGroup(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            BackendError::GroupExists(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
-            BackendError::GroupFull(..) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidField)
-            }
-        };
-        let reason = match &e {
-            BackendError::Unavailable(_) => "storage is unavailable".to_owned(),
-            other => other.to_string(),
-        };
-        ApiError::new(status, code, reason)
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidField,
-            r.body_text(),
-        )
-    }
-}
-
-impl From<crate::protocol::FrameError> for ApiError {
-    fn from(e: crate::protocol::FrameError) -> Self {
-        let status = match e.code {
-            ErrorCode::UnknownMessage | ErrorCode::NotAMember => StatusCode::NOT_FOUND,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        ApiError::new(status, e.code, e.reason)
-    }
-}
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -307,7 +236,8 @@ async fn create_group(
         owner: req.owner,
         title: req.title,
     };
-    let g = Groups::of(&node)
+    let g = node
+        .groups()
         .create(&req.id, &req.members, &profile)
         .await?;
     Ok((StatusCode::CREATED, Json(g)).into_response())
@@ -330,7 +260,7 @@ async fn delete_group(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = group_path(&id)?;
-    if Groups::of(&node).delete(&id).await? {
+    if node.groups().delete(&id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::new(
@@ -349,7 +279,7 @@ async fn add_members(
     let id = group_path(&id)?;
     let Json(req) = body?;
     no_system_user(&req.users)?;
-    let g = Groups::of(&node).add(&id, &req.users).await?;
+    let g = node.groups().add(&id, &req.users).await?;
     Ok(Json(g).into_response())
 }
 
@@ -384,6 +314,6 @@ async fn remove_member(
 ) -> ApiResult<Response> {
     let id = group_path(&id)?;
     let user = user_path(&user)?;
-    let g = Groups::of(&node).remove(&id, &user).await?;
+    let g = node.groups().remove(&id, &user).await?;
     Ok(Json(g).into_response())
 }

@@ -10,6 +10,7 @@
 // The RocketMQ client's futures nest deeply; checking they are Send needs room.
 #![recursion_limit = "512"]
 
+pub mod api_error;
 pub mod auth;
 pub mod backend;
 pub mod commands;

@@ -16,8 +16,7 @@ use crate::hub::{ConnHandle, Hub, Stamp};
 use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ClientFrame, Dialect, ErrorCode, FrameError, Limits, ParseLimits, Send, ServerFrame,
-    TypingState,
+    ClientFrame, Dialect, ErrorCode, FrameError, Limits, ParseLimits, ServerFrame, TypingState,
 };
 use crate::recall::{Recall, Recaller};
 use crate::receipts::Receipts;
@@ -293,6 +292,25 @@ impl Node {
         }
     }
 
+    /// Sending messages on this node's backends, moderation and router.
+    pub fn sending(&self) -> crate::sending::Sending<'_> {
+        crate::sending::Sending {
+            backends: &self.backends,
+            metrics: &self.metrics,
+            moderator: self.moderator.as_deref(),
+            ids: &self.ids,
+            router: &self.router,
+        }
+    }
+
+    /// Group changes on this node's store, told through its router.
+    pub fn groups(&self) -> crate::groups::Groups<'_> {
+        crate::groups::Groups {
+            store: self.backends.store.as_ref(),
+            router: &self.router,
+        }
+    }
+
     /// Receipts on this node's store and router.
     pub fn receipts(&self) -> Receipts<'_> {
         Receipts {
@@ -325,10 +343,12 @@ impl Node {
         match frame {
             ClientFrame::Send(s) => {
                 let cid = s.client_msg_id.clone();
-                self.on_send(conn, s).await.map_err(|mut e| {
-                    e.client_msg_id = e.client_msg_id.or(cid);
-                    e
-                })
+                crate::sending::from_client(self.sending(), conn, s)
+                    .await
+                    .map_err(|mut e| {
+                        e.client_msg_id = e.client_msg_id.or(cid);
+                        e
+                    })
             }
             ClientFrame::Ack { msg_ids } => self.receipts().ack(&conn.user, &msg_ids).await,
             ClientFrame::Recall {
@@ -408,33 +428,6 @@ impl Node {
         conversation: &ConversationId,
     ) -> Result<Vec<UserId>, FrameError> {
         crate::conversation::participants(self.backends.store.as_ref(), me, conversation).await
-    }
-
-    async fn on_send(&self, conn: &Arc<ConnHandle>, s: Send) -> Result<(), FrameError> {
-        let out = crate::sending::Outgoing {
-            from: conn.user.clone(),
-            target: s.target,
-            content: s.content,
-            format: s.format,
-            client_msg_id: s.client_msg_id,
-            chat_id: s.chat_id,
-        };
-        crate::sending::send(self, out, Some(&conn.id), |appended| {
-            let m = &appended.msg;
-            conn.push(
-                Arc::new(ServerFrame::Sent {
-                    client_msg_id: m.client_msg_id.clone(),
-                    msg_id: m.msg_id,
-                    conversation: m.conversation.clone(),
-                    seq: m.seq,
-                    ts: m.ts,
-                    duplicate: appended.duplicate,
-                }),
-                Stamp::default(),
-            );
-        })
-        .await
-        .map(drop)
     }
 
     async fn on_typing(

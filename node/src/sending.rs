@@ -3,13 +3,17 @@
 //! (with the idempotency key), pushed to the recipients and the sender's
 //! other devices on whichever pods they are.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::Appended;
-use crate::ids::{ConversationId, UserId, now_millis};
+use crate::backend::{Appended, Backends};
+use crate::hub::{ConnHandle, Stamp};
+use crate::ids::{ConversationId, Snowflake, UserId, now_millis};
+use crate::metrics::Metrics;
 use crate::model::{ChatMessage, MsgFormat, Target};
-use crate::node::Node;
-use crate::protocol::{ErrorCode, FrameError, ServerFrame};
+use crate::moderation::Moderator;
+use crate::protocol::{ErrorCode, FrameError, Send, ServerFrame};
+use crate::router::Router;
 use crate::telemetry;
 use tracing::Instrument as _;
 
@@ -26,6 +30,16 @@ pub struct Outgoing {
     pub chat_id: Option<String>,
 }
 
+/// What sending needs from the node ([`crate::node::Node::sending`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Sending<'a> {
+    pub backends: &'a Backends,
+    pub metrics: &'a Metrics,
+    pub moderator: Option<&'a Moderator>,
+    pub ids: &'a Snowflake,
+    pub router: &'a Router,
+}
+
 /// Stores `out` and pushes it. `except` is the sending connection (which
 /// gets its answer from the caller: `stored` runs once the message is
 /// stored, before any push). A repeat of an idempotency key stores nothing
@@ -38,7 +52,7 @@ pub struct Outgoing {
 /// Errors: `unavailable` (storage away, bus saturated, moderation webhook
 /// failing closed), `not_a_member`, `moderated`, `inbox_full`.
 pub async fn send(
-    node: &Node,
+    node: Sending<'_>,
     out: Outgoing,
     except: Option<&str>,
     stored: impl FnOnce(&Appended),
@@ -61,12 +75,12 @@ pub async fn send(
 }
 
 async fn store_and_push(
-    node: &Node,
+    node: Sending<'_>,
     out: Outgoing,
     except: Option<&str>,
     stored: impl FnOnce(&Appended),
 ) -> Result<Appended, FrameError> {
-    let backends = node.backends();
+    let backends = node.backends;
     if backends.bus.is_saturated() {
         return Err(FrameError::new(
             ErrorCode::Unavailable,
@@ -83,7 +97,7 @@ async fn store_and_push(
     recipients.retain(|u| u != me);
     let mut content = out.content;
     let mut rewritten = None;
-    if let Some(policy) = node.moderator() {
+    if let Some(policy) = node.moderator {
         let candidate = crate::moderation::Candidate {
             from: me,
             conversation: &conversation,
@@ -98,7 +112,7 @@ async fn store_and_push(
     }
     let accepted_at = Instant::now();
     let msg = ChatMessage {
-        msg_id: node.next_msg_id(),
+        msg_id: node.ids.next_id(),
         conversation,
         seq: 0,
         from: me.clone(),
@@ -124,7 +138,7 @@ async fn store_and_push(
     let frame = ServerFrame::Message(appended.msg.clone());
     if appended.duplicate {
         node.metrics.repushed.inc();
-        node.router()
+        node.router
             .route_via(&recipients, appended.pods.take(), frame, except, None)
             .await;
     } else {
@@ -132,7 +146,7 @@ async fn store_and_push(
         node.metrics
             .inbox_skipped
             .inc_by(appended.inbox_skipped.len() as u64);
-        node.router()
+        node.router
             .route_via(
                 &recipients,
                 appended.pods.take(),
@@ -142,9 +156,42 @@ async fn store_and_push(
             )
             .await;
         // After the push: recording the rewrite adds nothing to delivery.
-        if let (Some(policy), Some(r)) = (node.moderator(), rewritten) {
+        if let (Some(policy), Some(r)) = (node.moderator, rewritten) {
             policy.stored(r, &appended.msg).await;
         }
     }
     Ok(appended)
+}
+
+/// A client's `send` frame: stored and pushed; the sending connection gets
+/// `sent` once it is stored, before any push.
+pub async fn from_client(
+    sending: Sending<'_>,
+    conn: &Arc<ConnHandle>,
+    s: Send,
+) -> Result<(), FrameError> {
+    let out = Outgoing {
+        from: conn.user.clone(),
+        target: s.target,
+        content: s.content,
+        format: s.format,
+        client_msg_id: s.client_msg_id,
+        chat_id: s.chat_id,
+    };
+    send(sending, out, Some(&conn.id), |appended| {
+        let m = &appended.msg;
+        conn.push(
+            Arc::new(ServerFrame::Sent {
+                client_msg_id: m.client_msg_id.clone(),
+                msg_id: m.msg_id,
+                conversation: m.conversation.clone(),
+                seq: m.seq,
+                ts: m.ts,
+                duplicate: appended.duplicate,
+            }),
+            Stamp::default(),
+        );
+    })
+    .await
+    .map(drop)
 }

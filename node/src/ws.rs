@@ -13,7 +13,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tracing::{debug, warn};
 
-use crate::http::ApiError;
+use crate::api_error::ApiError;
 use crate::hub::ConnHandle;
 use crate::metrics::{FrameLabel, PathLabel};
 use crate::node::Node;

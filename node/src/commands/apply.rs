@@ -66,7 +66,7 @@ impl From<FrameError> for Failure {
 
 /// Applies `cmd` on `node`; `key` (unique per command) keys its notice.
 pub async fn apply(node: &Node, cmd: &Command, key: &str) -> Result<(), Failure> {
-    let groups = Groups::of(node);
+    let groups = node.groups();
     match cmd {
         Command::ActivityCreated {
             group,
@@ -184,7 +184,7 @@ async fn notice(node: &Node, to: &NoticeTarget, content: String, key: &str) -> R
             vec![u.clone()],
         ),
         NoticeTarget::Group(g) => {
-            let members = Groups::of(node).get(g).await?.members;
+            let members = node.groups().get(g).await?.members;
             (
                 ConversationId::Group(g.clone()),
                 None,

@@ -201,7 +201,7 @@ async fn send_message(node: &Node, user: &UserId, req: &Request) -> Result<Value
         client_msg_id: send.client_msg_id,
         chat_id: None,
     };
-    let appended = crate::sending::send(node, out, None, |_| {}).await?;
+    let appended = crate::sending::send(node.sending(), out, None, |_| {}).await?;
     let m = &appended.msg;
     Ok(json!({
         "message_id": m.msg_id,
