@@ -443,8 +443,9 @@ impl Metrics {
             .set(i64::from(up));
     }
 
-    /// Counts and logs a failed backend call (the caller carries on).
-    pub fn backend_failed(&self, op: &'static str, e: &crate::backend::BackendError) {
+    /// Counts and logs a failed backend call (the caller carries on); `e`
+    /// is the backend's error.
+    pub fn backend_failed(&self, op: &'static str, e: &dyn std::fmt::Display) {
         self.backend_errors.inc();
         tracing::warn!(op, error = %e, "backend call failed");
     }
