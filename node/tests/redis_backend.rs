@@ -39,30 +39,6 @@ async fn store(test: &str) -> RedisStore {
     )
 }
 
-/// A 1:1 message from `a` to `b`, its seq still to be assigned.
-fn dm(
-    id: u64,
-    a: &UserId,
-    b: &UserId,
-    client_msg_id: Option<&str>,
-) -> switchboard_node::model::ChatMessage {
-    switchboard_node::model::ChatMessage {
-        msg_id: switchboard_node::ids::MsgId(id),
-        conversation: switchboard_node::ids::ConversationId::direct(a, b),
-        seq: 0,
-        from: a.clone(),
-        to: Some(b.clone()),
-        group: None,
-        content: "x".into(),
-        format: Default::default(),
-        recalled: false,
-        status: None,
-        ts: 0,
-        client_msg_id: client_msg_id.map(str::to_owned),
-        chat_id: None,
-    }
-}
-
 #[tokio::test]
 async fn store_keeps_the_contract() {
     let s = store("store").await;
@@ -102,7 +78,7 @@ async fn dedup_keys_expire_after_their_ttl() {
     );
     let a = UserId::parse("a").unwrap();
     let b = UserId::parse("b").unwrap();
-    let msg = |id| dm(id, &a, &b, Some("same"));
+    let msg = |id| contract::dm(id, &a, &b, Some("same"));
     use switchboard_node::backend::MessageStore;
     assert!(!s.append(msg(1), &[]).await.unwrap().duplicate);
     assert!(s.append(msg(2), &[]).await.unwrap().duplicate);

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use switchboard_node::backend::memory::StoreLimits;
 use switchboard_node::backend::redis::{Keys, RedisRegistry, RedisStore, connect};
-use switchboard_node::backend::{ConnectionInfo, MessageStore, Registry};
-use switchboard_node::ids::{ConversationId, MsgId, UserId};
-use switchboard_node::model::ChatMessage;
+use switchboard_node::backend::{ConnectionInfo, MessageStore, Registry, contract};
+use switchboard_node::ids::{MsgId, UserId};
 
 /// A write reads where to push in the same round trip: `append` answers the
 /// pods of each recipient and of the sender (after a script flush too: the
@@ -55,21 +54,7 @@ async fn writes_answer_where_to_push() {
     r.register(&on(&a, "p0")).await.unwrap();
     r.register(&on(&a, "p2")).await.unwrap();
     r.register(&on(&b, "p1")).await.unwrap();
-    let msg = |id| ChatMessage {
-        msg_id: MsgId(id),
-        conversation: ConversationId::direct(&a, &b),
-        seq: 0,
-        from: a.clone(),
-        to: Some(b.clone()),
-        group: None,
-        content: "x".into(),
-        format: Default::default(),
-        recalled: false,
-        status: None,
-        ts: 0,
-        client_msg_id: None,
-        chat_id: None,
-    };
+    let msg = |id| contract::dm(id, &a, &b, None);
     let mut raw = conn.clone();
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")

@@ -18,7 +18,9 @@ fn u(tag: &str, s: &str) -> UserId {
     UserId::parse(&format!("{s}{tag}")).expect("valid test user")
 }
 
-fn dm(id: u64, from: &UserId, to: &UserId, cid: Option<&str>) -> ChatMessage {
+/// A 1:1 message from `from` to `to`, its seq still to be assigned; its
+/// content has quotes, a backslash, non-ASCII and a `"seq":0` to survive.
+pub fn dm(id: u64, from: &UserId, to: &UserId, cid: Option<&str>) -> ChatMessage {
     ChatMessage {
         msg_id: MsgId(id),
         conversation: ConversationId::direct(from, to),

@@ -288,8 +288,6 @@ mod tests {
     #[tokio::test]
     async fn dedup_keys_are_bounded_oldest_first() {
         use crate::backend::MessageStore;
-        use crate::ids::{ConversationId, MsgId};
-        use crate::model::ChatMessage;
         let s = MemoryStore::new(StoreLimits {
             history_limit: 5,
             inbox_limit: 100,
@@ -299,21 +297,7 @@ mod tests {
         });
         let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
         let send = |id: u64, cid: &str| {
-            let msg = ChatMessage {
-                msg_id: MsgId(id),
-                conversation: ConversationId::direct(&a, &b),
-                seq: 0,
-                from: a.clone(),
-                to: Some(b.clone()),
-                group: None,
-                content: "hi".into(),
-                format: Default::default(),
-                recalled: false,
-                status: None,
-                ts: 1,
-                client_msg_id: Some(cid.into()),
-                chat_id: None,
-            };
+            let msg = contract::dm(id, &a, &b, Some(cid));
             let s = &s;
             let b = b.clone();
             async move { s.append(msg, &[b]).await.unwrap().duplicate }
