@@ -2,13 +2,12 @@
 //! reconnect elsewhere (after a jittered delay, so they do not all land on
 //! the other pods at once), then what is left at the timeout is closed.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tracing::info;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, OutFrame};
 use crate::protocol::{CloseCode, ServerFrame};
 
 /// Sends `reconnect` to every connection of `hub` (delay up to `jitter`),
@@ -25,7 +24,7 @@ pub async fn connections(hub: &Hub, timeout: Duration, jitter: Duration) {
             rand::rng().random_range(0..=jitter)
         };
         c.push(
-            Arc::new(ServerFrame::Reconnect {
+            OutFrame::new(ServerFrame::Reconnect {
                 reason: "draining".into(),
                 delay_ms,
             }),

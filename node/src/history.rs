@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::backend::{HistoryPage, HistoryQuery, MessageStore};
+use crate::hub::OutFrame;
 use crate::ids::{ConversationId, UserId};
 use crate::model::{ChatMessage, MsgStatus};
 use crate::protocol::{FrameError, ServerFrame};
@@ -37,7 +38,7 @@ pub async fn resume(
         };
         match page(store, &conn.user, conversation, query).await {
             Ok(frame) => {
-                conn.push_bulk(Arc::new(frame)).await;
+                conn.push_bulk(OutFrame::new(frame)).await;
             }
             Err(e) => on_error(e),
         }

@@ -2,9 +2,11 @@
 //! write to each of them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
+use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::UserId;
@@ -12,10 +14,50 @@ use crate::protocol::{CloseCode, Dialect, ServerFrame};
 use crate::sendq::{Refused, SendQueue};
 use crate::telemetry::TraceCtx;
 
-/// One item for a connection's writer task.
+/// A frame on its way to connections, shared by all of them: its text is
+/// rendered at most once per dialect, by the first writer that needs it,
+/// however many connections (a group's members on this pod, a user's
+/// devices) it goes to.
+#[derive(Debug)]
+pub struct OutFrame {
+    frame: ServerFrame,
+    v1: OnceLock<Utf8Bytes>,
+    seed: OnceLock<Utf8Bytes>,
+}
+
+impl OutFrame {
+    pub fn new(frame: ServerFrame) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            v1: OnceLock::new(),
+            seed: OnceLock::new(),
+        })
+    }
+
+    /// The frame as `dialect` writes it (a shared buffer: cloning it does not
+    /// copy the text).
+    pub fn text(&self, dialect: Dialect) -> Utf8Bytes {
+        let slot = match dialect {
+            Dialect::V1 => &self.v1,
+            Dialect::Seed => &self.seed,
+        };
+        slot.get_or_init(|| self.frame.render(dialect).into())
+            .clone()
+    }
+}
+
+impl Deref for OutFrame {
+    type Target = ServerFrame;
+
+    fn deref(&self) -> &ServerFrame {
+        &self.frame
+    }
+}
+
+/// One item for a connection's writer.
 #[derive(Debug)]
 pub struct Outbound {
-    pub frame: Arc<ServerFrame>,
+    pub frame: Arc<OutFrame>,
     pub stamp: Stamp,
 }
 
@@ -68,7 +110,7 @@ impl ConnHandle {
     /// Queues a frame without waiting. A full queue means the client reads
     /// slower than we write: it is closed with 4001 rather than letting the
     /// queue (and our memory) grow.
-    pub fn push(&self, frame: Arc<ServerFrame>, stamp: Stamp) -> Push {
+    pub fn push(&self, frame: Arc<OutFrame>, stamp: Stamp) -> Push {
         match self.queue.push(Outbound { frame, stamp }) {
             Ok(()) => Push::Queued,
             Err(Refused::Full) => {
@@ -97,7 +139,7 @@ impl ConnHandle {
 
     /// Queues a frame, waiting while the queue is more than half full, so
     /// bulk sends (inbox replay) leave room for live traffic.
-    pub async fn push_bulk(&self, frame: Arc<ServerFrame>) -> Push {
+    pub async fn push_bulk(&self, frame: Arc<OutFrame>) -> Push {
         let half = self.queue.capacity() / 2;
         while self.queue.len() > half {
             if self.close.is_cancelled() || self.queue.is_closed() {
@@ -207,7 +249,7 @@ impl Hub {
     pub fn deliver(
         &self,
         user: &UserId,
-        frame: &Arc<ServerFrame>,
+        frame: &Arc<OutFrame>,
         except: Option<&str>,
         stamp: &Stamp,
     ) -> usize {
@@ -250,7 +292,7 @@ impl Hub {
     }
 
     /// Writes a presence frame to the connections watching `user`.
-    pub fn deliver_presence(&self, user: &UserId, frame: &Arc<ServerFrame>) {
+    pub fn deliver_presence(&self, user: &UserId, frame: &Arc<OutFrame>) {
         let st = self.read();
         let Some(ids) = st.watchers.get(user) else {
             return;
@@ -288,7 +330,7 @@ mod tests {
         let a2 = conn("p#2", "a", 8);
         hub.insert(a1.clone());
         hub.insert(a2.clone());
-        let f = Arc::new(ServerFrame::Pong { ts: 1 });
+        let f = OutFrame::new(ServerFrame::Pong { ts: 1 });
         assert_eq!(hub.deliver(&a1.user, &f, Some("p#1"), &Stamp::default()), 1);
         assert!(a1.try_next_out().is_none());
         assert!(a2.try_next_out().is_some());
@@ -298,11 +340,49 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_rendered_once_per_dialect() {
+        let hub = Hub::default();
+        let conns = [
+            conn("p#1", "a", 8),
+            conn("p#2", "b", 8),
+            conn("p#3", "c", 8),
+        ];
+        for c in &conns {
+            hub.insert(c.clone());
+        }
+        let (a, b) = (&conns[0].user, &conns[1].user);
+        let m = crate::backend::contract::dm(7, a, b, None);
+        let f = OutFrame::new(ServerFrame::Message(Arc::new(m)));
+        for c in &conns {
+            assert_eq!(hub.deliver(&c.user, &f, None, &Stamp::default()), 1);
+        }
+        let texts: Vec<Utf8Bytes> = conns
+            .iter()
+            .map(|c| c.try_next_out().unwrap().frame.text(c.dialect))
+            .collect();
+        // The same buffer for every connection, not three renderings of it.
+        assert!(
+            texts
+                .iter()
+                .all(|t| t.as_str().as_ptr() == texts[0].as_str().as_ptr())
+        );
+        assert_eq!(texts[0].as_str(), f.render(Dialect::V1));
+        // The seed's clients get their own shape, also rendered once.
+        let seed = f.text(Dialect::Seed);
+        assert_ne!(seed.as_str(), texts[0].as_str());
+        assert_eq!(seed.as_str(), f.render(Dialect::Seed));
+        assert_eq!(
+            f.text(Dialect::Seed).as_str().as_ptr(),
+            seed.as_str().as_ptr()
+        );
+    }
+
+    #[test]
     fn a_full_queue_closes_the_connection() {
         let hub = Hub::default();
         let a = conn("p#1", "a", 2);
         hub.insert(a.clone());
-        let f = Arc::new(ServerFrame::Pong { ts: 1 });
+        let f = OutFrame::new(ServerFrame::Pong { ts: 1 });
         assert_eq!(a.push(f.clone(), Stamp::default()), Push::Queued);
         assert_eq!(a.push(f.clone(), Stamp::default()), Push::Queued);
         assert_eq!(a.push(f, Stamp::default()), Push::Overflow);
@@ -318,7 +398,7 @@ mod tests {
         let bob = UserId::parse("bob").unwrap();
         assert!(hub.watch(&a, std::slice::from_ref(&bob), 1));
         assert!(!hub.watch(&a, &[UserId::parse("cy").unwrap()], 1));
-        let f = Arc::new(ServerFrame::Pong { ts: 1 });
+        let f = OutFrame::new(ServerFrame::Pong { ts: 1 });
         hub.deliver_presence(&bob, &f);
         assert!(a.try_next_out().is_some());
         hub.remove(&a);

@@ -12,7 +12,7 @@ use crate::auth::Authenticator;
 use crate::backend::{BackendError, Backends, ConnectionInfo, Envelope, HistoryQuery};
 use crate::config::{Config, Secret};
 use crate::history;
-use crate::hub::{ConnHandle, Hub, Stamp};
+use crate::hub::{ConnHandle, Hub, OutFrame, Stamp};
 use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -190,7 +190,7 @@ impl Node {
             self.cfg.outbound_buffer,
         ));
         conn.push(
-            Arc::new(ServerFrame::Welcome {
+            OutFrame::new(ServerFrame::Welcome {
                 protocol: PROTOCOL_VERSION,
                 user: conn.user.clone(),
                 session: conn.id.clone(),
@@ -256,7 +256,7 @@ impl Node {
             Ok(msgs) => {
                 self.metrics.inbox_replayed.observe(msgs.len() as f64);
                 for m in msgs {
-                    if conn.push_bulk(Arc::new(ServerFrame::Message(m))).await
+                    if conn.push_bulk(OutFrame::new(ServerFrame::Message(m))).await
                         != crate::hub::Push::Queued
                     {
                         return;
@@ -274,7 +274,7 @@ impl Node {
     pub fn send_error(&self, conn: &ConnHandle, e: FrameError) {
         self.metrics.error(e.code);
         conn.push(
-            Arc::new(ServerFrame::error(e.code, e.reason, e.client_msg_id)),
+            OutFrame::new(ServerFrame::error(e.code, e.reason, e.client_msg_id)),
             Stamp::default(),
         );
     }
@@ -374,7 +374,7 @@ impl Node {
             } => self.on_typing(conn, conversation, state).await,
             ClientFrame::Ping => {
                 conn.push(
-                    Arc::new(ServerFrame::Pong { ts: now_millis() }),
+                    OutFrame::new(ServerFrame::Pong { ts: now_millis() }),
                     Stamp::default(),
                 );
                 Ok(())
@@ -391,7 +391,7 @@ impl Node {
                     limit,
                 };
                 let frame = history::page(self.store(), &conn.user, conversation, query).await?;
-                conn.push(Arc::new(frame), Stamp::default());
+                conn.push(OutFrame::new(frame), Stamp::default());
                 Ok(())
             }
             ClientFrame::Resume { conversations } => {
@@ -410,7 +410,7 @@ impl Node {
                 }
                 for u in users {
                     let p = self.backends.registry.presence(&u).await?;
-                    conn.push(Arc::new(ServerFrame::Presence(p)), Stamp::default());
+                    conn.push(OutFrame::new(ServerFrame::Presence(p)), Stamp::default());
                 }
                 Ok(())
             }

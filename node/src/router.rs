@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::backend::{BackendError, Bus, Envelope, Registry};
-use crate::hub::{Hub, Stamp};
+use crate::hub::{Hub, OutFrame, Stamp};
 use crate::ids::UserId;
 use crate::metrics::{DirectionLabel, Metrics};
 use crate::protocol::ServerFrame;
@@ -30,7 +30,7 @@ const REPUSH_FOR: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct Repush {
     users: Vec<UserId>,
-    frame: Arc<ServerFrame>,
+    frame: Arc<OutFrame>,
     except: Option<String>,
     sent_at_us: i64,
     trace: Option<String>,
@@ -97,7 +97,7 @@ impl Router {
         except: Option<&str>,
         accepted_at: Option<Instant>,
     ) {
-        let frame = Arc::new(frame);
+        let frame = OutFrame::new(frame);
         // A traced message (the caller's span is sampled) is traced on every pod.
         let stamp = Stamp {
             accepted_at,
@@ -134,7 +134,7 @@ impl Router {
         &self,
         users: &[UserId],
         pods: Option<Vec<Vec<String>>>,
-        frame: &Arc<ServerFrame>,
+        frame: &Arc<OutFrame>,
         except: Option<&str>,
         sent_at_us: i64,
         trace: Option<&str>,
@@ -230,7 +230,7 @@ impl Router {
             Err(e) => return self.backend_failed("presence", &e),
         };
         self.hub
-            .deliver_presence(user, &Arc::new(ServerFrame::Presence(p.clone())));
+            .deliver_presence(user, &OutFrame::new(ServerFrame::Presence(p.clone())));
         let pods = match self.registry.pods().await {
             Ok(p) => p,
             Err(e) => return self.backend_failed("pods", &e),
@@ -260,8 +260,8 @@ impl Router {
             } => {
                 let age = Duration::from_micros((now_micros() - sent_at_us).max(0) as u64);
                 let accepted_at = Instant::now().checked_sub(age);
-                let frame = Arc::new(frame);
-                let accepted_at = matches!(*frame, ServerFrame::Message(_))
+                let frame = OutFrame::new(frame);
+                let accepted_at = matches!(**frame, ServerFrame::Message(_))
                     .then_some(accepted_at)
                     .flatten();
                 let stamp = Stamp {
@@ -276,7 +276,7 @@ impl Router {
             Envelope::Presence(p) => {
                 let user = p.user.clone();
                 self.hub
-                    .deliver_presence(&user, &Arc::new(ServerFrame::Presence(p)));
+                    .deliver_presence(&user, &OutFrame::new(ServerFrame::Presence(p)));
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::{Appended, Backends};
-use crate::hub::{ConnHandle, Stamp};
+use crate::hub::{ConnHandle, OutFrame, Stamp};
 use crate::ids::{ConversationId, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
 use crate::model::{ChatMessage, MsgFormat, Target};
@@ -181,7 +181,7 @@ pub async fn from_client(
     send(sending, out, Some(&conn.id), |appended| {
         let m = &appended.msg;
         conn.push(
-            Arc::new(ServerFrame::Sent {
+            OutFrame::new(ServerFrame::Sent {
                 client_msg_id: m.client_msg_id.clone(),
                 msg_id: m.msg_id,
                 conversation: m.conversation.clone(),

@@ -1,5 +1,5 @@
 //! A connection's queue of frames to write: many producers (deliveries,
-//! replies), one consumer (the connection's writer task), bounded.
+//! replies), one consumer (the connection's writer), bounded.
 //!
 //! Not a `tokio::sync::mpsc` channel because of what one costs per idle
 //! connection: its shared state is cache-line padded (~0.4 KiB) and its first

@@ -1,17 +1,19 @@
 //! The WebSocket endpoint: upgrade (auth, admission) and the per-connection
-//! reader and writer.
+//! reader and writer (two futures of the connection's one task).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tracing::{debug, warn};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tracing::{debug, error};
 
 use crate::api_error::ApiError;
 use crate::hub::ConnHandle;
@@ -124,17 +126,51 @@ async fn run_connection(
     // size is per-connection memory: the big, short-lived futures (open,
     // handle, close) are boxed so they are only allocated while they run.
     let conn = Box::pin(node.open(user, dialect)).await;
-    let writer = tokio::spawn(write_loop(node.clone(), conn.clone(), sink));
-    // The inbox replay is queued before any frame of the client is read, so
-    // every answer the client gets comes after its missed messages.
-    Box::pin(node.replay_inbox(&conn)).await;
-    let reason = read_loop(node, &conn, stream).await;
-    // Stops the writer (it sends the close frame, if any).
-    conn.closed().cancel();
-    if let Err(e) = writer.await {
-        warn!(error = %e, "writer task failed");
-    }
+    // One task runs both halves: the writer and the reader are two futures
+    // polled side by side (`join`), so a frame being handled (a store round
+    // trip) does not hold up what is written to this client meanwhile, and a
+    // client that stops reading does not stop its frames being read. (Two
+    // tasks measured the same CPU per message and memory per connection;
+    // docs/benchmarks.md. The futures are built in place, not bound to
+    // variables first: an async block keeps a moved-from variable's slot,
+    // which counted their size twice per connection.)
+    //
+    // A panic while serving (a bug) ends this connection, not the node's
+    // view of it: the connection is still closed and unregistered below.
+    let served = AssertUnwindSafe(async {
+        let ((), reason) = tokio::join!(write_loop(node, &conn, sink), async {
+            // The inbox replay is queued before any frame of the client is
+            // read, so every answer the client gets comes after its missed
+            // messages.
+            Box::pin(node.replay_inbox(&conn)).await;
+            let reason = read_loop(node, &conn, stream).await;
+            // Stops the writer (it sends the close frame, if any).
+            conn.closed().cancel();
+            reason
+        });
+        reason
+    })
+    .catch_unwind()
+    .await;
+    let reason = served.unwrap_or_else(|_| {
+        error!(conn = %conn.id, "connection task panicked; closing it");
+        conn.writer_gone();
+        "internal_error"
+    });
     Box::pin(node.close(&conn, reason)).await;
+}
+
+/// Awaits one write to the client (a frame into the socket's buffer, or a
+/// flush); false if it failed, or if it is still pending after `stall`: the
+/// client stopped reading (full socket buffers), and would otherwise hold its
+/// writer, its connection and its slot forever. Polled once first, so the
+/// usual write that completes at once arms no timer.
+async fn write_within<E>(stall: Duration, write: impl Future<Output = Result<(), E>>) -> bool {
+    let mut write = std::pin::pin!(write);
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(r) => r.is_ok(),
+        Poll::Pending => matches!(tokio::time::timeout(stall, write).await, Ok(Ok(()))),
+    }
 }
 
 /// Reads client frames until the connection ends; returns why it ended.
@@ -229,14 +265,13 @@ fn refuse_rate(node: &Node, conn: &ConnHandle, text: Option<&str>) {
     node.send_error(conn, e);
 }
 
-async fn write_loop(
-    node: Arc<Node>,
-    conn: Arc<ConnHandle>,
-    mut sink: SplitSink<WebSocket, Message>,
-) {
-    // However this task ends (a panic too), later pushes see the connection
+async fn write_loop(node: &Node, conn: &ConnHandle, mut sink: SplitSink<WebSocket, Message>) {
+    // However the writer ends (a panic too), later pushes see the connection
     // closed instead of filling a queue nobody reads.
-    let _gone = WriterGone(&conn);
+    let _gone = WriterGone(conn);
+    // A write still pending this long ends the connection: as long as a
+    // client may stay silent before it is closed as idle.
+    let stall = node.cfg.heartbeat_interval * 3;
     let mut latencies: Vec<(Instant, bool)> = Vec::new();
     // `ws.write` spans of traced frames, ended once flushed.
     let mut spans: Vec<tracing::Span> = Vec::new();
@@ -261,16 +296,13 @@ async fn write_loop(
                     frame: o.frame.kind(),
                 })
                 .inc();
-            if sink
-                .feed(Message::Text(o.frame.render(conn.dialect).into()))
-                .await
-                .is_err()
-            {
+            let text = Message::Text(o.frame.text(conn.dialect));
+            if !write_within(stall, sink.feed(text)).await {
                 break 'outer;
             }
-            if matches!(*o.frame, ServerFrame::Disconnect { .. }) {
+            if matches!(**o.frame, ServerFrame::Disconnect { .. }) {
                 // Said why; now close (4002).
-                let _ = sink.flush().await;
+                write_within(stall, sink.flush()).await;
                 conn.close_with(CloseCode::Disconnected);
                 break 'outer;
             }
@@ -279,7 +311,7 @@ async fn write_loop(
                 next = conn.try_next_out();
             }
         }
-        if sink.flush().await.is_err() {
+        if !write_within(stall, sink.flush()).await {
             break;
         }
         for (t, cross_pod) in latencies.drain(..) {
@@ -299,11 +331,7 @@ async fn write_loop(
         reason: c.reason().into(),
     });
     // Bounded: a client that stopped reading must not hold the task forever.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        sink.send(Message::Close(frame)),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(frame))).await;
     conn.closed().cancel();
 }
 
@@ -359,7 +387,7 @@ mod tests {
         let mut b = TokenBucket::new(1, 3);
         assert!(b.take() && b.take() && b.take());
         assert!(!b.take());
-        b.last -= std::time::Duration::from_millis(1100);
+        b.last -= Duration::from_millis(1100);
         assert!(b.take());
         assert!(!b.take());
     }

@@ -206,3 +206,44 @@ async fn connections_over_the_limit_get_503() {
     let mut c = s.connect("c3").await;
     assert!(c.drain_until_pong().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_again_is_dropped_when_its_writes_stall() {
+    // A write pending for 3 heartbeat intervals (6 s here) ends the connection.
+    let s = Server::with(|c| {
+        c.heartbeat_interval = std::time::Duration::from_secs(2);
+        c.outbound_buffer = 16;
+        c.rate_limit = 100_000;
+        c.rate_burst = 100_000;
+    })
+    .await;
+    let mut sender = s.connect("fast").await;
+    // Held open and never read: its 4001 close frame cannot be written either.
+    let _stuck = s.connect("stuck").await;
+    let body = "s".repeat(4000);
+    let n = 4000;
+    for i in 0..n {
+        sender.say("stuck", &format!("s{i}"), &body).await;
+    }
+    // Its 4001 close frame cannot be written: the stalled write is given up,
+    // so the connection is closed and unregistered although the client holds it.
+    let closed = r#"switchboard_connections_closed_total{reason="slow_consumer"} 1"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, metrics) = support::http_text(s.addr, "GET", "/metrics", None, None).await;
+        if metrics.contains(closed) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck connection was never closed: {metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Nothing lost: every message waits in the inbox.
+    let mut again = s.connect("stuck").await;
+    for i in 0..n {
+        let m = again.expect("message").await;
+        assert_eq!(m["client_msg_id"], format!("s{i}"), "in order");
+    }
+}
