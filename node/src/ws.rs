@@ -164,12 +164,17 @@ async fn run_connection(
 /// flush); false if it failed, or if it is still pending after `stall`: the
 /// client stopped reading (full socket buffers), and would otherwise hold its
 /// writer, its connection and its slot forever. Polled once first, so the
-/// usual write that completes at once arms no timer.
+/// usual write that completes at once arms no timer (and the connection's
+/// future keeps no room for one).
 async fn write_within<E>(stall: Duration, write: impl Future<Output = Result<(), E>>) -> bool {
     let mut write = std::pin::pin!(write);
     match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         Poll::Ready(r) => r.is_ok(),
-        Poll::Pending => matches!(tokio::time::timeout(stall, write).await, Ok(Ok(()))),
+        // Boxed: the timer only takes memory while a write waits.
+        Poll::Pending => matches!(
+            Box::pin(tokio::time::timeout(stall, write)).await,
+            Ok(Ok(()))
+        ),
     }
 }
 
