@@ -138,16 +138,23 @@ async fn run_connection(
     // A panic while serving (a bug) ends this connection, not the node's
     // view of it: the connection is still closed and unregistered below.
     let served = AssertUnwindSafe(async {
-        let ((), reason) = tokio::join!(write_loop(node, &conn, sink), async {
-            // The inbox replay is queued before any frame of the client is
-            // read, so every answer the client gets comes after its missed
-            // messages.
-            Box::pin(node.replay_inbox(&conn)).await;
-            let reason = read_loop(node, &conn, stream).await;
-            // Stops the writer (it sends the close frame, if any).
-            conn.closed().cancel();
-            reason
-        });
+        // Biased, the reader first: the inbox is asked for before the writer
+        // writes the welcome, so a message sent to this user once the client
+        // has its welcome comes by push only, not by push and by replay too.
+        let (reason, ()) = tokio::join!(
+            biased;
+            async {
+                // The inbox replay is queued before any frame of the client is
+                // read, so every answer the client gets comes after its missed
+                // messages.
+                Box::pin(node.replay_inbox(&conn)).await;
+                let reason = read_loop(node, &conn, stream).await;
+                // Stops the writer (it sends the close frame, if any).
+                conn.closed().cancel();
+                reason
+            },
+            write_loop(node, &conn, sink),
+        );
         reason
     })
     .catch_unwind()
