@@ -15,6 +15,7 @@ use crate::history;
 use crate::hub::{ConnHandle, Hub, OutFrame, Stamp};
 use crate::ids::{ConversationId, PodIdentity, Snowflake, UserId, now_millis};
 use crate::metrics::Metrics;
+use crate::model::ChatMessage;
 use crate::protocol::{
     ClientFrame, Dialect, ErrorCode, FrameError, Limits, ParseLimits, ServerFrame, TypingState,
 };
@@ -245,8 +246,11 @@ impl Node {
         debug!(conn = %conn.id, user = %conn.user, reason, "disconnected");
     }
 
-    /// Replays the user's inbox, oldest first.
-    pub async fn replay_inbox(&self, conn: &Arc<ConnHandle>) {
+    /// The user's inbox, oldest first, for [`Node::replay`]. Read before
+    /// the welcome is written: a message sent once the client has its welcome
+    /// then comes by push only, not by push and by replay too. When it cannot
+    /// be read, the connection gets an error frame and nothing is replayed.
+    pub async fn missed(&self, conn: &ConnHandle) -> Vec<Arc<ChatMessage>> {
         match self
             .backends
             .store
@@ -255,17 +259,23 @@ impl Node {
         {
             Ok(msgs) => {
                 self.metrics.inbox_replayed.observe(msgs.len() as f64);
-                for m in msgs {
-                    if conn.push_bulk(OutFrame::new(ServerFrame::Message(m))).await
-                        != crate::hub::Push::Queued
-                    {
-                        return;
-                    }
-                }
+                msgs
             }
             Err(e) => {
                 self.backend_failed("inbox", &e);
                 self.send_error(conn, FrameError::from(e));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Replays `missed` ([`Node::missed`]) while the writer drains them.
+    pub async fn replay(&self, conn: &ConnHandle, missed: Vec<Arc<ChatMessage>>) {
+        for m in missed {
+            if conn.push_bulk(OutFrame::new(ServerFrame::Message(m))).await
+                != crate::hub::Push::Queued
+            {
+                return;
             }
         }
     }

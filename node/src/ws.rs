@@ -126,6 +126,8 @@ async fn run_connection(
     // size is per-connection memory: the big, short-lived futures (open,
     // handle, close) are boxed so they are only allocated while they run.
     let conn = Box::pin(node.open(user, dialect)).await;
+    // Read before the writer starts, so before the client has its welcome.
+    let missed = Box::pin(node.missed(&conn)).await;
     // One task runs both halves: the writer and the reader are two futures
     // polled side by side (`join`), so a frame being handled (a store round
     // trip) does not hold up what is written to this client meanwhile, and a
@@ -138,16 +140,12 @@ async fn run_connection(
     // A panic while serving (a bug) ends this connection, not the node's
     // view of it: the connection is still closed and unregistered below.
     let served = AssertUnwindSafe(async {
-        // Biased, the reader first: the inbox is asked for before the writer
-        // writes the welcome, so a message sent to this user once the client
-        // has its welcome comes by push only, not by push and by replay too.
         let (reason, ()) = tokio::join!(
-            biased;
             async {
                 // The inbox replay is queued before any frame of the client is
                 // read, so every answer the client gets comes after its missed
                 // messages.
-                Box::pin(node.replay_inbox(&conn)).await;
+                Box::pin(node.replay(&conn, missed)).await;
                 let reason = read_loop(node, &conn, stream).await;
                 // Stops the writer (it sends the close frame, if any).
                 conn.closed().cancel();
@@ -185,13 +183,19 @@ async fn write_within<E>(stall: Duration, write: impl Future<Output = Result<(),
     }
 }
 
+/// How long a connection may go without a frame from its client (3
+/// heartbeat intervals), or with a write to it pending, before it is closed.
+fn silence_limit(node: &Node) -> Duration {
+    node.cfg.heartbeat_interval * 3
+}
+
 /// Reads client frames until the connection ends; returns why it ended.
 async fn read_loop(
     node: &Node,
     conn: &Arc<ConnHandle>,
     mut stream: SplitStream<WebSocket>,
 ) -> &'static str {
-    let idle = node.cfg.heartbeat_interval * 3;
+    let idle = silence_limit(node);
     let mut bucket = TokenBucket::new(node.cfg.rate_limit, node.cfg.rate_burst);
     let limits = node.parse_limits();
     loop {
@@ -283,7 +287,7 @@ async fn write_loop(node: &Node, conn: &ConnHandle, mut sink: SplitSink<WebSocke
     let _gone = WriterGone(conn);
     // A write still pending this long ends the connection: as long as a
     // client may stay silent before it is closed as idle.
-    let stall = node.cfg.heartbeat_interval * 3;
+    let stall = silence_limit(node);
     let mut latencies: Vec<(Instant, bool)> = Vec::new();
     // `ws.write` spans of traced frames, ended once flushed.
     let mut spans: Vec<tracing::Span> = Vec::new();
