@@ -2,6 +2,7 @@
 //! commands' dead letters (`dead-letters list`, `dead-letters redrive`).
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -151,11 +152,21 @@ const DEAD_LETTER_PROPERTIES: [&str; 5] = [
     "deliveries",
 ];
 
+/// What became of one dead letter, told by the consumer's handler.
+enum Outcome {
+    /// Listed, or re-driven: its line.
+    Done(serde_json::Value),
+    /// Its publish failed: it was not acknowledged, so the group stays
+    /// before it and the next run re-drives it.
+    Failed(String, switchboard_rocketmq::Error),
+}
+
 /// `list`: prints every dead letter, oldest first, one JSON line each
 /// (group of its own, deleted at exit). `redrive`: publishes each dead
 /// letter not re-driven before to the commands topic again (tag, key, body
 /// and the producer's properties), with the persistent group
-/// `<prefix>-ctl-redrive` remembering how far it got.
+/// `<prefix>-ctl-redrive` remembering how far it got: a letter is
+/// acknowledged only once it is published, so a failed publish loses none.
 pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result<()> {
     let t = &args.target;
     let credentials = t.credentials()?;
@@ -169,8 +180,18 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
     let rt = Runtime::new()?;
     let admin = Admin::connect_as(&rt, &t.namesrv, credentials.as_ref()).await?;
     admin.ensure_group(&group, 0).await?;
+    let publisher = if redrive {
+        let producer_group = format!("{}-ctl-commands", t.prefix);
+        Some(Arc::new(
+            CommandPublisher::start(&t.namesrv, &t.prefix, &producer_group, credentials.clone())
+                .await?,
+        ))
+    } else {
+        None
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let consumer = Consumer::start_blocking(
+    let handler_publisher = publisher.clone();
+    let consumer = Consumer::start(
         &rt,
         ConsumerConfig {
             namesrv: t.namesrv.clone(),
@@ -181,54 +202,41 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
             batch: 32,
             credentials: credentials.clone(),
         },
-        move |d: Delivery| tx.send(d).map_err(|_| "stopping".to_owned()),
+        move |d: Delivery| {
+            let (tx, publisher) = (tx.clone(), handler_publisher.clone());
+            async move {
+                if let Some(p) = &publisher
+                    && let Err(e) = republish(p, &d).await
+                {
+                    let _ = tx.send(Outcome::Failed(d.msg_id.clone(), e));
+                    return Err("not re-driven".to_owned());
+                }
+                tx.send(Outcome::Done(crate::line(&d)))
+                    .map_err(|_| "stopping".to_owned())
+            }
+        },
     )
     .await
     .with_context(|| format!("cannot read {topic}"))?;
     consumer.wait_assigned(Duration::from_secs(30)).await?;
-    let publisher = if redrive {
-        let producer_group = format!("{}-ctl-commands", t.prefix);
-        Some(CommandPublisher::start(&t.namesrv, &t.prefix, &producer_group, credentials).await?)
-    } else {
-        None
-    };
     let mut count = 0usize;
     let mut failed = None;
-    while let Ok(Some(d)) = tokio::time::timeout(args.idle, rx.recv()).await {
-        count += 1;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", crate::line(&d))?;
-        drop(out);
-        if let Some(p) = &publisher {
-            let properties = d
-                .properties
-                .iter()
-                .filter(|(k, _)| {
-                    k.bytes().any(|b| b.is_ascii_lowercase())
-                        && !DEAD_LETTER_PROPERTIES.contains(&k.as_str())
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let kind = d.tag.clone().unwrap_or_default();
-            let key = d.key.as_deref().and_then(|k| k.split(' ').next());
-            let order_key = order_key_of(&d.body).unwrap_or_else(|| d.msg_id.clone());
-            if let Err(e) = p
-                .publish_raw(&kind, d.body.clone(), &order_key, key, properties)
-                .await
-            {
-                failed = Some((d.msg_id.clone(), e));
+    while let Ok(Some(outcome)) = tokio::time::timeout(args.idle, rx.recv()).await {
+        match outcome {
+            Outcome::Done(line) => {
+                count += 1;
+                writeln!(std::io::stdout().lock(), "{line}")?;
+            }
+            Outcome::Failed(msg_id, e) => {
+                failed = Some((msg_id, e));
                 break;
             }
         }
     }
-    if failed.is_some() {
-        // Read (so the group moved past them) but not re-driven: say which.
-        while let Ok(d) = rx.try_recv() {
-            eprintln!("not re-driven: {}", crate::line(&d));
-        }
-    }
     consumer.shutdown().await;
-    if let Some(p) = publisher {
+    // The consumer's handler may still hold a reference; then the
+    // publisher's runtime ends with the process.
+    if let Some(p) = publisher.and_then(Arc::into_inner) {
         p.shutdown().await;
     }
     if !redrive {
@@ -237,12 +245,30 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
     admin.shutdown().await;
     rt.shutdown().await;
     if let Some((msg_id, e)) = failed {
-        // It was read, so the group has moved past it: say which.
         return Err(e).with_context(|| {
-            format!("cannot re-drive dead letter {msg_id} (the line above), nor the ones listed as not re-driven: publish them with `command`; run redrive again for the rest")
+            format!("cannot re-drive dead letter {msg_id}; it and the letters after it stay for the next run (the {count} printed were re-driven)")
         });
     }
     let verb = if redrive { "re-drove" } else { "listed" };
     eprintln!("{verb} {count} dead letters of {topic}");
     Ok(())
+}
+
+/// Publishes dead letter `d` to the commands topic again: its tag, first
+/// key, body and the producer's properties, to the queue of its order key.
+async fn republish(p: &CommandPublisher, d: &Delivery) -> Result<(), switchboard_rocketmq::Error> {
+    let properties = d
+        .properties
+        .iter()
+        .filter(|(k, _)| {
+            k.bytes().any(|b| b.is_ascii_lowercase())
+                && !DEAD_LETTER_PROPERTIES.contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let kind = d.tag.clone().unwrap_or_default();
+    let key = d.key.as_deref().and_then(|k| k.split(' ').next());
+    let order_key = order_key_of(&d.body).unwrap_or_else(|| d.msg_id.clone());
+    p.publish_raw(&kind, d.body.clone(), &order_key, key, properties)
+        .await
 }

@@ -1,7 +1,8 @@
 //! `switchboard-ctl command`, `dead-letters list` and `dead-letters redrive`
 //! against the real broker of `scripts/deps start`: a published command
 //! arrives with its tag and key; dead letters are listed with their code and
-//! reason, and re-driven to the commands topic without them, once.
+//! reason, and re-driven to the commands topic without them, once; a
+//! redrive that cannot publish loses none.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
@@ -32,15 +33,74 @@ fn lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
+/// The broker of `scripts/deps start`, and the topics of a prefix of this
+/// test process.
+struct Broker {
+    namesrv: String,
+    prefix: String,
+    commands: String,
+    dead: String,
+    rt: Runtime,
+    admin: Admin,
+}
+
+async fn broker(name: &str) -> Broker {
     let namesrv = std::env::var("SB_TEST_ROCKETMQ_NAMESRV")
         .expect("SB_TEST_ROCKETMQ_NAMESRV is not set: run `eval \"$(scripts/deps start)\"` first");
-    let prefix = format!("ctl-dlq-{}", std::process::id());
+    let prefix = format!("{name}-{}", std::process::id());
     let names = Names::new(&prefix);
-    let (commands, dead) = (names.commands_topic(), names.commands_dead_letter_topic());
     let rt = Runtime::new().unwrap();
     let admin = Admin::connect(&rt, &namesrv).await.unwrap();
+    Broker {
+        commands: names.commands_topic(),
+        dead: names.commands_dead_letter_topic(),
+        namesrv,
+        prefix,
+        rt,
+        admin,
+    }
+}
+
+/// `args` and the cluster's `--namesrv` and `--prefix`.
+fn with_target(args: &[&str], namesrv: &str, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    v.extend([
+        "--namesrv".into(),
+        namesrv.to_owned(),
+        "--prefix".into(),
+        prefix.to_owned(),
+    ]);
+    v
+}
+
+/// Two dead letters of `commands`, as a node writes them.
+fn two_letters(commands: &str) -> Vec<Record> {
+    let letter = |n: u32, code: &str| Record {
+        tag: Some("activity.created".into()),
+        keys: vec![format!("dead-{n}")],
+        properties: vec![
+            ("event_type".into(), "activity.created".into()),
+            ("dead_letter_code".into(), code.into()),
+            ("dead_letter_reason".into(), format!("reason {n}")),
+            ("origin_msg_id".into(), format!("origin-{n}")),
+            ("origin_topic".into(), commands.to_owned()),
+            ("deliveries".into(), "1".into()),
+        ],
+        body: format!(r#"{{"activity_id":"a{n}"}}"#).into_bytes(),
+    };
+    vec![letter(1, "malformed_json"), letter(2, "retries_exhausted")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
+    let Broker {
+        namesrv,
+        prefix,
+        commands,
+        dead,
+        rt,
+        admin,
+    } = broker("ctl-dlq").await;
     admin.ensure_topic(&commands, 4).await.unwrap();
     admin.ensure_topic(&dead, 1).await.unwrap();
     // What reaches the commands topic, read as the nodes would.
@@ -67,16 +127,7 @@ async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
     .await
     .unwrap();
     reader.wait_assigned(Duration::from_secs(30)).await.unwrap();
-    let target = |args: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        v.extend([
-            "--namesrv".into(),
-            namesrv.clone(),
-            "--prefix".into(),
-            prefix.clone(),
-        ]);
-        v
-    };
+    let target = |args: &[&str]| with_target(args, &namesrv, &prefix);
 
     let out = ctl(target(&[
         "command",
@@ -98,25 +149,8 @@ async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
     let producer = Producer::start(&rt, &namesrv, &format!("{prefix}-node"))
         .await
         .unwrap();
-    let letter = |n: u32, code: &str| Record {
-        tag: Some("activity.created".into()),
-        keys: vec![format!("dead-{n}")],
-        properties: vec![
-            ("event_type".into(), "activity.created".into()),
-            ("dead_letter_code".into(), code.into()),
-            ("dead_letter_reason".into(), format!("reason {n}")),
-            ("origin_msg_id".into(), format!("origin-{n}")),
-            ("origin_topic".into(), commands.clone()),
-            ("deliveries".into(), "1".into()),
-        ],
-        body: format!(r#"{{"activity_id":"a{n}"}}"#).into_bytes(),
-    };
     producer
-        .send_batch(
-            &dead,
-            0,
-            &[letter(1, "malformed_json"), letter(2, "retries_exhausted")],
-        )
+        .send_batch(&dead, 0, &two_letters(&commands))
         .await
         .unwrap();
 
@@ -160,6 +194,58 @@ async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
     for g in [group, format!("{prefix}-ctl-redrive")] {
         admin.delete_group(&g).await.unwrap();
     }
+    for t in [commands, dead] {
+        admin.delete_topic(&t).await.unwrap();
+    }
+    admin.shutdown().await;
+    rt.shutdown().await;
+}
+
+/// A redrive whose publishes fail (the commands topic is missing) loses no
+/// dead letter: a letter is acknowledged only once published, so the next
+/// run re-drives them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_that_cannot_publish_leaves_the_letters_for_the_next_run() {
+    let Broker {
+        namesrv,
+        prefix,
+        commands,
+        dead,
+        rt,
+        admin,
+    } = broker("ctl-dlq-fail").await;
+    admin.ensure_topic(&dead, 1).await.unwrap();
+    let producer = Producer::start(&rt, &namesrv, &format!("{prefix}-node"))
+        .await
+        .unwrap();
+    producer
+        .send_batch(&dead, 0, &two_letters(&commands))
+        .await
+        .unwrap();
+    let target = |args: &[&str]| with_target(args, &namesrv, &prefix);
+
+    // No commands topic (the broker creates none by itself): nothing can be
+    // published.
+    let out = ctl(target(&["dead-letters", "redrive", "--idle", "10s"])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot re-drive dead letter"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    admin.ensure_topic(&commands, 4).await.unwrap();
+    let redriven = lines(&ctl(target(&["dead-letters", "redrive", "--idle", "10s"])).await);
+    let keys: Vec<_> = redriven.iter().map(|l| l["keys"][0].clone()).collect();
+    assert_eq!(keys, ["dead-1", "dead-2"], "{redriven:?}");
+
+    producer.shutdown().await;
+    admin
+        .delete_group(&format!("{prefix}-ctl-redrive"))
+        .await
+        .unwrap();
     for t in [commands, dead] {
         admin.delete_topic(&t).await.unwrap();
     }

@@ -17,8 +17,9 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
+use crate::client::Endpoint;
 use crate::proto::Proto;
-use crate::target::{Endpoint, Target, TargetArgs, server_command};
+use crate::target::{Target, TargetArgs, server_command};
 
 /// Where a Centrifugo node of a cluster finds Redis, and which node it is.
 #[derive(Debug, Clone)]

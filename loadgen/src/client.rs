@@ -1,66 +1,44 @@
-//! WebSocket client connections and the server frames the loadgen reads.
+//! WebSocket client connections: where the server is, connecting many.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::client_async_with_config;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+use crate::proto::{ConnectError, Proto, Ws};
 use crate::report::Counts;
-use crate::target::Endpoint;
 
-pub type Ws = WebSocketStream<TcpStream>;
+/// Where the node's WebSocket endpoint is; cheap to clone into tasks.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Path and query prefix of the WebSocket endpoint, e.g. `/ws`.
+    pub ws_path: String,
+    /// What the server speaks.
+    pub proto: Proto,
+}
+
+impl Endpoint {
+    /// `ws://ADDR/ws?userId=USER` (Switchboard), `ws://ADDR/connection/websocket`
+    /// (Centrifugo).
+    pub fn ws_url(&self, user: &str) -> String {
+        self.proto
+            .ws_url(&format!("ws://{}{}", self.addr, self.ws_path), user)
+    }
+}
 
 /// How long one connect (TCP, upgrade, welcome) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The fields of a server frame the loadgen looks at; the rest is ignored.
-#[derive(Debug, Deserialize)]
-pub struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub msg_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub content: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub seq: Option<u64>,
-    #[serde(borrow, default)]
-    pub code: Option<Cow<'a, str>>,
-}
-
-impl<'a> Frame<'a> {
-    pub fn parse(text: &'a str) -> Option<Self> {
-        serde_json::from_str(text).ok()
-    }
-}
 
 /// WebSocket buffers: `read_buffer` is allocated per connection up front.
 pub fn ws_config(read_buffer: usize, write_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(read_buffer)
         .write_buffer_size(write_buffer)
-}
-
-/// Why a connection attempt failed, as a short bounded label.
-#[derive(Debug)]
-pub struct ConnectError {
-    pub kind: String,
-    pub detail: String,
-}
-
-impl ConnectError {
-    pub fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
-        Self {
-            kind: kind.into(),
-            detail: detail.to_string(),
-        }
-    }
 }
 
 /// Connects as `user` and completes the protocol's handshake (Switchboard's

@@ -9,8 +9,9 @@ use switchboard_rocketmq::names::{self, Names};
 use switchboard_rocketmq::{Admin, Runtime};
 
 use crate::centrifugo::RedisEngine;
+use crate::client::Endpoint;
 use crate::proto::Proto;
-use crate::target::{Endpoint, Metrics, Target, TargetArgs};
+use crate::target::{Metrics, Target, TargetArgs};
 
 /// Queues per node topic and the retry maximum of a node group, as the e2e tests use.
 const QUEUES: u32 = 4;

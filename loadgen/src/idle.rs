@@ -7,8 +7,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Ws};
-use crate::proto::Proto;
+use crate::client;
+use crate::proto::{Proto, Ws};
 use crate::report::{Counts, Out, counts_line, mib, r1};
 use crate::sys;
 use crate::target::{Target, TargetArgs};
@@ -83,7 +83,10 @@ pub async fn run(args: IdleArgs, out: Out) -> anyhow::Result<bool> {
         );
     }
     let mut failures = Vec::new();
-    let mut target = Target::open(&args.target).await?;
+    let mut target = match args.target.server {
+        Proto::Centrifugo => crate::centrifugo::spawn(&args.target, None).await?,
+        Proto::Switchboard => Target::open(&args.target).await?,
+    };
     let pid = target.pid;
     out.line(format!(
         "idle: node at {} (pid {}), {} connections, {} at a time",

@@ -7,9 +7,49 @@ use std::borrow::Cow;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{ConnectError, Frame, Ws};
+/// A client's WebSocket connection.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// The fields of a server frame the loadgen looks at; the rest is ignored.
+#[derive(Debug, Deserialize)]
+pub struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub msg_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(borrow, default)]
+    pub code: Option<Cow<'a, str>>,
+}
+
+impl<'a> Frame<'a> {
+    pub fn parse(text: &'a str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// Why a connection attempt failed, as a short bounded label.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub kind: String,
+    pub detail: String,
+}
+
+impl ConnectError {
+    pub fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
+        Self {
+            kind: kind.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
 
 /// Which server the loadgen talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

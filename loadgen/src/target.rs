@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::client::Endpoint;
 use crate::proto::Proto;
 
 /// How to reach (or start) the node. Shared by every scenario.
@@ -65,25 +66,6 @@ pub struct TargetArgs {
     pub node_args: Vec<String>,
 }
 
-/// Where the node's WebSocket endpoint is; cheap to clone into tasks.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// Path and query prefix of the WebSocket endpoint, e.g. `/ws`.
-    pub ws_path: String,
-    /// What the server speaks.
-    pub proto: Proto,
-}
-
-impl Endpoint {
-    /// `ws://ADDR/ws?userId=USER` (Switchboard), `ws://ADDR/connection/websocket`
-    /// (Centrifugo).
-    pub fn ws_url(&self, user: &str) -> String {
-        self.proto
-            .ws_url(&format!("ws://{}{}", self.addr, self.ws_path), user)
-    }
-}
-
 /// A node the loadgen talks to.
 #[derive(Debug)]
 pub struct Target {
@@ -93,10 +75,9 @@ pub struct Target {
 }
 
 impl Target {
+    /// The Switchboard node `args` name: the one at `--url`, or one started
+    /// here. (Centrifugo is started by the centrifugo module.)
     pub async fn open(args: &TargetArgs) -> anyhow::Result<Self> {
-        if args.server == Proto::Centrifugo {
-            return crate::centrifugo::spawn(args, None).await;
-        }
         match &args.url {
             Some(url) => {
                 let (addr, ws_path) = parse_ws_url(url).await?;

@@ -175,8 +175,8 @@ impl Node {
         }
     }
 
-    /// Registers a new connection of `user` and queues its `welcome`; returns
-    /// its handle and the receiving end of its outbound queue.
+    /// A new connection of `user` with its `welcome` queued, not yet
+    /// reachable ([`Node::register`]): nothing of the node refers to it yet.
     ///
     /// The welcome is queued before the connection becomes visible to the hub
     /// and the registry, so it is always the first frame, ahead of any push.
@@ -208,21 +208,22 @@ impl Node {
             }),
             Stamp::default(),
         );
+        conn
+    }
+
+    /// Makes `conn` ([`Node::open`]) reachable: in the hub, counted, in the
+    /// registry. From here on [`Node::close`] undoes it, even after a
+    /// panic half-way.
+    pub async fn register(&self, conn: &Arc<ConnHandle>) {
         self.hub.insert(conn.clone());
         self.metrics.connections.inc();
-        match self
-            .backends
-            .registry
-            .register(&self.conn_info(&conn))
-            .await
-        {
+        match self.backends.registry.register(&self.conn_info(conn)).await {
             Ok(true) => self.router.publish_presence(&conn.user).await,
             Ok(false) => {}
             // The heartbeat re-registers live connections, so presence heals.
             Err(e) => self.backend_failed("register", &e),
         }
         debug!(conn = %conn.id, user = %conn.user, "connected");
-        conn
     }
 
     /// Forgets a closed connection.

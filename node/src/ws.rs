@@ -109,10 +109,20 @@ fn upgrade(
             // `WebSocket` is 368 bytes of every connection's memory.
             let (sink, stream) = socket.split();
             async move {
+                // Returned however the connection ends, a panic included.
+                let _slot = Slot(&node);
                 run_connection(&node, sink, stream, user, dialect).await;
-                node.release();
             }
         })
+}
+
+/// A connection slot taken by [`Node::admit`], returned when dropped.
+struct Slot<'a>(&'a Node);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 async fn run_connection(
@@ -126,8 +136,6 @@ async fn run_connection(
     // size is per-connection memory: the big, short-lived futures (open,
     // handle, close) are boxed so they are only allocated while they run.
     let conn = Box::pin(node.open(user, dialect)).await;
-    // Read before the writer starts, so before the client has its welcome.
-    let missed = Box::pin(node.missed(&conn)).await;
     // One task runs both halves: the writer and the reader are two futures
     // polled side by side (`join`), so a frame being handled (a store round
     // trip) does not hold up what is written to this client meanwhile, and a
@@ -137,9 +145,13 @@ async fn run_connection(
     // variables first: an async block keeps a moved-from variable's slot,
     // which counted their size twice per connection.)
     //
-    // A panic while serving (a bug) ends this connection, not the node's
-    // view of it: the connection is still closed and unregistered below.
+    // A panic while registering or serving (a bug) ends this connection,
+    // not the node's view of it: the connection is still closed and
+    // unregistered below.
     let served = AssertUnwindSafe(async {
+        Box::pin(node.register(&conn)).await;
+        // Read before the writer starts, so before the client has its welcome.
+        let missed = Box::pin(node.missed(&conn)).await;
         let (reason, ()) = tokio::join!(
             async {
                 // The inbox replay is queued before any frame of the client is

@@ -24,9 +24,10 @@ use self::pairs::{
     PairStats, Shared, close_sink, new_histogram, pace, receive_loop, sender_read_loop, write_loop,
 };
 use self::summary::{Latency, ThroughputSummary};
-use crate::client::{self, Ws};
+use crate::client::{self, Endpoint};
 use crate::cluster::{ClusterArgs, Nodes};
 use crate::proto::Proto;
+use crate::proto::Ws;
 use crate::report::{Out, counts_line, mib, r1};
 use crate::sys;
 use crate::target::{self, TargetArgs};
@@ -135,7 +136,7 @@ pub async fn run(args: ThroughputArgs, out: Out) -> anyhow::Result<bool> {
     let send_users: Vec<String> = (0..args.pairs).map(|i| format!("lg{me}s{i}")).collect();
     let cfg = client::ws_config(args.client_read_buffer, 64 * 1024);
     let t = Instant::now();
-    let at = |users: Vec<String>, node: &dyn Fn(usize) -> target::Endpoint| {
+    let at = |users: Vec<String>, node: &dyn Fn(usize) -> Endpoint| {
         users
             .into_iter()
             .enumerate()

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::Ws;
+use crate::proto::Ws;
 use crate::proto::{Event, Proto};
 use crate::report::Counts;
 use crate::sys;

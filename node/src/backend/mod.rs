@@ -354,6 +354,19 @@ pub trait Bus: Send + Sync + Debug {
     }
 }
 
+/// What publishes the store's outbox to the business event streams (the
+/// events module's RocketMQ relay): run beside the node, asked to stop when
+/// it drains.
+pub trait OutboxRelay: Send + Sync + Debug {
+    /// Relays until [`OutboxRelay::stop`], then returns.
+    fn run(
+        self: Arc<Self>,
+        metrics: crate::metrics::EventMetrics,
+    ) -> futures_util::future::BoxFuture<'static, ()>;
+    /// Asks [`OutboxRelay::run`] to finish its pass and return.
+    fn stop(&self);
+}
+
 /// The backends of one node.
 #[derive(Debug, Clone)]
 pub struct Backends {
@@ -364,7 +377,7 @@ pub struct Backends {
     pub command_log: Arc<dyn CommandLog>,
     /// The relay of the business event streams (Redis and RocketMQ with
     /// `SB_EVENTS` or `SB_CLUSTER_EVENTS` on), run by [`crate::run`].
-    pub relay: Option<Arc<crate::events::relay::Relay>>,
+    pub relay: Option<Arc<dyn OutboxRelay>>,
     /// The metrics of their calls (Redis, RocketMQ).
     pub metrics: crate::metrics::BackendMetrics,
 }

@@ -86,7 +86,7 @@ pub async fn for_config(cfg: &Config) -> Result<Backends, String> {
                 )
                 .await
                 .map_err(|e| format!("cannot start the event relay's producer: {e}"))?;
-                Some(Arc::new(relay))
+                Some(Arc::new(relay) as Arc<dyn super::OutboxRelay>)
             } else {
                 None
             };

@@ -21,8 +21,8 @@ use switchboard_rocketmq::{Credentials, Producer, Record, Runtime};
 use tokio_util::sync::CancellationToken;
 
 use super::{Stream, Streams, records};
-use crate::backend::BackendError;
 use crate::backend::outbox::{OutboxEntry, RedisOutbox};
+use crate::backend::{BackendError, OutboxRelay};
 use crate::metrics::{EventMetrics, StreamLabel};
 
 /// How long a shard's lease lasts without renewal: the longest a dead pod's
@@ -60,6 +60,17 @@ impl std::fmt::Debug for Relay {
     }
 }
 
+impl OutboxRelay for Relay {
+    fn run(self: Arc<Self>, metrics: EventMetrics) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(self.relay(metrics))
+    }
+
+    /// Asks the relay to finish its pass, give up its leases and return.
+    fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
 impl Relay {
     /// Starts the relay's producer (topics `<prefix>-events` and
     /// `<prefix>-cluster-events`).
@@ -85,10 +96,10 @@ impl Relay {
         })
     }
 
-    /// Relays until [`Relay::stop`], then gives its leases up: the entries
-    /// left wait in Redis, durable, and the other pods take the shards at
-    /// their next pass (a stopping pod needs no flush).
-    pub async fn run(self: Arc<Self>, metrics: EventMetrics) {
+    /// Relays until stopped, then gives its leases up: the entries left
+    /// wait in Redis, durable, and the other pods take the shards at their
+    /// next pass (a stopping pod needs no flush).
+    async fn relay(self: Arc<Self>, metrics: EventMetrics) {
         let mut depth_at = tokio::time::Instant::now();
         while !self.stop.is_cancelled() {
             let pause = match self.pass(&metrics).await {
@@ -119,11 +130,6 @@ impl Relay {
         if let Err(e) = self.outbox.release().await {
             tracing::warn!(error = %e, "event relay: cannot give up the outbox leases");
         }
-    }
-
-    /// Asks [`Relay::run`] to finish its pass, give up its leases and return.
-    pub fn stop(&self) {
-        self.stop.cancel();
     }
 
     /// One pass over the shards this pod holds. Returns the entries relayed;
