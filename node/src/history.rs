@@ -1,5 +1,5 @@
 //! History pages (`history`, `resume`): a conversation's stored messages,
-//! with the receipts stored for them.
+//! with the receipts stored for them; and the inbox replayed on connect.
 
 use std::sync::Arc;
 
@@ -41,6 +41,18 @@ pub async fn resume(
                 conn.push_bulk(OutFrame::new(frame)).await;
             }
             Err(e) => on_error(e),
+        }
+    }
+}
+
+/// Replays a connection's `missed` messages (its inbox, read before its
+/// welcome was written) as bulk pushes, which wait while the writer drains
+/// them; stops if the connection goes.
+pub async fn replay(conn: &crate::hub::ConnHandle, missed: Vec<Arc<ChatMessage>>) {
+    for m in missed {
+        if conn.push_bulk(OutFrame::new(ServerFrame::Message(m))).await != crate::hub::Push::Queued
+        {
+            return;
         }
     }
 }

@@ -247,7 +247,7 @@ impl Node {
         debug!(conn = %conn.id, user = %conn.user, reason, "disconnected");
     }
 
-    /// The user's inbox, oldest first, for [`Node::replay`]. Read before
+    /// The user's inbox, oldest first, for [`crate::history::replay`]. Read before
     /// the welcome is written: a message sent once the client has its welcome
     /// then comes by push only, not by push and by replay too. When it cannot
     /// be read, the connection gets an error frame and nothing is replayed.
@@ -266,17 +266,6 @@ impl Node {
                 self.backend_failed("inbox", &e);
                 self.send_error(conn, FrameError::from(e));
                 Vec::new()
-            }
-        }
-    }
-
-    /// Replays `missed` ([`Node::missed`]) while the writer drains them.
-    pub async fn replay(&self, conn: &ConnHandle, missed: Vec<Arc<ChatMessage>>) {
-        for m in missed {
-            if conn.push_bulk(OutFrame::new(ServerFrame::Message(m))).await
-                != crate::hub::Push::Queued
-            {
-                return;
             }
         }
     }

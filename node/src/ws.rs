@@ -157,7 +157,7 @@ async fn run_connection(
                 // The inbox replay is queued before any frame of the client is
                 // read, so every answer the client gets comes after its missed
                 // messages.
-                Box::pin(node.replay(&conn, missed)).await;
+                Box::pin(crate::history::replay(&conn, missed)).await;
                 let reason = read_loop(node, &conn, stream).await;
                 // Stops the writer (it sends the close frame, if any).
                 conn.closed().cancel();
