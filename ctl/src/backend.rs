@@ -3,12 +3,14 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use switchboard_client::{ClientConfig, CommandPublisher, RequestClient};
+use switchboard_rocketmq::direct::{OrderedConsumer, OrderedConsumerConfig, StartAt};
 use switchboard_rocketmq::names::Names;
-use switchboard_rocketmq::{Admin, Consumer, ConsumerConfig, Credentials, Delivery, Runtime};
+use switchboard_rocketmq::{Admin, Credentials, Delivery, Runtime};
 
 /// Where the cluster is.
 #[derive(Debug, clap::Args)]
@@ -156,8 +158,8 @@ const DEAD_LETTER_PROPERTIES: [&str; 5] = [
 enum Outcome {
     /// Listed, or re-driven: its line.
     Done(serde_json::Value),
-    /// Its publish failed: it was not acknowledged, so the group stays
-    /// before it and the next run re-drives it.
+    /// Its publish failed: its queue stops there, uncommitted, so the next
+    /// run starts with it.
     Failed(String, switchboard_rocketmq::Error),
 }
 
@@ -165,8 +167,10 @@ enum Outcome {
 /// (group of its own, deleted at exit). `redrive`: publishes each dead
 /// letter not re-driven before to the commands topic again (tag, key, body
 /// and the producer's properties), with the persistent group
-/// `<prefix>-ctl-redrive` remembering how far it got: a letter is
-/// acknowledged only once it is published, so a failed publish loses none.
+/// `<prefix>-ctl-redrive` remembering how far it got. Both read every queue
+/// of the dead-letter topic in order, one letter at a time, and commit a
+/// queue's offset only past the letters handled: a failed publish stops its
+/// queue at that letter, for the next run.
 pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result<()> {
     let t = &args.target;
     let credentials = t.credentials()?;
@@ -190,52 +194,70 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
         None
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let handler_publisher = publisher.clone();
-    let consumer = Consumer::start(
-        &rt,
-        ConsumerConfig {
+    // Publishes under way: `--idle` does not count while one is.
+    let busy = Arc::new(AtomicUsize::new(0));
+    let (handler_publisher, handler_busy) = (publisher.clone(), busy.clone());
+    let consumer = OrderedConsumer::start(
+        OrderedConsumerConfig {
             namesrv: t.namesrv.clone(),
             topic: topic.clone(),
             group: group.clone(),
-            max_reconsume_times: None,
-            in_order: true,
             batch: 32,
             credentials: credentials.clone(),
+            new_group_starts_at: StartAt::Oldest,
         },
         move |d: Delivery| {
-            let (tx, publisher) = (tx.clone(), handler_publisher.clone());
+            let (tx, publisher, busy) =
+                (tx.clone(), handler_publisher.clone(), handler_busy.clone());
             async move {
-                if let Some(p) = &publisher
-                    && let Err(e) = republish(p, &d).await
-                {
-                    let _ = tx.send(Outcome::Failed(d.msg_id.clone(), e));
-                    return Err("not re-driven".to_owned());
+                if let Some(p) = &publisher {
+                    busy.fetch_add(1, Ordering::AcqRel);
+                    let published = republish(p, &d).await;
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    if let Err(e) = published {
+                        let _ = tx.send(Outcome::Failed(d.msg_id.clone(), e));
+                        return Err("not re-driven");
+                    }
                 }
                 tx.send(Outcome::Done(crate::line(&d)))
-                    .map_err(|_| "stopping".to_owned())
+                    .map_err(|_| "stopping")
             }
         },
     )
     .await
     .with_context(|| format!("cannot read {topic}"))?;
-    consumer.wait_assigned(Duration::from_secs(30)).await?;
     let mut count = 0usize;
     let mut failed = None;
-    while let Ok(Some(outcome)) = tokio::time::timeout(args.idle, rx.recv()).await {
+    let mut take = |outcome: Outcome| -> anyhow::Result<()> {
         match outcome {
             Outcome::Done(line) => {
                 count += 1;
                 writeln!(std::io::stdout().lock(), "{line}")?;
             }
-            Outcome::Failed(msg_id, e) => {
-                failed = Some((msg_id, e));
+            Outcome::Failed(msg_id, e) => match &failed {
+                None => failed = Some((msg_id, e)),
+                Some(_) => eprintln!("cannot re-drive dead letter {msg_id} either: {e}"),
+            },
+        }
+        Ok(())
+    };
+    loop {
+        match tokio::time::timeout(args.idle, rx.recv()).await {
+            Ok(Some(outcome @ Outcome::Failed(..))) => {
+                take(outcome)?;
                 break;
             }
+            Ok(Some(outcome)) => take(outcome)?,
+            Err(_) if busy.load(Ordering::Acquire) > 0 => {}
+            Ok(None) | Err(_) => break,
         }
     }
+    // Lets a letter under way finish and commits each queue's offset; what
+    // was handled meanwhile is told after.
     consumer.shutdown().await;
-    // The consumer's handler may still hold a reference; then the
-    // publisher's runtime ends with the process.
+    while let Ok(outcome) = rx.try_recv() {
+        take(outcome)?;
+    }
     if let Some(p) = publisher.and_then(Arc::into_inner) {
         p.shutdown().await;
     }
@@ -246,7 +268,7 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
     rt.shutdown().await;
     if let Some((msg_id, e)) = failed {
         return Err(e).with_context(|| {
-            format!("cannot re-drive dead letter {msg_id}; it and the letters after it stay for the next run (the {count} printed were re-driven)")
+            format!("cannot re-drive dead letter {msg_id}: it and the letters after it in its queue stay for the next run (the {count} printed were re-driven)")
         });
     }
     let verb = if redrive { "re-drove" } else { "listed" };

@@ -48,7 +48,8 @@ enum DeadLettersCommand {
     /// `--idle`.
     List(backend::DeadLetterArgs),
     /// Publishes the dead letters not re-driven before to `<prefix>-commands`
-    /// again (the group `<prefix>-ctl-redrive` remembers how far it got).
+    /// again (the group `<prefix>-ctl-redrive` remembers how far it got; a
+    /// letter whose publish fails stops the run and is the next run's first).
     Redrive(backend::DeadLetterArgs),
 }
 

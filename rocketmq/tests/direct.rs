@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{bounded, eventually, fresh_names, namesrv};
-use switchboard_rocketmq::direct::{OrderedConsumer, OrderedConsumerConfig, OrderedProducer};
+use switchboard_rocketmq::direct::{
+    OrderedConsumer, OrderedConsumerConfig, OrderedProducer, StartAt,
+};
 use switchboard_rocketmq::{Admin, Delivery, Error, Producer, Runtime};
 
 const QUEUES: u32 = 4;
@@ -28,6 +30,7 @@ async fn consumer(topic: &str, group: &str, seen: &Seen) -> Result<OrderedConsum
         group: group.to_owned(),
         batch: 32,
         credentials: None,
+        new_group_starts_at: StartAt::End,
     };
     let log = Arc::clone(seen);
     OrderedConsumer::start(config, move |d: Delivery| {

@@ -49,6 +49,22 @@ pub struct OrderedConsumerConfig {
     pub batch: u32,
     /// ACL credentials (`Sub` on the topic and the group).
     pub credentials: Option<Credentials>,
+    /// Where a group that never committed begins in each queue.
+    pub new_group_starts_at: StartAt,
+}
+
+/// Where a consumer group that never committed an offset begins reading a
+/// queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The queue's end (what arrives from now on), unless the broker still
+    /// holds the queue's first message in memory (a new or young queue: all of
+    /// it): a pod's bus topic, made for the pod.
+    #[default]
+    End,
+    /// The oldest message the broker still stores: a tool reading a topic's
+    /// backlog (dead letters).
+    Oldest,
 }
 
 /// Reads every readable queue of a topic, each in the order stored, and hands
@@ -96,6 +112,7 @@ impl OrderedConsumer {
             topic: config.topic,
             group: config.group,
             batch: config.batch.max(1),
+            new_group_starts_at: config.new_group_starts_at,
         });
         let mut starts = Vec::with_capacity(route.read.len());
         for q in &route.read {
@@ -178,6 +195,7 @@ struct Reader {
     topic: String,
     group: String,
     batch: u32,
+    new_group_starts_at: StartAt,
 }
 
 /// What one pull found.
@@ -193,7 +211,7 @@ impl Reader {
     /// Where to start in `q`: the group's committed offset; for a group that
     /// never committed, the broker answers 0 while the queue's first message is
     /// in memory (a new or young queue: read all of it), else "not found": the
-    /// queue's end.
+    /// queue's end, or its oldest stored message ([`StartAt`]).
     async fn start_offset(&self, q: &Queue) -> Result<i64, Error> {
         let fields = [
             ("consumerGroup", self.group.clone()),
@@ -212,17 +230,17 @@ impl Reader {
             code::SUCCESS => field(&r, "offset").ok_or_else(|| refused("query offset", &r)),
             code::QUERY_NOT_FOUND => {
                 let fields = [("topic", self.topic.clone()), ("queueId", q.id.to_string())];
+                let (request, what) = match self.new_group_starts_at {
+                    StartAt::End => (code::GET_MAX_OFFSET, "max offset"),
+                    StartAt::Oldest => (code::GET_MIN_OFFSET, "min offset"),
+                };
                 let r = self
                     .client
-                    .call(
-                        &q.addr,
-                        Client::command(code::GET_MAX_OFFSET, &fields),
-                        OFFSET_TIMEOUT,
-                    )
+                    .call(&q.addr, Client::command(request, &fields), OFFSET_TIMEOUT)
                     .await?;
                 match r.code() {
-                    code::SUCCESS => field(&r, "offset").ok_or_else(|| refused("max offset", &r)),
-                    _ => Err(refused("max offset", &r)),
+                    code::SUCCESS => field(&r, "offset").ok_or_else(|| refused(what, &r)),
+                    _ => Err(refused(what, &r)),
                 }
             }
             _ => Err(refused("query offset", &r)),

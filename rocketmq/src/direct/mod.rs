@@ -15,7 +15,7 @@
 //! - name server: `GET_ROUTEINFO_BY_TOPIC` (105);
 //! - broker: `SEND_MESSAGE` (10), `PULL_MESSAGE` (11, with the subscription in the
 //!   request, so no heartbeat or rebalance is needed), `QUERY_CONSUMER_OFFSET`
-//!   (14), `UPDATE_CONSUMER_OFFSET` (15), `GET_MAX_OFFSET` (30).
+//!   (14), `UPDATE_CONSUMER_OFFSET` (15), `GET_MAX_OFFSET` (30), `GET_MIN_OFFSET` (31).
 //!
 //! Requests are signed like the client's ACL hook (HMAC-SHA1 of the sorted
 //! header values and the body) when credentials are given.
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use rocketmq_protocol::protocol::remoting_command::RemotingCommand;
 use rocketmq_protocol::protocol::route::topic_route_data::TopicRouteData;
 
-pub use consumer::{OrderedConsumer, OrderedConsumerConfig};
+pub use consumer::{OrderedConsumer, OrderedConsumerConfig, StartAt};
 pub use producer::OrderedProducer;
 
 use crate::{Credentials, Error};
@@ -45,6 +45,7 @@ mod code {
     pub const QUERY_CONSUMER_OFFSET: i32 = 14;
     pub const UPDATE_CONSUMER_OFFSET: i32 = 15;
     pub const GET_MAX_OFFSET: i32 = 30;
+    pub const GET_MIN_OFFSET: i32 = 31;
     pub const GET_ROUTEINFO_BY_TOPIC: i32 = 105;
 
     pub const SUCCESS: i32 = 0;

@@ -34,7 +34,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use switchboard_rocketmq::direct::{OrderedConsumer, OrderedConsumerConfig, OrderedProducer};
+use switchboard_rocketmq::direct::{
+    OrderedConsumer, OrderedConsumerConfig, OrderedProducer, StartAt,
+};
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Admin, Credentials, Runtime};
 use tokio::sync::mpsc;
@@ -239,6 +241,7 @@ impl Bus for RocketMqBus {
             group: group.clone(),
             batch: PULL_BATCH,
             credentials: self.credentials.clone(),
+            new_group_starts_at: StartAt::End,
         };
         // Each queue's messages, in order; a full node queue makes the consumer
         // wait (backpressure).
