@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use switchboard_client::{ClientConfig, CommandPublisher, RequestClient};
-use switchboard_rocketmq::direct::{OrderedConsumer, OrderedConsumerConfig, StartAt};
+use switchboard_rocketmq::direct::{OrderedConsumer, OrderedConsumerConfig, StartAt, Unreadable};
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Admin, Credentials, Delivery, Runtime};
 
@@ -205,6 +205,7 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
             batch: 32,
             credentials: credentials.clone(),
             new_group_starts_at: StartAt::Oldest,
+            unreadable: Unreadable::Stop,
         },
         move |d: Delivery| {
             let (tx, publisher, busy) =
@@ -226,37 +227,38 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
     )
     .await
     .with_context(|| format!("cannot read {topic}"))?;
-    let mut count = 0usize;
-    let mut failed = None;
-    let mut take = |outcome: Outcome| -> anyhow::Result<()> {
-        match outcome {
-            Outcome::Done(line) => {
-                count += 1;
-                writeln!(std::io::stdout().lock(), "{line}")?;
+    let (mut count, mut failed, mut unwritten) = (0usize, None, None);
+    // Cannot fail: the clean-up below runs whatever happens.
+    let mut take = |outcome: Outcome| match outcome {
+        Outcome::Done(line) => {
+            count += 1;
+            if unwritten.is_none()
+                && let Err(e) = writeln!(std::io::stdout().lock(), "{line}")
+            {
+                unwritten = Some(e);
             }
-            Outcome::Failed(msg_id, e) => match &failed {
-                None => failed = Some((msg_id, e)),
-                Some(_) => eprintln!("cannot re-drive dead letter {msg_id} either: {e}"),
-            },
         }
-        Ok(())
+        Outcome::Failed(msg_id, e) => match &failed {
+            None => failed = Some((msg_id, e)),
+            Some(_) => eprintln!("cannot re-drive dead letter {msg_id} either: {e}"),
+        },
     };
     loop {
         match tokio::time::timeout(args.idle, rx.recv()).await {
             Ok(Some(outcome @ Outcome::Failed(..))) => {
-                take(outcome)?;
+                take(outcome);
                 break;
             }
-            Ok(Some(outcome)) => take(outcome)?,
+            Ok(Some(outcome)) => take(outcome),
             Err(_) if busy.load(Ordering::Acquire) > 0 => {}
             Ok(None) | Err(_) => break,
         }
     }
     // Lets a letter under way finish and commits each queue's offset; what
     // was handled meanwhile is told after.
-    consumer.shutdown().await;
+    let stopped = consumer.shutdown().await;
     while let Ok(outcome) = rx.try_recv() {
-        take(outcome)?;
+        take(outcome);
     }
     if let Some(p) = publisher.and_then(Arc::into_inner) {
         p.shutdown().await;
@@ -272,6 +274,15 @@ pub async fn dead_letters(args: DeadLetterArgs, redrive: bool) -> anyhow::Result
         });
     }
     let verb = if redrive { "re-drove" } else { "listed" };
+    if !stopped.is_empty() {
+        anyhow::bail!(
+            "{}; {verb} {count} before it: the letters from there on are left (docs/operations.md, dead letters of commands)",
+            stopped.join("; ")
+        );
+    }
+    if let Some(e) = unwritten {
+        return Err(e).context("cannot write the letters to standard output");
+    }
     eprintln!("{verb} {count} dead letters of {topic}");
     Ok(())
 }

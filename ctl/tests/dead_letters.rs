@@ -202,7 +202,7 @@ async fn commands_are_published_and_dead_letters_listed_and_redriven_once() {
 }
 
 /// A redrive whose publishes fail (the commands topic is missing) loses no
-/// dead letter: a letter is acknowledged only once published, so the next
+/// dead letter: the group moves past a letter only once it is published, so the next
 /// run re-drives them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_that_cannot_publish_leaves_the_letters_for_the_next_run() {

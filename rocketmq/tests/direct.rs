@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{bounded, eventually, fresh_names, namesrv};
 use switchboard_rocketmq::direct::{
-    OrderedConsumer, OrderedConsumerConfig, OrderedProducer, StartAt,
+    OrderedConsumer, OrderedConsumerConfig, OrderedProducer, StartAt, Unreadable,
 };
 use switchboard_rocketmq::{Admin, Delivery, Error, Producer, Runtime};
 
@@ -31,6 +31,7 @@ async fn consumer(topic: &str, group: &str, seen: &Seen) -> Result<OrderedConsum
         batch: 32,
         credentials: None,
         new_group_starts_at: StartAt::End,
+        unreadable: Unreadable::Skip,
     };
     let log = Arc::clone(seen);
     OrderedConsumer::start(config, move |d: Delivery| {

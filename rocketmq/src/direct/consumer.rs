@@ -51,6 +51,22 @@ pub struct OrderedConsumerConfig {
     pub credentials: Option<Credentials>,
     /// Where a group that never committed begins in each queue.
     pub new_group_starts_at: StartAt,
+    /// What to do with a message that cannot be read.
+    pub unreadable: Unreadable,
+}
+
+/// What an [`OrderedConsumer`] does with a message it cannot read (a frame
+/// that does not decode, a body that does not decompress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Unreadable {
+    /// Logs it and goes on past it: a pod's bus, where a stuck queue would
+    /// hold up every push behind it.
+    #[default]
+    Skip,
+    /// Stops its queue before it, uncommitted, and says so
+    /// ([`OrderedConsumer::shutdown`]): a tool that must not pass a message
+    /// by.
+    Stop,
 }
 
 /// Where a consumer group that never committed an offset begins reading a
@@ -80,7 +96,7 @@ pub enum StartAt {
 /// handler that can no longer take messages, not for retrying one.
 pub struct OrderedConsumer {
     stop: CancellationToken,
-    queues: Option<tokio::task::JoinHandle<()>>,
+    queues: Option<tokio::task::JoinHandle<Vec<String>>>,
 }
 
 impl std::fmt::Debug for OrderedConsumer {
@@ -92,7 +108,7 @@ impl std::fmt::Debug for OrderedConsumer {
 impl OrderedConsumer {
     /// Reads the topic's route and each queue's offset (the group's committed
     /// one; for a group that never committed, the start of a queue whose first
-    /// message the broker still holds in memory, else the queue's end), then
+    /// message the broker still holds in memory, else [`StartAt`]), then
     /// starts reading. Fails when the topic has no route or an offset cannot be
     /// read. The route is read again every 30 s: a queue added later (more
     /// queues per topic) is read from then on, from its start.
@@ -113,6 +129,8 @@ impl OrderedConsumer {
             group: config.group,
             batch: config.batch.max(1),
             new_group_starts_at: config.new_group_starts_at,
+            unreadable: config.unreadable,
+            stopped: std::sync::Mutex::new(Vec::new()),
         });
         let mut starts = Vec::with_capacity(route.read.len());
         for q in &route.read {
@@ -127,11 +145,13 @@ impl OrderedConsumer {
     }
 
     /// Stops reading (a handler call under way is let finish), commits each
-    /// queue's offset, and returns.
-    pub async fn shutdown(mut self) {
+    /// queue's offset, and returns why queues stopped before (with
+    /// [`Unreadable::Stop`]: at a message that cannot be read).
+    pub async fn shutdown(mut self) -> Vec<String> {
         self.stop.cancel();
-        if let Some(queues) = self.queues.take() {
-            let _ = queues.await;
+        match self.queues.take() {
+            Some(queues) => queues.await.unwrap_or_default(),
+            None => Vec::new(),
         }
     }
 }
@@ -149,7 +169,8 @@ async fn supervise<F, Fut, E>(
     starts: Vec<(Queue, i64)>,
     handler: Arc<F>,
     stop: CancellationToken,
-) where
+) -> Vec<String>
+where
     F: Fn(Delivery) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display + 'static,
@@ -188,6 +209,7 @@ async fn supervise<F, Fut, E>(
         }
     }
     while queues.join_next().await.is_some() {}
+    std::mem::take(&mut *reader.stopped.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 struct Reader {
@@ -196,11 +218,16 @@ struct Reader {
     group: String,
     batch: u32,
     new_group_starts_at: StartAt,
+    unreadable: Unreadable,
+    /// Why queues stopped early ([`Unreadable::Stop`]).
+    stopped: std::sync::Mutex<Vec<String>>,
 }
 
 /// What one pull found.
 enum Pulled {
-    Found(Vec<Delivery>, Vec<i64>, i64),
+    /// Messages with their offsets, the next offset, and the offset of the
+    /// first message that could not be read, if one could not.
+    Found(Vec<Delivery>, Vec<i64>, i64, Option<i64>),
     /// Nothing (after the broker's suspension), or the offset moved: go on
     /// from here.
     Next(i64),
@@ -266,10 +293,15 @@ impl Reader {
                 p = self.pull(&q, offset) => p,
             };
             match pulled {
-                Ok(Pulled::Found(deliveries, offsets, next)) => {
+                Ok(Pulled::Found(deliveries, offsets, next, unreadable)) => {
+                    let stop_at =
+                        unreadable.filter(|u| self.unreadable == Unreadable::Stop && *u >= offset);
                     for (d, at) in deliveries.into_iter().zip(offsets) {
                         if at < offset {
                             continue;
+                        }
+                        if stop_at.is_some_and(|u| at >= u) {
+                            break;
                         }
                         if stop.is_cancelled() {
                             // Stopping: the rest is read again by the next reader.
@@ -283,6 +315,19 @@ impl Reader {
                             break 'pulling;
                         }
                         offset = at + 1;
+                    }
+                    if let Some(at) = stop_at {
+                        let why = format!(
+                            "{} queue {} stops at offset {at}: a message that cannot be read",
+                            self.topic, q.id
+                        );
+                        tracing::warn!("{why}");
+                        self.stopped
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(why);
+                        offset = offset.max(at.min(next));
+                        break 'pulling;
                     }
                     offset = offset.max(next);
                 }
@@ -351,8 +396,8 @@ impl Reader {
         let next = field::<i64>(&r, "nextBeginOffset");
         match (r.code(), next) {
             (code::SUCCESS, Some(next)) => {
-                let (deliveries, offsets) = self.decode(&r);
-                Ok(Pulled::Found(deliveries, offsets, next))
+                let (deliveries, offsets, unreadable) = self.decode(&r, offset);
+                Ok(Pulled::Found(deliveries, offsets, next, unreadable))
             }
             (code::PULL_NOT_FOUND, Some(next)) => Ok(Pulled::Next(next)),
             (code::PULL_OFFSET_MOVED, Some(next)) => {
@@ -368,20 +413,25 @@ impl Reader {
         }
     }
 
-    /// The messages of a pull response, with their queue offsets. One that does
-    /// not decode ends the list (the rest of the body cannot be framed); the
-    /// offsets after it are skipped with a warning.
-    fn decode(&self, r: &RemotingCommand) -> (Vec<Delivery>, Vec<i64>) {
+    /// The messages of a pull from offset `from`, with their queue offsets, and
+    /// the offset of the first one that could not be read. One that does not
+    /// decode ends the list (the rest of the body cannot be framed); the
+    /// offsets after it are skipped with a warning ([`Unreadable::Skip`]).
+    fn decode(&self, r: &RemotingCommand, from: i64) -> (Vec<Delivery>, Vec<i64>, Option<i64>) {
         let mut body: Bytes = r.body().cloned().unwrap_or_default();
         let (mut out, mut offsets) = (Vec::new(), Vec::new());
+        let (mut unreadable, mut last_framed) = (None, None);
         while !body.is_empty() {
             let frame = match decode_message_frame(&mut body) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, error = %e, "dropping the rest of an unreadable pull response");
+                    // Offsets of one queue are consecutive.
+                    unreadable = unreadable.or(Some(last_framed.map_or(from, |o: i64| o + 1)));
                     break;
                 }
             };
+            last_framed = Some(frame.queue_offset);
             let payload = if frame.sys_flag & MessageSysFlag::COMPRESSED_FLAG != 0 {
                 match MessageSysFlag::get_compression_type(frame.sys_flag)
                     .and_then(|c| c.decompression(&frame.body))
@@ -390,6 +440,7 @@ impl Reader {
                     Err(e) => {
                         tracing::warn!(topic = %self.topic, offset = frame.queue_offset, error = %e,
                             "dropping a message whose body does not decompress");
+                        unreadable = unreadable.or(Some(frame.queue_offset));
                         continue;
                     }
                 }
@@ -415,7 +466,7 @@ impl Reader {
                 born_at_ms: frame.born_timestamp,
             });
         }
-        (out, offsets)
+        (out, offsets, unreadable)
     }
 
     /// Stores `offset` as the group's offset of `q` (best effort: logged).

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use rocketmq_protocol::protocol::remoting_command::RemotingCommand;
 use rocketmq_protocol::protocol::route::topic_route_data::TopicRouteData;
 
-pub use consumer::{OrderedConsumer, OrderedConsumerConfig, StartAt};
+pub use consumer::{OrderedConsumer, OrderedConsumerConfig, StartAt, Unreadable};
 pub use producer::OrderedProducer;
 
 use crate::{Credentials, Error};

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use switchboard_rocketmq::direct::{
-    OrderedConsumer, OrderedConsumerConfig, OrderedProducer, StartAt,
+    OrderedConsumer, OrderedConsumerConfig, OrderedProducer, StartAt, Unreadable,
 };
 use switchboard_rocketmq::names::Names;
 use switchboard_rocketmq::{Admin, Credentials, Runtime};
@@ -242,6 +242,7 @@ impl Bus for RocketMqBus {
             batch: PULL_BATCH,
             credentials: self.credentials.clone(),
             new_group_starts_at: StartAt::End,
+            unreadable: Unreadable::Skip,
         };
         // Each queue's messages, in order; a full node queue makes the consumer
         // wait (backpressure).
