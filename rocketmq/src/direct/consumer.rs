@@ -5,14 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rocketmq_model::common::sys_flag::message_sys_flag::MessageSysFlag;
-use rocketmq_protocol::protocol::body::message_codec::decode_message_frame;
-use rocketmq_protocol::protocol::remoting_command::RemotingCommand;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Client, Queue, code, field, refused};
+use super::{Client, Queue, code, field, frames, refused};
 use crate::{Credentials, Delivery, Error};
 
 /// How long the broker holds a pull that finds nothing (long polling): a message
@@ -396,7 +392,8 @@ impl Reader {
         let next = field::<i64>(&r, "nextBeginOffset");
         match (r.code(), next) {
             (code::SUCCESS, Some(next)) => {
-                let (deliveries, offsets, unreadable) = self.decode(&r, offset);
+                let body = r.body().cloned().unwrap_or_default();
+                let (deliveries, offsets, unreadable) = frames::decode(&self.topic, body, offset);
                 Ok(Pulled::Found(deliveries, offsets, next, unreadable))
             }
             (code::PULL_NOT_FOUND, Some(next)) => Ok(Pulled::Next(next)),
@@ -411,62 +408,6 @@ impl Reader {
             (code::PULL_RETRY_IMMEDIATELY, _) => Ok(Pulled::Again),
             _ => Err(refused("pull", &r)),
         }
-    }
-
-    /// The messages of a pull from offset `from`, with their queue offsets, and
-    /// the offset of the first one that could not be read. One that does not
-    /// decode ends the list (the rest of the body cannot be framed); the
-    /// offsets after it are skipped with a warning ([`Unreadable::Skip`]).
-    fn decode(&self, r: &RemotingCommand, from: i64) -> (Vec<Delivery>, Vec<i64>, Option<i64>) {
-        let mut body: Bytes = r.body().cloned().unwrap_or_default();
-        let (mut out, mut offsets) = (Vec::new(), Vec::new());
-        let (mut unreadable, mut last_framed) = (None, None);
-        while !body.is_empty() {
-            let frame = match decode_message_frame(&mut body) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "dropping the rest of an unreadable pull response");
-                    // Offsets of one queue are consecutive.
-                    unreadable = unreadable.or(Some(last_framed.map_or(from, |o: i64| o + 1)));
-                    break;
-                }
-            };
-            last_framed = Some(frame.queue_offset);
-            let payload = if frame.sys_flag & MessageSysFlag::COMPRESSED_FLAG != 0 {
-                match MessageSysFlag::get_compression_type(frame.sys_flag)
-                    .and_then(|c| c.decompression(&frame.body))
-                {
-                    Ok(b) => b.to_vec(),
-                    Err(e) => {
-                        tracing::warn!(topic = %self.topic, offset = frame.queue_offset, error = %e,
-                            "dropping a message whose body does not decompress");
-                        unreadable = unreadable.or(Some(frame.queue_offset));
-                        continue;
-                    }
-                }
-            } else {
-                frame.body.to_vec()
-            };
-            let prop = |name: &str| frame.properties.get(name).map(ToString::to_string);
-            let msg_id = prop("UNIQ_KEY")
-                .unwrap_or_else(|| format!("{}@{}", frame.commit_log_offset, frame.queue_offset));
-            offsets.push(frame.queue_offset);
-            out.push(Delivery {
-                topic: frame.topic.to_string(),
-                key: prop("KEYS"),
-                tag: prop("TAGS"),
-                properties: frame
-                    .properties
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                body: payload,
-                msg_id,
-                reconsume_times: u32::try_from(frame.reconsume_times).unwrap_or(0),
-                born_at_ms: frame.born_timestamp,
-            });
-        }
-        (out, offsets, unreadable)
     }
 
     /// Stores `offset` as the group's offset of `q` (best effort: logged).

@@ -22,6 +22,7 @@
 
 mod conn;
 mod consumer;
+mod frames;
 mod producer;
 
 use std::collections::{BTreeMap, HashMap};
